@@ -1,0 +1,213 @@
+"""Keeps each tenant's FAISS index in step with SQL, the source of truth.
+
+Every write to a tenant's vectors bumps ``tenants.change_seq`` (row-locked, so commit order is seq order) and
+appends to ``vector_changes``. An index remembers the seq it reflects; before use it replays the changes it
+has not seen, or rebuilds from the encrypted embeddings in SQL when the log cannot bridge the gap. The same
+mechanism reconciles an index file saved before a crash and lets several processes share one database.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from memory_store.errors import NotFoundError
+from memory_store.keys import KeyManager
+from memory_store.models import Memory, Subject, Tenant, VectorChange
+from memory_store.sealing import MemorySealer
+from memory_store.vector_index import IndexFileError, TenantIndex
+
+log = logging.getLogger("sealmem.index")
+CHANGE_LOG_KEEP = 100_000
+
+
+class IndexRegistry:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        keys: KeyManager,
+        *,
+        index_dir: Path,
+        exact_max: int,
+        nprobe: int,
+        persist_every: int,
+    ) -> None:
+        self._sessions = sessions
+        self._keys = keys
+        self._dir = index_dir
+        self._exact_max = exact_max
+        self._nprobe = nprobe
+        self._persist_every = persist_every
+        self._indexes: dict[str, TenantIndex] = {}
+        self._lock = threading.Lock()
+        self._tenant_locks: dict[str, threading.Lock] = {}
+
+    def path(self, tenant_id: str) -> Path:
+        return self._dir / f"{tenant_id}.index"
+
+    def _tenant_lock(self, tenant_id: str) -> threading.Lock:
+        with self._lock:
+            return self._tenant_locks.setdefault(tenant_id, threading.Lock())
+
+    def loaded(self) -> dict[str, TenantIndex]:
+        with self._lock:
+            return dict(self._indexes)
+
+    def get(self, tenant_id: str, *, known: Mapping[int, npt.NDArray[np.float32]] | None = None) -> TenantIndex:
+        """The tenant's index, loaded or rebuilt on first use and caught up with SQL."""
+        with self._tenant_lock(tenant_id):
+            index = self._indexes.get(tenant_id)
+            if index is None:
+                index = self._open(tenant_id)
+                self._indexes[tenant_id] = index
+            index = self._catch_up(tenant_id, index, known or {})
+            self._indexes[tenant_id] = index
+            if index.changes_since_save >= self._persist_every:
+                self._save(tenant_id, index)
+            return index
+
+    def _open(self, tenant_id: str) -> TenantIndex:
+        with self._sessions() as session:
+            tenant = session.get(Tenant, tenant_id)
+            if tenant is None:
+                raise NotFoundError("tenant not found")
+            path = self.path(tenant_id)
+            try:
+                index = TenantIndex.load(
+                    path,
+                    tenant_id=tenant_id,
+                    key=self._keys.index_key(tenant),
+                    key_version=tenant.index_key_version,
+                    exact_max=self._exact_max,
+                    nprobe=self._nprobe,
+                )
+            except IndexFileError as exc:
+                if path.exists() or tenant.change_seq > 0:
+                    log.warning("index of tenant %s unusable (%s): rebuilding from SQL", tenant_id, exc)
+                return self._build(session, tenant)
+            if index.dim != tenant.embedding_dim or index.synced_seq > tenant.change_seq:
+                log.warning("index of tenant %s does not match the database: rebuilding from SQL", tenant_id)
+                return self._build(session, tenant)
+            return index
+
+    def _build(self, session: Session, tenant: Tenant) -> TenantIndex:
+        index = TenantIndex(tenant.embedding_dim, exact_max=self._exact_max, nprobe=self._nprobe)
+        index.synced_seq = tenant.change_seq
+        rows = session.execute(
+            select(Memory.id, Memory.uid, Memory.subject_id, Memory.embedding_ct).where(
+                Memory.tenant_id == tenant.id
+            )
+        ).all()
+        ids, vectors = self._decrypt(session, tenant.id, rows)
+        index.upsert(ids, vectors)
+        index.changes_since_save = max(index.changes_since_save, 1)
+        log.info("rebuilt index of tenant %s from SQL: %d vectors", tenant.id, len(ids))
+        return index
+
+    def _decrypt(
+        self, session: Session, tenant_id: str, rows: Iterable[tuple[int, str, str, bytes]]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        rows = list(rows)
+        subject_ids = {row[2] for row in rows}
+        subjects = {
+            s.id: s for s in session.scalars(select(Subject).where(Subject.id.in_(subject_ids)))
+        } if subject_ids else {}
+        sealers = {
+            sid: MemorySealer(self._keys.subject_key(s), tenant_id, sid) for sid, s in subjects.items()
+        }
+        ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+        if not rows:
+            return ids, np.zeros((0, 0), dtype=np.float32)
+        vectors = np.vstack([sealers[row[2]].open_embedding(row[1], row[3]) for row in rows])
+        return ids, vectors
+
+    def _catch_up(
+        self, tenant_id: str, index: TenantIndex, known: Mapping[int, npt.NDArray[np.float32]]
+    ) -> TenantIndex:
+        with self._sessions() as session:
+            tenant = session.get(Tenant, tenant_id)
+            if tenant is None:
+                raise NotFoundError("tenant not found")
+            if tenant.change_seq == index.synced_seq:
+                return index
+            changes = session.execute(
+                select(VectorChange.seq, VectorChange.memory_id, VectorChange.op)
+                .where(VectorChange.tenant_id == tenant_id, VectorChange.seq > index.synced_seq)
+                .order_by(VectorChange.seq)
+            ).all()
+            if tenant.change_seq < index.synced_seq or not changes or changes[0][0] != index.synced_seq + 1:
+                log.warning("index of tenant %s cannot follow the change log: rebuilding from SQL", tenant_id)
+                return self._build(session, tenant)
+            last_op: dict[int, str] = {}
+            for _seq, memory_id, op in changes:
+                last_op[memory_id] = op
+            removed = np.array([m for m, op in last_op.items() if op == "delete"], dtype=np.int64)
+            upserted = [m for m, op in last_op.items() if op == "upsert"]
+            index.remove(removed)
+            have = [m for m in upserted if m in known]
+            if have:
+                index.upsert(np.array(have, dtype=np.int64), np.vstack([known[m] for m in have]))
+            missing = [m for m in upserted if m not in known]
+            if missing:
+                rows = session.execute(
+                    select(Memory.id, Memory.uid, Memory.subject_id, Memory.embedding_ct).where(
+                        Memory.tenant_id == tenant_id, Memory.id.in_(missing)
+                    )
+                ).all()
+                ids, vectors = self._decrypt(session, tenant_id, rows)
+                index.upsert(ids, vectors)
+                gone = np.array(sorted(set(missing) - set(ids.tolist())), dtype=np.int64)
+                index.remove(gone)
+            index.synced_seq = max(tenant.change_seq, changes[-1][0])
+            return index
+
+    def _save(self, tenant_id: str, index: TenantIndex) -> None:
+        with self._sessions() as session:
+            tenant = session.get(Tenant, tenant_id)
+            if tenant is None:
+                return
+            index.save(
+                self.path(tenant_id),
+                tenant_id=tenant_id,
+                key=self._keys.index_key(tenant),
+                key_version=tenant.index_key_version,
+            )
+            session.execute(
+                delete(VectorChange).where(
+                    VectorChange.tenant_id == tenant_id, VectorChange.seq <= tenant.change_seq - CHANGE_LOG_KEEP
+                )
+            )
+            session.commit()
+
+    def persist(self, tenant_id: str | None = None, *, force: bool = False) -> int:
+        """Save dirty indexes (or all with ``force``); returns how many were written."""
+        written = 0
+        for tid, index in self.loaded().items():
+            if tenant_id is not None and tid != tenant_id:
+                continue
+            with self._tenant_lock(tid):
+                if force or index.changes_since_save:
+                    self._save(tid, index)
+                    written += 1
+        return written
+
+    def rebuild(self, tenant_id: str) -> TenantIndex:
+        with self._tenant_lock(tenant_id), self._sessions() as session:
+            tenant = session.get(Tenant, tenant_id)
+            if tenant is None:
+                raise NotFoundError("tenant not found")
+            index = self._build(session, tenant)
+            self._indexes[tenant_id] = index
+        self.persist(tenant_id, force=True)
+        return index
+
+    def evict(self, tenant_id: str) -> None:
+        with self._lock:
+            self._indexes.pop(tenant_id, None)

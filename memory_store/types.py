@@ -1,0 +1,109 @@
+"""Plain data types of the storage core's public API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+KINDS = ("fact", "turn", "summary", "preference", "event", "note")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewMemory:
+    subject: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    agent_id: str | None = None
+    session_id: str | None = None
+    kind: str = "fact"
+    importance: float = 0.5
+    source: str = "api"
+    source_ref: str | None = None
+    occurred_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryRecord:
+    id: str
+    subject: str
+    text: str
+    metadata: dict[str, Any]
+    agent_id: str | None
+    session_id: str | None
+    kind: str
+    status: str
+    superseded_by: str | None
+    importance: float
+    source: str
+    source_ref: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_accessed_at: datetime | None
+    occurred_at: datetime | None
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchHit:
+    memory: MemoryRecord
+    score: float
+    dense_score: float | None
+    lexical_score: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Filters:
+    """Conditions applied inside the search (they choose the candidate set), not after it."""
+
+    agent_id: str | None = None
+    session_id: str | None = None
+    kinds: tuple[str, ...] | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    occurred_after: datetime | None = None
+    occurred_before: datetime | None = None
+    metadata: dict[str, Any] | None = None
+    include_superseded: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Page:
+    items: list[MemoryRecord]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryEntry:
+    memory_id: str
+    action: str
+    actor: str
+    at: datetime
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubjectInfo:
+    subject: str
+    memory_count: int
+    created_at: datetime
+    last_activity_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class TenantInfo:
+    id: str
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stats:
+    memories: int
+    subjects: int
+    by_kind: dict[str, int]
+    per_subject: dict[str, int]
+    index_vectors: int
+    index_bytes: int
+    index_kind: str

@@ -1,0 +1,204 @@
+"""One FAISS index per tenant: exact inner product by default, IVF above a size threshold.
+
+The index is a derived cache of the SQL embeddings. It persists as one AES-GCM encrypted file (temp file,
+fsync, atomic rename); a file that is missing, tampered with or encrypted under a destroyed key fails to load
+and the caller rebuilds it from SQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from memory_store.crypto import associated_data, open_sealed, seal
+from memory_store.errors import DecryptionError
+
+_MAGIC = b"SMIX\x01"
+IdArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class IndexHeader:
+    tenant_id: str
+    key_version: int
+    synced_seq: int
+    ntotal: int
+    dim: int
+    kind: str
+
+
+class IndexFileError(Exception):
+    """The index file is missing, corrupt, or not readable with the current key."""
+
+
+class TenantIndex:
+    """FAISS vectors of one tenant. Ids are SQL ``memories.id`` values. Thread-safe."""
+
+    def __init__(self, dim: int, *, exact_max: int, nprobe: int) -> None:
+        self.dim = dim
+        self.exact_max = exact_max
+        self.nprobe = nprobe
+        self.synced_seq = 0
+        self.changes_since_save = 0
+        self.lock = threading.RLock()
+        self._index: faiss.Index = self._flat()
+
+    def _flat(self) -> faiss.Index:
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+
+    @property
+    def kind(self) -> str:
+        return "ivf" if isinstance(self._index, faiss.IndexIVF) else "flat"
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def size_bytes(self) -> int:
+        return self.ntotal * self.dim * 4
+
+    def upsert(self, ids: IdArray, vectors: npt.NDArray[np.float32]) -> None:
+        if len(ids) == 0:
+            return
+        with self.lock:
+            ids = np.ascontiguousarray(ids, dtype=np.int64)
+            self._index.remove_ids(faiss.IDSelectorBatch(ids))
+            self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+            self.changes_since_save += len(ids)
+            if self.kind == "flat" and self.ntotal > self.exact_max:
+                self._convert_to_ivf()
+
+    def remove(self, ids: IdArray) -> None:
+        if len(ids) == 0:
+            return
+        with self.lock:
+            self._index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
+            self.changes_since_save += len(ids)
+
+    def all_ids(self) -> IdArray:
+        with self.lock:
+            if self.kind == "flat":
+                return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            invlists = self._index.invlists
+            parts = [
+                faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+                for i in range(self._index.nlist)
+                if invlists.list_size(i)
+            ]
+            return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+    def _vectors_for(self, ids: IdArray) -> npt.NDArray[np.float32]:
+        return np.vstack([self._index.reconstruct(int(i)) for i in ids]).astype(np.float32)
+
+    def _convert_to_ivf(self) -> None:
+        ids = self.all_ids()
+        vectors = self._vectors_for(ids)
+        nlist = max(16, int(4 * np.sqrt(len(ids))))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(vectors)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        ivf.add_with_ids(vectors, ids)
+        self._index = ivf
+
+    def search(
+        self, query: npt.NDArray[np.float32], k: int, candidates: IdArray | None
+    ) -> tuple[IdArray, npt.NDArray[np.float32]]:
+        """Top-``k`` (ids, inner products) restricted to ``candidates`` inside the search."""
+        q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+        with self.lock:
+            if self.ntotal == 0 or k <= 0 or (candidates is not None and len(candidates) == 0):
+                return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+            if candidates is None:
+                params = faiss.SearchParametersIVF(nprobe=self.nprobe) if self.kind == "ivf" else None
+                scores, ids = self._index.search(q, k, params=params)
+            elif self.kind == "ivf" and len(candidates) <= 4 * self.nprobe * 64:
+                # Small candidate sets are scored exactly: IVF probing could miss them.
+                present = candidates[np.isin(candidates, self.all_ids())]
+                if len(present) == 0:
+                    return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+                sims = self._vectors_for(present) @ q[0]
+                order = np.argsort(-sims)[:k]
+                return present[order], sims[order].astype(np.float32)
+            else:
+                selector = faiss.IDSelectorBatch(np.ascontiguousarray(candidates, dtype=np.int64))
+                params = (
+                    faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)
+                    if self.kind == "ivf"
+                    else faiss.SearchParameters(sel=selector)
+                )
+                scores, ids = self._index.search(q, k, params=params)
+        keep = ids[0] >= 0
+        return ids[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
+
+    # ---- persistence -------------------------------------------------------------------------------
+
+    def save(self, path: Path, *, tenant_id: str, key: bytes, key_version: int) -> None:
+        with self.lock:
+            header = IndexHeader(tenant_id, key_version, self.synced_seq, self.ntotal, self.dim, self.kind)
+            payload = faiss.serialize_index(self._index).tobytes()
+            self.changes_since_save = 0
+        header_bytes = json.dumps(header.__dict__, sort_keys=True).encode()
+        blob = seal(key, payload, _file_ad(tenant_id, key_version, header_bytes))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
+        with open(tmp, "wb") as handle:
+            handle.write(_MAGIC + struct.pack(">I", len(header_bytes)) + header_bytes + blob)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    @staticmethod
+    def read_header(path: Path) -> tuple[IndexHeader, bytes, bytes]:
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise IndexFileError("index file is missing") from exc
+        if not raw.startswith(_MAGIC) or len(raw) < len(_MAGIC) + 4:
+            raise IndexFileError("index file has no valid header")
+        (hlen,) = struct.unpack(">I", raw[len(_MAGIC) : len(_MAGIC) + 4])
+        start = len(_MAGIC) + 4
+        header_bytes = raw[start : start + hlen]
+        try:
+            header = IndexHeader(**json.loads(header_bytes))
+        except (ValueError, TypeError) as exc:
+            raise IndexFileError("index file header is corrupt") from exc
+        return header, header_bytes, raw[start + hlen :]
+
+    @classmethod
+    def load(
+        cls, path: Path, *, tenant_id: str, key: bytes, key_version: int, exact_max: int, nprobe: int
+    ) -> TenantIndex:
+        header, header_bytes, blob = cls.read_header(path)
+        if header.tenant_id != tenant_id or header.key_version != key_version:
+            raise IndexFileError("index file belongs to another tenant or key version")
+        try:
+            payload = open_sealed(key, blob, _file_ad(tenant_id, key_version, header_bytes))
+        except DecryptionError as exc:
+            raise IndexFileError("index file failed authentication") from exc
+        index = faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8))
+        if index.ntotal != header.ntotal or index.d != header.dim:
+            raise IndexFileError("index file contents disagree with its header")
+        out = cls(header.dim, exact_max=exact_max, nprobe=nprobe)
+        out._index = index
+        out.synced_seq = header.synced_seq
+        return out
+
+
+def _file_ad(tenant_id: str, key_version: int, header_bytes: bytes) -> bytes:
+    return associated_data("index-file", tenant_id, key_version, hashlib.sha256(header_bytes).hexdigest())

@@ -1,0 +1,1 @@
+"""Alembic migration scripts for Sealmem (run with ``sealmem migrate``)."""
