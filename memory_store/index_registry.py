@@ -90,6 +90,7 @@ class IndexRegistry:
                 )
             except IndexFileError as exc:
                 if path.exists() or tenant.change_seq > 0:
+                    # Loud: the cache was lost or tampered with; it is rebuilt, never silently emptied.
                     log.warning("index of tenant %s unusable (%s): rebuilding from SQL", tenant_id, exc)
                 return self._build(session, tenant)
             if index.dim != tenant.embedding_dim or index.synced_seq > tenant.change_seq:

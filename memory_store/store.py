@@ -118,6 +118,8 @@ class MemoryStore:
                 session.add(tenant)
         except IntegrityError as exc:
             raise ConflictError("a tenant with this name already exists") from exc
+        self.indexes.get(tenant_id)
+        self.indexes.persist(tenant_id, force=True)
         return TenantInfo(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
 
     def get_tenant(self, *, tenant_id: str) -> TenantInfo:
@@ -333,7 +335,9 @@ class MemoryStore:
         now = utcnow()
         with self._sessions.begin() as session:
             seq = self._bump(session, tenant_id, 1)
-            row, owner = self._memory_row(session, tenant_id, memory_id, subject)
+            row, owner = self._memory_row(
+                session, tenant_id, memory_id, subject, include_expired=actor == "expiry"
+            )
             session.add(VectorChange(tenant_id=tenant_id, seq=seq, memory_id=row.id, op="delete"))
             session.add(
                 MemoryEvent(
@@ -412,7 +416,13 @@ class MemoryStore:
     # ---- reads -------------------------------------------------------------------------------------
 
     def _memory_row(
-        self, session: Session, tenant_id: str, memory_id: str, subject: str | None
+        self,
+        session: Session,
+        tenant_id: str,
+        memory_id: str,
+        subject: str | None,
+        *,
+        include_expired: bool = False,
     ) -> tuple[Memory, Subject]:
         query = (
             select(Memory, Subject)
@@ -425,7 +435,7 @@ class MemoryStore:
         if found is None:
             raise NotFoundError("memory not found")
         row, owner = found
-        if row.expires_at is not None and row.expires_at <= utcnow():
+        if not include_expired and row.expires_at is not None and row.expires_at <= utcnow():
             raise NotFoundError("memory not found")
         return row, owner
 

@@ -1,0 +1,133 @@
+"""Shared fixtures: every store test runs on real SQLite and on a real PostgreSQL (pgserver)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from memory_store import HashingEmbedder, MasterKey, MemoryStore, StoreSettings, generate_key
+from memory_store.crypto import encode_key
+from memory_store.db import make_engine
+from memory_store.embedder import Embedder
+from memory_store.migrate import upgrade
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    pgserver = pytest.importorskip("pgserver")
+    server = pgserver.get_server(str(tmp_path_factory.mktemp("pg")), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+def _pg_url(server: Any, database: str) -> str:
+    base = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+    return base.replace("/postgres?", f"/{database}?", 1)
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: Any) -> str:
+    """A database migrated once; each test clones it (CREATE DATABASE ... TEMPLATE is fast)."""
+    admin = create_engine(_pg_url(pg_server, "postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("CREATE DATABASE sealmem_template"))
+    engine = create_engine(_pg_url(pg_server, "sealmem_template"))
+    with engine.connect() as conn:
+        conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+        conn.commit()
+    upgrade(engine)
+    engine.dispose()
+    admin.dispose()
+    return "sealmem_template"
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("sqlite-template")
+    engine = make_engine(StoreSettings(data_dir=folder))
+    upgrade(engine)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+    return folder / "sealmem.db"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    """None means the default SQLite file in the data dir (already migrated)."""
+    if request.param == "sqlite":
+        data = tmp_path / "data"
+        data.mkdir()
+        shutil.copy(request.getfixturevalue("sqlite_template"), data / "sealmem.db")
+        return None
+    server = request.getfixturevalue("pg_server")
+    template = request.getfixturevalue("pg_template")
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(_pg_url(server, "postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE {template}'))
+    admin.dispose()
+    return _pg_url(server, name)
+
+
+@pytest.fixture
+def master_key() -> MasterKey:
+    return MasterKey(generate_key())
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str | None, master_key: MasterKey) -> StoreSettings:
+    return StoreSettings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        master_key=encode_key(master_key.material),  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def embedder() -> Embedder:
+    return HashingEmbedder(dim=64)
+
+
+@pytest.fixture
+def open_store(settings: StoreSettings, embedder: Embedder) -> Iterator[Callable[..., MemoryStore]]:
+    """Open (another) store on the same database; all are closed at teardown."""
+    opened: list[MemoryStore] = []
+
+    def _open(*, key: MasterKey | None = None, **overrides: Any) -> MemoryStore:
+        store_settings = settings.model_copy(update=overrides) if overrides else settings
+        master = key or MasterKey(bytes.fromhex(_hex(store_settings)))
+        store = MemoryStore.open(store_settings, master_key=master, embedder=embedder)
+        opened.append(store)
+        return store
+
+    yield _open
+    for store in opened:
+        store.engine.dispose()
+
+
+def _hex(settings: StoreSettings) -> str:
+    import base64
+
+    assert settings.master_key is not None
+    return base64.b64decode(settings.master_key.get_secret_value()).hex()
+
+
+@pytest.fixture
+def store(open_store: Callable[..., MemoryStore]) -> MemoryStore:
+    return open_store()
+
+
+@pytest.fixture
+def tenant_id(store: MemoryStore) -> str:
+    return store.create_tenant(name="acme").id
