@@ -1,0 +1,82 @@
+"""Typed settings of the REST service (environment prefix ``SEALMEM_``), extending the storage core's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from memory_store import validation
+from memory_store.settings import StoreSettings
+
+MIN_TOKEN_SECRET_CHARS = 32
+_TEXT_CAP = validation.MAX_TEXT_CHARS
+_META_BYTES_CAP = validation.MAX_METADATA_BYTES
+_META_DEPTH_CAP = validation.MAX_METADATA_DEPTH
+
+
+class Settings(StoreSettings):
+    """Everything ``create_app`` and the ``sealmem`` CLI need. Secrets are ``SecretStr`` and never logged."""
+
+    token_secret: SecretStr | None = Field(
+        default=None, description="HS256 signing secret for subject tokens (at least 32 characters)."
+    )
+    token_secret_file: Path | None = Field(default=None, description="File holding the token signing secret.")
+    token_default_ttl_seconds: int = Field(default=900, ge=1, description="Lifetime when none is asked.")
+    token_max_ttl_seconds: int = Field(default=3600, ge=1, le=7 * 86400, description="Longest lifetime.")
+
+    host: str = Field(default="127.0.0.1", description="Address `sealmem serve` binds to.")
+    port: int = Field(default=8080, ge=1, le=65535)
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
+    # The storage core enforces its own hard caps; these may only tighten them.
+    max_text_chars: int = Field(default=_TEXT_CAP, ge=1, le=_TEXT_CAP)
+    max_metadata_bytes: int = Field(default=_META_BYTES_CAP, ge=2, le=_META_BYTES_CAP)
+    max_metadata_depth: int = Field(default=_META_DEPTH_CAP, ge=1, le=_META_DEPTH_CAP)
+    max_k: int = Field(default=100, ge=1, le=1000, description="Largest `k` a search may ask for.")
+    max_page_size: int = Field(default=200, ge=1, le=1000, description="Largest `limit` of a listing.")
+    max_batch: int = Field(default=100, ge=1, le=1000, description="Most memories in one batch add.")
+    rate_limit_per_minute: int = Field(
+        default=600, ge=0, description="Requests per minute per credential (token bucket); 0 disables."
+    )
+    rate_limit_burst: int | None = Field(
+        default=None, ge=1, description="Bucket capacity; defaults to rate_limit_per_minute."
+    )
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    persist_interval_seconds: float = Field(
+        default=30.0, gt=0, description="How often the service flushes access times and changed indexes."
+    )
+
+    @model_validator(mode="after")
+    def _check_token_secret(self) -> Settings:
+        if self.token_secret is not None and self.token_secret_file is not None:
+            raise ValueError("set SEALMEM_TOKEN_SECRET or SEALMEM_TOKEN_SECRET_FILE, not both")
+        if self.token_secret is not None:
+            check_token_secret(self.token_secret.get_secret_value())
+        if self.token_default_ttl_seconds > self.token_max_ttl_seconds:
+            raise ValueError("token_default_ttl_seconds must not exceed token_max_ttl_seconds")
+        return self
+
+    @property
+    def default_master_key_file(self) -> Path:
+        return self.data_dir / "master.key"
+
+    @property
+    def default_token_secret_file(self) -> Path:
+        return self.data_dir / "token.secret"
+
+    @property
+    def embedded(self) -> bool:
+        """True when the database is the SQLite file in ``data_dir`` (single-machine mode)."""
+        return not self.database_url
+
+
+def check_token_secret(secret: str) -> str:
+    """Refuse short or obviously low-entropy signing secrets (``sealmem keygen`` makes a good one)."""
+    if len(secret) < MIN_TOKEN_SECRET_CHARS:
+        raise ValueError(f"the token secret must be at least {MIN_TOKEN_SECRET_CHARS} characters")
+    if len(set(secret)) < 10:
+        raise ValueError("the token secret looks like a placeholder (too few distinct characters)")
+    return secret
