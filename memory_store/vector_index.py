@@ -72,7 +72,7 @@ class TenantIndex:
             return
         with self.lock:
             ids = np.ascontiguousarray(ids, dtype=np.int64)
-            self._index.remove_ids(faiss.IDSelectorBatch(ids))
+            self._remove(ids)
             self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
             self.changes_since_save += len(ids)
             if self.kind == "flat" and self.ntotal > self.exact_max:
@@ -82,8 +82,13 @@ class TenantIndex:
         if len(ids) == 0:
             return
         with self.lock:
-            self._index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
+            self._remove(np.ascontiguousarray(ids, dtype=np.int64))
             self.changes_since_save += len(ids)
+
+    def _remove(self, ids: IdArray) -> None:
+        # IVF's hashtable direct map only accepts an array selector; the flat IDMap prefers a hashed batch.
+        selector = faiss.IDSelectorArray(ids) if self.kind == "ivf" else faiss.IDSelectorBatch(ids)
+        self._index.remove_ids(selector)
 
     def all_ids(self) -> IdArray:
         with self.lock:
