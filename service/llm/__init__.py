@@ -1,0 +1,1 @@
+"""LLM backends and model loading for the chat loop."""
