@@ -12,9 +12,10 @@ from collections import OrderedDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from memory_store.crypto import MasterKey, subject_key_ad, tenant_index_key_ad
+from memory_store.crypto import MasterKey, associated_data, subject_key_ad, tenant_index_key_ad
 from memory_store.errors import WrongMasterKeyError
 from memory_store.models import Keyring, Subject, Tenant, utcnow
+from memory_store.vector_models import TenantVectorKey
 
 
 class KeyManager:
@@ -88,6 +89,10 @@ class KeyManager:
         for tenant in session.scalars(select(Tenant)):
             ad = tenant_index_key_ad(tenant.id, tenant.index_key_version)
             tenant.wrapped_index_key = new_master.wrap(self._master.unwrap(tenant.wrapped_index_key, ad), ad)
+            moved += 1
+        for vector_key in session.scalars(select(TenantVectorKey)):
+            ad = associated_data("vector-key", vector_key.tenant_id)
+            vector_key.wrapped_key = new_master.wrap(self._master.unwrap(vector_key.wrapped_key, ad), ad)
             moved += 1
         ring.key_check = new_master.key_check()
         ring.fingerprint = new_master.fingerprint

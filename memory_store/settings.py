@@ -28,7 +28,9 @@ class StoreSettings(BaseSettings):
     embedding_batch_size: int = Field(default=64, ge=1, le=4096)
     torch_threads: int = Field(default=1, ge=1, le=256, description="Torch intra-op threads.")
 
-    vector_backend: Literal["faiss"] = "faiss"
+    vector_backend: Literal["faiss", "pgvector"] = Field(
+        default="faiss", description="'faiss' (in-process, default) or 'pgvector' (PostgreSQL only, shared)."
+    )
     index_exact_max: int = Field(
         default=200_000, ge=1, description="Above this many vectors a tenant index switches to IVF."
     )

@@ -18,17 +18,19 @@ from memory_store import validation
 from memory_store.crypto import MasterKey, generate_key
 from memory_store.db import make_engine, make_sessionmaker
 from memory_store.embedder import Embedder
-from memory_store.errors import ConflictError, NotFoundError, ValidationError
+from memory_store.errors import ConfigurationError, ConflictError, NotFoundError, ValidationError
 from memory_store.fusion import FusionConfig
 from memory_store.index_registry import IndexRegistry
 from memory_store.keys import KeyManager
 from memory_store.lexical import LexicalCache
 from memory_store.migrate import require_head
+from memory_store.pgvector_backend import PgVectorBackend
 from memory_store.models import Memory, MemoryEvent, Subject, Tenant, VectorChange, utcnow
 from memory_store.records import apply_filters, decode, decode_cursor, encode_cursor, metadata_matches
 from memory_store.sealing import MemorySealer
 from memory_store.search import HybridSearcher
 from memory_store.settings import StoreSettings
+from memory_store.vector_backend import FaissBackend, VectorBackend
 from memory_store.types import (
     Filters,
     HistoryEntry,
@@ -72,10 +74,18 @@ class MemoryStore:
             nprobe=settings.index_ivf_nprobe,
             persist_every=settings.index_persist_every,
         )
+        self.vectors: VectorBackend = self._vector_backend(settings, engine)
         self._lexical = LexicalCache()
-        self._searcher = HybridSearcher(self._sessions, self._keys, embedder, self.indexes, self._lexical)
+        self._searcher = HybridSearcher(self._sessions, self._keys, embedder, self.vectors, self._lexical)
         self._touch_lock = threading.Lock()
         self._touched: dict[int, datetime] = {}
+
+    def _vector_backend(self, settings: StoreSettings, engine: Engine) -> VectorBackend:
+        if settings.vector_backend == "faiss":
+            return FaissBackend(self.indexes)
+        if engine.dialect.name != "postgresql":
+            raise ConfigurationError("SEALMEM_VECTOR_BACKEND=pgvector needs a PostgreSQL SEALMEM_DATABASE_URL")
+        return PgVectorBackend(self._sessions, self._keys, dim=self._embedder.dim)
 
     @classmethod
     def open(cls, settings: StoreSettings, *, master_key: MasterKey, embedder: Embedder) -> MemoryStore:
@@ -96,7 +106,7 @@ class MemoryStore:
     def persist(self) -> None:
         """Flush access times and save changed indexes (also called periodically by the service)."""
         self._flush_touches()
-        self.indexes.persist()
+        self.vectors.persist()
 
     # ---- tenants and subjects ---------------------------------------------------------------------
 
@@ -118,8 +128,8 @@ class MemoryStore:
                 session.add(tenant)
         except IntegrityError as exc:
             raise ConflictError("a tenant with this name already exists") from exc
-        self.indexes.get(tenant_id)
-        self.indexes.persist(tenant_id, force=True)
+        self.vectors.after_commit(tenant_id)
+        self.vectors.persist(tenant_id, force=True)
         return TenantInfo(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
 
     def get_tenant(self, *, tenant_id: str) -> TenantInfo:
@@ -234,13 +244,14 @@ class MemoryStore:
                         detail={"kind": row.kind, "source": row.source},
                     )
                 )
+            self.vectors.stage(session, tenant_id, [(row.id, vector) for row, vector in zip(rows, vectors, strict=True)])
             for subject in subjects.values():
                 subject.change_seq = last_seq
                 subject.last_activity_at = now
             records = [
                 _record_from_new(row, item) for row, item in zip(rows, items, strict=True)
             ]
-        self.indexes.get(tenant_id, known=known)
+        self.vectors.after_commit(tenant_id, known)
         return records
 
     def update(
@@ -296,6 +307,8 @@ class MemoryStore:
             owner.change_seq = seq
             owner.last_activity_at = now
             session.add(VectorChange(tenant_id=tenant_id, seq=seq, memory_id=row.id, op="upsert"))
+            if vector is not None:
+                self.vectors.stage(session, tenant_id, [(row.id, vector)])
             session.add(
                 MemoryEvent(
                     tenant_id=tenant_id, subject_id=owner.id, memory_uid=row.uid, action="update",
@@ -304,7 +317,7 @@ class MemoryStore:
             )
             record = decode(row, owner, sealer)
             row_id = row.id
-        self.indexes.get(tenant_id, known={row_id: vector} if vector is not None else None)
+        self.vectors.after_commit(tenant_id, {row_id: vector} if vector is not None else None)
         return record
 
     def supersede(
@@ -348,7 +361,7 @@ class MemoryStore:
             owner.change_seq = seq
             owner.last_activity_at = now
             session.delete(row)
-        self.indexes.get(tenant_id)
+        self.vectors.after_commit(tenant_id)
 
     def forget_subject(self, *, tenant_id: str, subject: str, actor: str = "system") -> int:
         """Crypto-shred a subject: destroy its data key, delete its rows and vectors; returns memories removed.
@@ -382,8 +395,8 @@ class MemoryStore:
             subject_id = owner.id
         self._keys.forget(subject_id)
         self._lexical.drop(subject_id)
-        self.indexes.get(tenant_id)
-        self.indexes.persist(tenant_id, force=True)
+        self.vectors.after_commit(tenant_id)
+        self.vectors.persist(tenant_id, force=True)
         if self._engine.dialect.name == "sqlite":
             with self._engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -399,7 +412,7 @@ class MemoryStore:
         return moved
 
     def reindex_tenant(self, *, tenant_id: str) -> int:
-        return self.indexes.rebuild(tenant_id).ntotal
+        return self.vectors.rebuild(tenant_id)
 
     def purge_expired(self, *, tenant_id: str) -> int:
         now = utcnow()
@@ -598,14 +611,14 @@ class MemoryStore:
                 ).all()
             )
             subjects = session.scalar(select(func.count()).where(Subject.tenant_id == tenant_id)) or 0
-        index = self.indexes.get(tenant_id)
+        index = self.vectors.stats(tenant_id)
         return Stats(
             memories=sum(by_kind.values()),
             subjects=int(subjects),
             by_kind={k: int(v) for k, v in by_kind.items()},
             per_subject={k: int(v) for k, v in per_subject.items()},
-            index_vectors=index.ntotal,
-            index_bytes=index.size_bytes,
+            index_vectors=index.vectors,
+            index_bytes=index.bytes,
             index_kind=index.kind,
         )
 

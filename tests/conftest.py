@@ -62,10 +62,28 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "sealmem.db"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("pgvector", marks=pytest.mark.postgres),
+    ]
+)
+def backend(request: pytest.FixtureRequest) -> str:
+    """sqlite = SQLite + FAISS; postgres = PostgreSQL + FAISS; pgvector = PostgreSQL + pgvector."""
+    return str(request.param)
+
+
+@pytest.fixture
+def faiss_only(backend: str) -> None:
+    if backend == "pgvector":
+        pytest.skip("exercises the FAISS index files")
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> str | None:
     """None means the default SQLite file in the data dir (already migrated)."""
-    if request.param == "sqlite":
+    if backend == "sqlite":
         data = tmp_path / "data"
         data.mkdir()
         shutil.copy(request.getfixturevalue("sqlite_template"), data / "sealmem.db")
@@ -86,17 +104,18 @@ def master_key() -> MasterKey:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str | None, master_key: MasterKey) -> StoreSettings:
+def settings(tmp_path: Path, backend: str, database_url: str | None, master_key: MasterKey) -> StoreSettings:
     return StoreSettings(
         data_dir=tmp_path / "data",
         database_url=database_url,
+        vector_backend="pgvector" if backend == "pgvector" else "faiss",
         master_key=encode_key(master_key.material),  # type: ignore[arg-type]
     )
 
 
 @pytest.fixture
 def embedder() -> Embedder:
-    return HashingEmbedder(dim=64)
+    return HashingEmbedder(dim=384)
 
 
 @pytest.fixture

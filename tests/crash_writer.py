@@ -17,7 +17,7 @@ def main() -> None:
     tenant_id = sys.argv[2]
     assert settings.master_key is not None
     store = MemoryStore.open(
-        settings, master_key=MasterKey(decode_key(settings.master_key.get_secret_value())), embedder=HashingEmbedder(64)
+        settings, master_key=MasterKey(decode_key(settings.master_key.get_secret_value())), embedder=HashingEmbedder(384)
     )
     store.add_batch(tenant_id=tenant_id, items=[NewMemory(subject="alice", text=f"before save {i}") for i in range(5)])
     store.persist()

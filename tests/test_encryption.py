@@ -62,13 +62,14 @@ def test_ciphertext_moved_to_another_row_fails_to_decrypt(store, tenant_id):
     assert store.get(tenant_id=tenant_id, memory_id=a.id).text == "alice secret"
 
 
-def test_rotation_rewraps_keys_without_reencrypting(open_store, store, tenant_id):
+def test_rotation_rewraps_keys_without_reencrypting(open_store, store, tenant_id, backend):
     rec = store.add(tenant_id=tenant_id, item=NewMemory(subject="alice", text="rotate me"))
     with store.engine.connect() as conn:
         cts = conn.execute(select(Memory.text_ct, Memory.embedding_ct)).all()
         wrapped = conn.execute(select(Subject.wrapped_key)).scalar_one()
     new_key = MasterKey(generate_key())
-    assert store.rotate_master_key(new_master_key=new_key) == 2  # one subject key + one tenant index key
+    # one subject key + one tenant index key (+ the tenant's vector-rotation key with pgvector)
+    assert store.rotate_master_key(new_master_key=new_key) == (3 if backend == "pgvector" else 2)
     with store.engine.connect() as conn:
         assert conn.execute(select(Memory.text_ct, Memory.embedding_ct)).all() == cts
         assert conn.execute(select(Subject.wrapped_key)).scalar_one() != wrapped
@@ -80,7 +81,7 @@ def test_rotation_rewraps_keys_without_reencrypting(open_store, store, tenant_id
     assert reopened.search(tenant_id=tenant_id, subject="alice", query="rotate")[0].memory.id == rec.id
 
 
-def test_nothing_plaintext_at_rest(store, tenant_id, settings, embedder, master_key):
+def test_nothing_plaintext_at_rest(request, backend, store, tenant_id, settings, embedder, master_key):
     store.add_batch(
         tenant_id=tenant_id,
         items=[
@@ -102,7 +103,17 @@ def test_nothing_plaintext_at_rest(store, tenant_id, settings, embedder, master_
     }
     assert data_keys
     files = _files(settings.data_dir)
-    assert any(p.suffix == ".index" for p in files)
+    if backend == "sqlite":
+        assert any(p.suffix == ".index" for p in files) and any(p.suffix == ".db" for p in files)
+    else:  # PostgreSQL: flush everything to its data files, then scan the whole cluster directory
+        from sqlalchemy import create_engine, text
+
+        server = request.getfixturevalue("pg_server")
+        engine = create_engine(settings.database_url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("CHECKPOINT"))
+        engine.dispose()
+        files += [p for p in _files(Path(server.pgdata)) if p.stat().st_size < 64_000_000]
     for path in files:
         blob = path.read_bytes()
         for what, needle in needles.items():
@@ -111,6 +122,7 @@ def test_nothing_plaintext_at_rest(store, tenant_id, settings, embedder, master_
                 assert needle.decode().encode("utf-16-le") not in blob
 
 
+@pytest.mark.usefixtures("faiss_only")
 def test_index_file_from_before_forget_cannot_be_read(store, tenant_id, settings):
     store.add(tenant_id=tenant_id, item=NewMemory(subject="alice", text="soon forgotten"))
     store.add(tenant_id=tenant_id, item=NewMemory(subject="bob", text="stays"))

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from sqlalchemy import func, select
 
 from memory_store import Filters, NewMemory
@@ -20,6 +21,7 @@ def _ids_in_sql(store):
         return set(conn.execute(select(Memory.id)).scalars())
 
 
+@pytest.mark.usefixtures("faiss_only")
 def test_kill_between_sql_commit_and_index_save_is_reconciled(open_store, store, tenant_id, settings):
     store.close()
     env = {**os.environ, "SEALMEM_MASTER_KEY": settings.master_key.get_secret_value()}
@@ -37,6 +39,7 @@ def test_kill_between_sql_commit_and_index_save_is_reconciled(open_store, store,
     assert index.ntotal == 6
 
 
+@pytest.mark.usefixtures("faiss_only")
 def test_corrupt_index_file_is_rebuilt_loudly(open_store, store, tenant_id, caplog):
     store.add_batch(tenant_id=tenant_id, items=[NewMemory(subject="alice", text=f"memory {i}") for i in range(10)])
     store.close()
@@ -51,6 +54,7 @@ def test_corrupt_index_file_is_rebuilt_loudly(open_store, store, tenant_id, capl
     assert reopened.search(tenant_id=tenant_id, subject="alice", query="memory 3", k=1)[0].memory.text == "memory 3"
 
 
+@pytest.mark.usefixtures("faiss_only")
 def test_missing_index_file_is_rebuilt(open_store, store, tenant_id, caplog):
     store.add(tenant_id=tenant_id, item=NewMemory(subject="alice", text="survives"))
     store.close()
@@ -61,6 +65,7 @@ def test_missing_index_file_is_rebuilt(open_store, store, tenant_id, caplog):
     assert any("missing" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.usefixtures("faiss_only")
 def test_saved_index_is_reused_without_rebuild(open_store, store, tenant_id, caplog):
     store.add_batch(tenant_id=tenant_id, items=[NewMemory(subject="alice", text=f"m{i}") for i in range(4)])
     store.close()
@@ -75,6 +80,7 @@ def test_reindex_tenant_rebuilds_from_sql(store, tenant_id):
     assert store.reindex_tenant(tenant_id=tenant_id) == 4
 
 
+@pytest.mark.usefixtures("faiss_only")
 def test_large_tenant_switches_to_ivf_and_keeps_exact_filtering(open_store):
     store = open_store(index_exact_max=100, index_ivf_nprobe=4)
     tenant = store.create_tenant(name="big").id

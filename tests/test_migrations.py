@@ -10,14 +10,18 @@ from sqlalchemy import create_engine
 from memory_store.db import make_engine
 from memory_store.errors import ConfigurationError
 from memory_store.migrate import current_revision, head_revision, require_head, upgrade
-from memory_store.models import Base
+from memory_store.schema import metadata
 from memory_store.settings import StoreSettings
 
 
 def _diff(engine):
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-        return compare_metadata(ctx, Base.metadata)
+        return compare_metadata(ctx, metadata)
+
+
+def test_schema_covers_every_table():
+    assert {"memories", "api_keys", "memory_vectors", "tenant_vector_keys"} <= set(metadata.tables)
 
 
 def test_upgrade_head_on_empty_sqlite_matches_models(tmp_path):

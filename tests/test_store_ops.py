@@ -221,7 +221,7 @@ def test_stats_and_subjects(store, tenant_id):
     assert (stats.memories, stats.subjects, stats.index_vectors) == (3, 2, 3)
     assert stats.by_kind == {"fact": 2, "turn": 1}
     assert stats.per_subject == {"alice": 2, "bob": 1}
-    assert stats.index_bytes == 3 * 64 * 4
+    assert stats.index_bytes == 3 * 384 * 4
     subjects = store.list_subjects(tenant_id=tenant_id)
     assert [(s.subject, s.memory_count) for s in subjects] == [("alice", 2), ("bob", 1)]
     export = store.export_subject(tenant_id=tenant_id, subject="alice")

@@ -1,0 +1,155 @@
+"""Vectors in PostgreSQL (pgvector, HNSW): written in the metadata transaction, shared by every API replica."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from sqlalchemy import BigInteger, bindparam, delete, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from memory_store.crypto import associated_data, generate_key
+from memory_store.errors import ConfigurationError
+from memory_store.keys import KeyManager
+from memory_store.models import Memory, Subject
+from memory_store.sealing import MemorySealer
+from memory_store.vector_backend import IdArray, Vector, VectorStats
+from memory_store.vector_models import PGVECTOR_DIM, MemoryVector, TenantVectorKey
+from memory_store.vector_rotation import orthogonal_matrix, rotate
+
+log = logging.getLogger("sealmem.pgvector")
+
+
+def _key_ad(tenant_id: str) -> bytes:
+    return associated_data("vector-key", tenant_id)  # keys.KeyManager.rotate re-wraps with the same AD
+
+
+class PgVectorBackend:
+    name = "pgvector"
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        keys: KeyManager,
+        *,
+        dim: int,
+        exact_max: int = 20_000,
+        ef_search: int = 100,
+    ) -> None:
+        if dim != PGVECTOR_DIM:
+            raise ConfigurationError(f"the pgvector backend stores {PGVECTOR_DIM}-dim vectors; the embedder has {dim}")
+        self._sessions = sessions
+        self._keys = keys
+        self._exact_max = exact_max
+        self._ef_search = ef_search
+        self._matrices: dict[str, Vector] = {}
+        self._lock = threading.Lock()
+
+    def _matrix(self, session: Session, tenant_id: str, *, create: bool) -> Vector | None:
+        with self._lock:
+            cached = self._matrices.get(tenant_id)
+        if cached is not None:
+            return cached
+        row = session.get(TenantVectorKey, tenant_id)
+        if row is None:
+            if not create:
+                return None
+            key = generate_key()
+            session.add(
+                TenantVectorKey(tenant_id=tenant_id, wrapped_key=self._keys.master.wrap(key, _key_ad(tenant_id)))
+            )
+            session.flush()
+        else:
+            key = self._keys.master.unwrap(row.wrapped_key, _key_ad(tenant_id))
+        matrix = orthogonal_matrix(key, PGVECTOR_DIM)
+        with self._lock:
+            self._matrices[tenant_id] = matrix
+        return matrix
+
+    def stage(self, session: Session, tenant_id: str, items: Sequence[tuple[int, Vector]]) -> None:
+        if not items:
+            return
+        matrix = self._matrix(session, tenant_id, create=True)
+        assert matrix is not None
+        rotated = rotate(matrix, np.vstack([vector for _, vector in items]))
+        stmt = insert(MemoryVector).values(
+            [
+                {"memory_id": memory_id, "tenant_id": tenant_id, "embedding": rotated[i]}
+                for i, (memory_id, _) in enumerate(items)
+            ]
+        )
+        session.execute(
+            stmt.on_conflict_do_update(index_elements=["memory_id"], set_={"embedding": stmt.excluded.embedding})
+        )
+
+    def after_commit(self, tenant_id: str, known: Mapping[int, Vector] | None = None) -> None:
+        return None
+
+    def search(self, tenant_id: str, vector: Vector, k: int, candidates: IdArray) -> tuple[IdArray, Vector]:
+        empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+        if k <= 0 or len(candidates) == 0:
+            return empty
+        with self._sessions() as session:
+            matrix = self._matrix(session, tenant_id, create=False)
+            if matrix is None:
+                return empty
+            query = rotate(matrix, vector.reshape(1, -1))[0]
+            distance = MemoryVector.embedding.max_inner_product(query)  # negative inner product
+            ids_param = bindparam("ids", value=candidates.tolist(), type_=ARRAY(BigInteger))
+            stmt = (
+                select(MemoryVector.memory_id, distance)
+                .where(MemoryVector.memory_id == func.any(ids_param))
+                .order_by(distance)
+                .limit(k)
+            )
+            if len(candidates) > self._exact_max:
+                # Large candidate sets: the HNSW index, filtered, with a wider beam than the result size.
+                session.execute(text(f"SET LOCAL hnsw.ef_search = {max(self._ef_search, 2 * k)}"))
+                stmt = stmt.where(MemoryVector.tenant_id == tenant_id)
+            else:
+                # Small candidate sets (one subject): exact scoring of just those rows.
+                session.execute(text("SET LOCAL enable_indexscan = off"))
+            rows = session.execute(stmt).all()
+            if len(candidates) > self._exact_max and len(rows) < min(k, len(candidates)):
+                session.execute(text("SET LOCAL enable_indexscan = off"))
+                rows = session.execute(stmt).all()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        scores = np.array([-float(r[1]) for r in rows], dtype=np.float32)
+        return ids, scores
+
+    def rebuild(self, tenant_id: str) -> int:
+        """Re-derive every vector row of the tenant from the encrypted embeddings in ``memories``."""
+        total = 0
+        with self._sessions.begin() as session:
+            session.execute(delete(MemoryVector).where(MemoryVector.tenant_id == tenant_id))
+            subjects = {s.id: s for s in session.scalars(select(Subject).where(Subject.tenant_id == tenant_id))}
+            sealers = {sid: MemorySealer(self._keys.subject_key(s), tenant_id, sid) for sid, s in subjects.items()}
+            rows = session.execute(
+                select(Memory.id, Memory.uid, Memory.subject_id, Memory.embedding_ct).where(
+                    Memory.tenant_id == tenant_id
+                )
+            ).all()
+            for start in range(0, len(rows), 1000):
+                chunk = rows[start : start + 1000]
+                self.stage(
+                    session,
+                    tenant_id,
+                    [(r[0], sealers[r[2]].open_embedding(r[1], r[3])) for r in chunk],
+                )
+                total += len(chunk)
+        log.info("rebuilt pgvector rows of tenant %s: %d vectors", tenant_id, total)
+        return total
+
+    def stats(self, tenant_id: str) -> VectorStats:
+        with self._sessions() as session:
+            count = session.scalar(
+                select(func.count()).select_from(MemoryVector).where(MemoryVector.tenant_id == tenant_id)
+            )
+        n = int(count or 0)
+        return VectorStats(n, n * PGVECTOR_DIM * 4, "pgvector-hnsw")
+
+    def persist(self, tenant_id: str | None = None, *, force: bool = False) -> None:
+        return None

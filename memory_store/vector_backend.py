@@ -1,0 +1,74 @@
+"""Where vectors live: the in-process FAISS index (default) or pgvector inside PostgreSQL.
+
+The store talks to one of these through the same small interface; both keep SQL as the source of truth
+(the encrypted embedding column), so either can be rebuilt from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy.orm import Session
+
+from memory_store.index_registry import IndexRegistry
+
+Vector = npt.NDArray[np.float32]
+IdArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class VectorStats:
+    vectors: int
+    bytes: int
+    kind: str
+
+
+class VectorBackend(Protocol):
+    name: str
+
+    def stage(self, session: Session, tenant_id: str, items: Sequence[tuple[int, Vector]]) -> None:
+        """Write vectors inside the caller's SQL transaction (no-op where vectors follow the change log)."""
+
+    def after_commit(self, tenant_id: str, known: Mapping[int, Vector] | None = None) -> None:
+        """Bring in-process state up to date after a committed write."""
+
+    def search(self, tenant_id: str, vector: Vector, k: int, candidates: IdArray) -> tuple[IdArray, Vector]:
+        """Top-k (memory ids, inner products) among ``candidates``."""
+
+    def rebuild(self, tenant_id: str) -> int: ...
+
+    def stats(self, tenant_id: str) -> VectorStats: ...
+
+    def persist(self, tenant_id: str | None = None, *, force: bool = False) -> None: ...
+
+
+class FaissBackend:
+    """Per-tenant FAISS indexes that follow the SQL change log (see index_registry)."""
+
+    name = "faiss"
+
+    def __init__(self, registry: IndexRegistry) -> None:
+        self.registry = registry
+
+    def stage(self, session: Session, tenant_id: str, items: Sequence[tuple[int, Vector]]) -> None:
+        return None
+
+    def after_commit(self, tenant_id: str, known: Mapping[int, Vector] | None = None) -> None:
+        self.registry.get(tenant_id, known=known)
+
+    def search(self, tenant_id: str, vector: Vector, k: int, candidates: IdArray) -> tuple[IdArray, Vector]:
+        return self.registry.get(tenant_id).search(vector, k, candidates)
+
+    def rebuild(self, tenant_id: str) -> int:
+        return self.registry.rebuild(tenant_id).ntotal
+
+    def stats(self, tenant_id: str) -> VectorStats:
+        index = self.registry.get(tenant_id)
+        return VectorStats(index.ntotal, index.size_bytes, f"faiss-{index.kind}")
+
+    def persist(self, tenant_id: str | None = None, *, force: bool = False) -> None:
+        self.registry.persist(tenant_id, force=force)
