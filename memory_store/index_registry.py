@@ -60,7 +60,9 @@ class IndexRegistry:
         with self._lock:
             return dict(self._indexes)
 
-    def get(self, tenant_id: str, *, known: Mapping[int, npt.NDArray[np.float32]] | None = None) -> TenantIndex:
+    def get(
+        self, tenant_id: str, *, known: Mapping[int, npt.NDArray[np.float32]] | None = None
+    ) -> TenantIndex:
         """The tenant's index, loaded or rebuilt on first use and caught up with SQL."""
         with self._tenant_lock(tenant_id):
             index = self._indexes.get(tenant_id)
@@ -117,9 +119,11 @@ class IndexRegistry:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         rows = list(rows)
         subject_ids = {row[2] for row in rows}
-        subjects = {
-            s.id: s for s in session.scalars(select(Subject).where(Subject.id.in_(subject_ids)))
-        } if subject_ids else {}
+        subjects = (
+            {s.id: s for s in session.scalars(select(Subject).where(Subject.id.in_(subject_ids)))}
+            if subject_ids
+            else {}
+        )
         sealers = {
             sid: MemorySealer(self._keys.subject_key(s), tenant_id, sid) for sid, s in subjects.items()
         }
@@ -182,7 +186,8 @@ class IndexRegistry:
             )
             session.execute(
                 delete(VectorChange).where(
-                    VectorChange.tenant_id == tenant_id, VectorChange.seq <= tenant.change_seq - CHANGE_LOG_KEEP
+                    VectorChange.tenant_id == tenant_id,
+                    VectorChange.seq <= tenant.change_seq - CHANGE_LOG_KEEP,
                 )
             )
             session.commit()

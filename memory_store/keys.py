@@ -33,7 +33,9 @@ class KeyManager:
         """Bind a new database to this master key, or refuse a key that does not match."""
         ring = session.get(Keyring, 1)
         if ring is None:
-            session.add(Keyring(id=1, key_check=self._master.key_check(), fingerprint=self._master.fingerprint))
+            session.add(
+                Keyring(id=1, key_check=self._master.key_check(), fingerprint=self._master.fingerprint)
+            )
             return
         if not self._master.verify(ring.key_check):
             raise WrongMasterKeyError(

@@ -6,7 +6,7 @@ import base64
 import binascii
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, or_, select
 
@@ -14,6 +14,8 @@ from memory_store.errors import ValidationError
 from memory_store.models import Memory, Subject
 from memory_store.sealing import MemorySealer
 from memory_store.types import Filters, MemoryRecord
+
+_Q = TypeVar("_Q", bound="Select[*tuple[Any, ...]]")
 
 
 def decode(row: Memory, subject: Subject, sealer: MemorySealer) -> MemoryRecord:
@@ -38,7 +40,7 @@ def decode(row: Memory, subject: Subject, sealer: MemorySealer) -> MemoryRecord:
     )
 
 
-def apply_filters(query: Select[Any], filters: Filters, now: datetime) -> Select[Any]:
+def apply_filters(query: _Q, filters: Filters, now: datetime) -> _Q:
     """SQL conditions for every filter except metadata equality (that needs decryption)."""
     query = query.where(or_(Memory.expires_at.is_(None), Memory.expires_at > now))
     if not filters.include_superseded:
@@ -64,10 +66,10 @@ def metadata_matches(metadata: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return all(key in metadata and metadata[key] == value for key, value in wanted.items())
 
 
-def candidate_query(tenant_id: str, subject_ids: Sequence[str] | None) -> Select[Any]:
-    query = select(Memory.id, Memory.uid, Memory.subject_id, Memory.metadata_ct).where(
-        Memory.tenant_id == tenant_id
-    )
+def candidate_query(tenant_id: str, subject_ids: Sequence[str] | None) -> Select[*tuple[Any, ...]]:
+    query: Select[*tuple[Any, ...]] = select(
+        Memory.id, Memory.uid, Memory.subject_id, Memory.metadata_ct
+    ).where(Memory.tenant_id == tenant_id)
     if subject_ids is not None:
         query = query.where(Memory.subject_id.in_(subject_ids))
     return query

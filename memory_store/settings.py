@@ -14,7 +14,9 @@ class StoreSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SEALMEM_", env_file=None, extra="ignore")
 
-    data_dir: Path = Field(default=Path("./data"), description="Directory for SQLite, index files and secrets.")
+    data_dir: Path = Field(
+        default=Path("./data"), description="Directory for SQLite, index files and secrets."
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default is SQLite at <data_dir>/sealmem.db."
     )

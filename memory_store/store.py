@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
 import uuid
@@ -10,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, Select, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,13 +25,13 @@ from memory_store.index_registry import IndexRegistry
 from memory_store.keys import KeyManager
 from memory_store.lexical import LexicalCache
 from memory_store.migrate import require_head
-from memory_store.pgvector_backend import PgVectorBackend
 from memory_store.models import Memory, MemoryEvent, Subject, Tenant, VectorChange, utcnow
+from memory_store.pgvector_backend import PgVectorBackend
 from memory_store.records import apply_filters, decode, decode_cursor, encode_cursor, metadata_matches
+from memory_store.retry import retry_read, retry_write
 from memory_store.sealing import MemorySealer
 from memory_store.search import HybridSearcher
 from memory_store.settings import StoreSettings
-from memory_store.vector_backend import FaissBackend, VectorBackend
 from memory_store.types import (
     Filters,
     HistoryEntry,
@@ -42,6 +43,7 @@ from memory_store.types import (
     SubjectInfo,
     TenantInfo,
 )
+from memory_store.vector_backend import FaissBackend, VectorBackend
 
 log = logging.getLogger("sealmem.store")
 _UNSET: Any = object()
@@ -84,7 +86,9 @@ class MemoryStore:
         if settings.vector_backend == "faiss":
             return FaissBackend(self.indexes)
         if engine.dialect.name != "postgresql":
-            raise ConfigurationError("SEALMEM_VECTOR_BACKEND=pgvector needs a PostgreSQL SEALMEM_DATABASE_URL")
+            raise ConfigurationError(
+                "SEALMEM_VECTOR_BACKEND=pgvector needs a PostgreSQL SEALMEM_DATABASE_URL"
+            )
         return PgVectorBackend(self._sessions, self._keys, dim=self._embedder.dim)
 
     @classmethod
@@ -147,13 +151,17 @@ class MemoryStore:
             ]
 
     def _subject(self, session: Session, tenant_id: str, subject: str) -> Subject:
-        row = session.scalar(select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject))
+        row = session.scalar(
+            select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject)
+        )
         if row is None:
             raise NotFoundError("subject not found")
         return row
 
     def _subject_or_create(self, session: Session, tenant_id: str, subject: str) -> Subject:
-        row = session.scalar(select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject))
+        row = session.scalar(
+            select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject)
+        )
         if row is None:
             subject_id = str(uuid.uuid4())
             row = Subject(
@@ -187,7 +195,10 @@ class MemoryStore:
     def add(self, *, tenant_id: str, item: NewMemory, actor: str = "system") -> MemoryRecord:
         return self.add_batch(tenant_id=tenant_id, items=[item], actor=actor)[0]
 
-    def add_batch(self, *, tenant_id: str, items: Sequence[NewMemory], actor: str = "system") -> list[MemoryRecord]:
+    @retry_write
+    def add_batch(
+        self, *, tenant_id: str, items: Sequence[NewMemory], actor: str = "system"
+    ) -> list[MemoryRecord]:
         """Store ``items`` atomically (all or nothing), embedding them in batches."""
         if not items:
             return []
@@ -203,7 +214,9 @@ class MemoryStore:
             subjects: dict[str, Subject] = {}
             rows: list[Memory] = []
             for item, vector in zip(items, vectors, strict=True):
-                subject = subjects.get(item.subject) or self._subject_or_create(session, tenant_id, item.subject)
+                subject = subjects.get(item.subject) or self._subject_or_create(
+                    session, tenant_id, item.subject
+                )
                 subjects[item.subject] = subject
                 sealer = self._sealer(subject)
                 uid = str(uuid.uuid4())
@@ -232,7 +245,9 @@ class MemoryStore:
             session.flush()
             for offset, (row, vector) in enumerate(zip(rows, vectors, strict=True)):
                 known[row.id] = vector
-                session.add(VectorChange(tenant_id=tenant_id, seq=first_seq + offset, memory_id=row.id, op="upsert"))
+                session.add(
+                    VectorChange(tenant_id=tenant_id, seq=first_seq + offset, memory_id=row.id, op="upsert")
+                )
                 session.add(
                     MemoryEvent(
                         tenant_id=tenant_id,
@@ -244,16 +259,17 @@ class MemoryStore:
                         detail={"kind": row.kind, "source": row.source},
                     )
                 )
-            self.vectors.stage(session, tenant_id, [(row.id, vector) for row, vector in zip(rows, vectors, strict=True)])
+            self.vectors.stage(
+                session, tenant_id, [(row.id, vector) for row, vector in zip(rows, vectors, strict=True)]
+            )
             for subject in subjects.values():
                 subject.change_seq = last_seq
                 subject.last_activity_at = now
-            records = [
-                _record_from_new(row, item) for row, item in zip(rows, items, strict=True)
-            ]
+            records = [_record_from_new(row, item) for row, item in zip(rows, items, strict=True)]
         self.vectors.after_commit(tenant_id, known)
         return records
 
+    @retry_write
     def update(
         self,
         *,
@@ -311,8 +327,13 @@ class MemoryStore:
                 self.vectors.stage(session, tenant_id, [(row.id, vector)])
             session.add(
                 MemoryEvent(
-                    tenant_id=tenant_id, subject_id=owner.id, memory_uid=row.uid, action="update",
-                    actor=actor, at=now, detail={"fields": changed},
+                    tenant_id=tenant_id,
+                    subject_id=owner.id,
+                    memory_uid=row.uid,
+                    action="update",
+                    actor=actor,
+                    at=now,
+                    detail={"fields": changed},
                 )
             )
             record = decode(row, owner, sealer)
@@ -320,6 +341,7 @@ class MemoryStore:
         self.vectors.after_commit(tenant_id, {row_id: vector} if vector is not None else None)
         return record
 
+    @retry_write
     def supersede(
         self, *, tenant_id: str, memory_id: str, by: str, subject: str | None = None, actor: str = "system"
     ) -> MemoryRecord:
@@ -338,13 +360,21 @@ class MemoryStore:
             session.add(VectorChange(tenant_id=tenant_id, seq=seq, memory_id=row.id, op="upsert"))
             session.add(
                 MemoryEvent(
-                    tenant_id=tenant_id, subject_id=owner.id, memory_uid=row.uid, action="supersede",
-                    actor=actor, at=now, detail={"superseded_by": newer.uid},
+                    tenant_id=tenant_id,
+                    subject_id=owner.id,
+                    memory_uid=row.uid,
+                    action="supersede",
+                    actor=actor,
+                    at=now,
+                    detail={"superseded_by": newer.uid},
                 )
             )
             return decode(row, owner, self._sealer(owner))
 
-    def delete(self, *, tenant_id: str, memory_id: str, subject: str | None = None, actor: str = "system") -> None:
+    @retry_write
+    def delete(
+        self, *, tenant_id: str, memory_id: str, subject: str | None = None, actor: str = "system"
+    ) -> None:
         now = utcnow()
         with self._sessions.begin() as session:
             seq = self._bump(session, tenant_id, 1)
@@ -354,8 +384,13 @@ class MemoryStore:
             session.add(VectorChange(tenant_id=tenant_id, seq=seq, memory_id=row.id, op="delete"))
             session.add(
                 MemoryEvent(
-                    tenant_id=tenant_id, subject_id=owner.id, memory_uid=row.uid, action="delete",
-                    actor=actor, at=now, detail={},
+                    tenant_id=tenant_id,
+                    subject_id=owner.id,
+                    memory_uid=row.uid,
+                    action="delete",
+                    actor=actor,
+                    at=now,
+                    detail={},
                 )
             )
             owner.change_seq = seq
@@ -363,6 +398,7 @@ class MemoryStore:
             session.delete(row)
         self.vectors.after_commit(tenant_id)
 
+    @retry_write
     def forget_subject(self, *, tenant_id: str, subject: str, actor: str = "system") -> int:
         """Crypto-shred a subject: destroy its data key, delete its rows and vectors; returns memories removed.
 
@@ -377,7 +413,7 @@ class MemoryStore:
             first_seq = last_seq - max(len(ids), 1) + 1
             if ids:
                 session.execute(
-                    VectorChange.__table__.insert(),
+                    insert(VectorChange),
                     [
                         {"tenant_id": tenant_id, "seq": first_seq + i, "memory_id": mid, "op": "delete"}
                         for i, mid in enumerate(ids)
@@ -391,7 +427,9 @@ class MemoryStore:
             tenant = session.get(Tenant, tenant_id)
             assert tenant is not None
             tenant.index_key_version += 1
-            tenant.wrapped_index_key = self._keys.wrap_index_key(tenant_id, tenant.index_key_version, generate_key())
+            tenant.wrapped_index_key = self._keys.wrap_index_key(
+                tenant_id, tenant.index_key_version, generate_key()
+            )
             subject_id = owner.id
         self._keys.forget(subject_id)
         self._lexical.drop(subject_id)
@@ -408,7 +446,9 @@ class MemoryStore:
         with self._sessions.begin() as session:
             moved = self._keys.rotate(session, new_master_key)
         self._keys.use(new_master_key)
-        log.info("master key rotated to fingerprint %s: %d data keys re-wrapped", new_master_key.fingerprint, moved)
+        log.info(
+            "master key rotated to fingerprint %s: %d data keys re-wrapped", new_master_key.fingerprint, moved
+        )
         return moved
 
     def reindex_tenant(self, *, tenant_id: str) -> int:
@@ -452,6 +492,7 @@ class MemoryStore:
             raise NotFoundError("memory not found")
         return row, owner
 
+    @retry_read
     def get(self, *, tenant_id: str, memory_id: str, subject: str | None = None) -> MemoryRecord:
         with self._sessions() as session:
             row, owner = self._memory_row(session, tenant_id, memory_id, subject)
@@ -459,6 +500,7 @@ class MemoryStore:
         self._touch([row.id])
         return record
 
+    @retry_read
     def list(
         self,
         *,
@@ -473,11 +515,13 @@ class MemoryStore:
             raise ValidationError("limit must be between 1 and 1000")
         filters = filters or Filters(include_superseded=True)
         after = decode_cursor(cursor) if cursor else None
-        items: list[MemoryRecord] = []
+        items: builtins.list[MemoryRecord] = []
         last_id: int | None = None
         with self._sessions() as session:
-            query = select(Memory, Subject).join(Subject, Subject.id == Memory.subject_id).where(
-                Memory.tenant_id == tenant_id
+            query: Select[*tuple[Any, ...]] = (
+                select(Memory, Subject)
+                .join(Subject, Subject.id == Memory.subject_id)
+                .where(Memory.tenant_id == tenant_id)
             )
             if subject is not None:
                 query = query.where(Subject.id == self._subject(session, tenant_id, subject).id)
@@ -504,6 +548,7 @@ class MemoryStore:
         next_cursor = encode_cursor(last_id) if more and last_id is not None and len(items) == limit else None
         return Page(items=items, next_cursor=next_cursor)
 
+    @retry_read
     def search(
         self,
         *,
@@ -513,20 +558,27 @@ class MemoryStore:
         k: int = 10,
         filters: Filters | None = None,
         fusion: FusionConfig | None = None,
-    ) -> list[SearchHit]:
+    ) -> builtins.list[SearchHit]:
         """Hybrid dense + BM25 search over one subject's memories, filters applied inside the search."""
         if not isinstance(query, str) or not query.strip():
             raise ValidationError("query must be a non-empty string")
         if not 1 <= k <= 1000:
             raise ValidationError("k must be between 1 and 1000")
         hits, row_ids = self._searcher.search(
-            tenant_id=tenant_id, subject=subject, query=query, k=k,
-            filters=filters or Filters(), fusion=fusion or FusionConfig(),
+            tenant_id=tenant_id,
+            subject=subject,
+            query=query,
+            k=k,
+            filters=filters or Filters(),
+            fusion=fusion or FusionConfig(),
         )
         self._touch(row_ids)
         return hits
 
-    def history(self, *, tenant_id: str, memory_id: str, subject: str | None = None) -> list[HistoryEntry]:
+    @retry_read
+    def history(
+        self, *, tenant_id: str, memory_id: str, subject: str | None = None
+    ) -> builtins.list[HistoryEntry]:
         with self._sessions() as session:
             query = select(MemoryEvent).where(
                 MemoryEvent.tenant_id == tenant_id, MemoryEvent.memory_uid == memory_id
@@ -544,7 +596,10 @@ class MemoryStore:
             for e in events
         ]
 
-    def list_subjects(self, *, tenant_id: str, limit: int = 100, offset: int = 0) -> list[SubjectInfo]:
+    @retry_read
+    def list_subjects(
+        self, *, tenant_id: str, limit: int = 100, offset: int = 0
+    ) -> builtins.list[SubjectInfo]:
         with self._sessions() as session:
             counts = (
                 select(Memory.subject_id, func.count(Memory.id).label("n"))
@@ -562,7 +617,9 @@ class MemoryStore:
             ).all()
         return [
             SubjectInfo(
-                subject=s.external_id, memory_count=int(n), created_at=s.created_at,
+                subject=s.external_id,
+                memory_count=int(n),
+                created_at=s.created_at,
                 last_activity_at=s.last_activity_at,
             )
             for s, n in rows
@@ -570,7 +627,7 @@ class MemoryStore:
 
     def export_subject(self, *, tenant_id: str, subject: str) -> dict[str, Any]:
         """Everything held about a subject, decrypted, for data portability."""
-        memories: list[MemoryRecord] = []
+        memories: builtins.list[MemoryRecord] = []
         cursor: str | None = None
         while True:
             page = self.list(tenant_id=tenant_id, subject=subject, cursor=cursor, limit=1000)
@@ -581,7 +638,9 @@ class MemoryStore:
         with self._sessions() as session:
             owner = self._subject(session, tenant_id, subject)
             events = list(
-                session.scalars(select(MemoryEvent).where(MemoryEvent.subject_id == owner.id).order_by(MemoryEvent.id))
+                session.scalars(
+                    select(MemoryEvent).where(MemoryEvent.subject_id == owner.id).order_by(MemoryEvent.id)
+                )
             )
             info = {"subject": owner.external_id, "created_at": owner.created_at}
         return {
@@ -593,13 +652,16 @@ class MemoryStore:
             ],
         }
 
+    @retry_read
     def stats(self, *, tenant_id: str) -> Stats:
         with self._sessions() as session:
             if session.get(Tenant, tenant_id) is None:
                 raise NotFoundError("tenant not found")
             by_kind = dict(
                 session.execute(
-                    select(Memory.kind, func.count()).where(Memory.tenant_id == tenant_id).group_by(Memory.kind)
+                    select(Memory.kind, func.count())
+                    .where(Memory.tenant_id == tenant_id)
+                    .group_by(Memory.kind)
                 ).all()
             )
             per_subject = dict(
@@ -643,8 +705,21 @@ class MemoryStore:
 
 def _record_from_new(row: Memory, item: NewMemory) -> MemoryRecord:
     return MemoryRecord(
-        id=row.uid, subject=item.subject, text=item.text, metadata=item.metadata, agent_id=row.agent_id,
-        session_id=row.session_id, kind=row.kind, status=row.status, superseded_by=None,
-        importance=row.importance, source=row.source, source_ref=row.source_ref, created_at=row.created_at,
-        updated_at=row.updated_at, last_accessed_at=None, occurred_at=row.occurred_at, expires_at=row.expires_at,
+        id=row.uid,
+        subject=item.subject,
+        text=item.text,
+        metadata=item.metadata,
+        agent_id=row.agent_id,
+        session_id=row.session_id,
+        kind=row.kind,
+        status=row.status,
+        superseded_by=None,
+        importance=row.importance,
+        source=row.source,
+        source_ref=row.source_ref,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        last_accessed_at=None,
+        occurred_at=row.occurred_at,
+        expires_at=row.expires_at,
     )

@@ -79,7 +79,11 @@ def check_new_memory(item: NewMemory) -> NewMemory:
     check_metadata(item.metadata)
     check_kind(item.kind)
     check_importance(item.importance)
-    for value, what in ((item.agent_id, "agent_id"), (item.session_id, "session_id"), (item.source_ref, "source_ref")):
+    for value, what in (
+        (item.agent_id, "agent_id"),
+        (item.session_id, "session_id"),
+        (item.source_ref, "source_ref"),
+    ):
         if value is not None:
             check_identifier(value, what)
     check_kind(item.source)

@@ -14,6 +14,7 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -50,9 +51,9 @@ class TenantIndex:
         self.synced_seq = 0
         self.changes_since_save = 0
         self.lock = threading.RLock()
-        self._index: faiss.Index = self._flat()
+        self._index: Any = self._flat()  # faiss's SWIG classes are only partly typed
 
-    def _flat(self) -> faiss.Index:
+    def _flat(self) -> Any:
         return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
 
     @property
@@ -112,7 +113,7 @@ class TenantIndex:
         quantizer = faiss.IndexFlatIP(self.dim)
         ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         ivf.train(vectors)
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
         ivf.add_with_ids(vectors, ids)
         self._index = ivf
 
@@ -125,7 +126,7 @@ class TenantIndex:
             if self.ntotal == 0 or k <= 0 or (candidates is not None and len(candidates) == 0):
                 return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
             if candidates is None:
-                params = faiss.SearchParametersIVF(nprobe=self.nprobe) if self.kind == "ivf" else None
+                params: Any = faiss.SearchParametersIVF(nprobe=self.nprobe) if self.kind == "ivf" else None  # type: ignore[call-arg]
                 scores, ids = self._index.search(q, k, params=params)
             elif self.kind == "ivf" and len(candidates) <= 4 * self.nprobe * 64:
                 # Small candidate sets are scored exactly: IVF probing could miss them.
@@ -138,9 +139,9 @@ class TenantIndex:
             else:
                 selector = faiss.IDSelectorBatch(np.ascontiguousarray(candidates, dtype=np.int64))
                 params = (
-                    faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)
+                    faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)  # type: ignore[call-arg]
                     if self.kind == "ivf"
-                    else faiss.SearchParameters(sel=selector)
+                    else faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
                 )
                 scores, ids = self._index.search(q, k, params=params)
         keep = ids[0] >= 0

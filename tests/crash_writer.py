@@ -17,12 +17,18 @@ def main() -> None:
     tenant_id = sys.argv[2]
     assert settings.master_key is not None
     store = MemoryStore.open(
-        settings, master_key=MasterKey(decode_key(settings.master_key.get_secret_value())), embedder=HashingEmbedder(384)
+        settings,
+        master_key=MasterKey(decode_key(settings.master_key.get_secret_value())),
+        embedder=HashingEmbedder(384),
     )
-    store.add_batch(tenant_id=tenant_id, items=[NewMemory(subject="alice", text=f"before save {i}") for i in range(5)])
+    store.add_batch(
+        tenant_id=tenant_id, items=[NewMemory(subject="alice", text=f"before save {i}") for i in range(5)]
+    )
     store.persist()
     # Committed to SQL, but the index file is never saved again: the process dies right here.
-    late = store.add(tenant_id=tenant_id, item=NewMemory(subject="alice", text="committed after the last index save"))
+    late = store.add(
+        tenant_id=tenant_id, item=NewMemory(subject="alice", text="committed after the last index save")
+    )
     print(json.dumps({"late": late.id}), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 

@@ -27,12 +27,19 @@ def test_bundled_model_gives_normalised_384_dim_vectors(minilm):
 def test_semantic_search_finds_a_paraphrase_with_no_shared_words(settings, minilm):
     store = MemoryStore.open(settings, master_key=_key(settings), embedder=minilm)
     tenant = store.create_tenant(name="semantic").id
-    store.add_batch(tenant_id=tenant, items=[
-        NewMemory(subject="alice", text=t) for t in [
-            "My dog is named Biscuit.", "I work as a nurse at the city hospital.", "I am allergic to peanuts.",
-            "We are going to Lisbon in June.", "My favourite colour is teal.",
-        ]
-    ])
+    store.add_batch(
+        tenant_id=tenant,
+        items=[
+            NewMemory(subject="alice", text=t)
+            for t in [
+                "My dog is named Biscuit.",
+                "I work as a nurse at the city hospital.",
+                "I am allergic to peanuts.",
+                "We are going to Lisbon in June.",
+                "My favourite colour is teal.",
+            ]
+        ],
+    )
     hits = store.search(tenant_id=tenant, subject="alice", query="What is the name of my puppy?", k=1)
     assert hits[0].memory.text == "My dog is named Biscuit."
     hits = store.search(tenant_id=tenant, subject="alice", query="which foods should she avoid", k=1)

@@ -23,7 +23,9 @@ def _files(folder: Path) -> list[Path]:
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in _files(folder) if p.suffix != ".db-shm"}
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in _files(folder) if p.suffix != ".db-shm"
+    }
 
 
 def test_master_key_is_required(settings):
@@ -140,11 +142,15 @@ def test_index_file_from_before_forget_cannot_be_read(store, tenant_id, settings
         assert tenant.index_key_version == old_version + 1
         current_key = store._keys.index_key(tenant)
     with pytest.raises(IndexFileError):
-        TenantIndex.load(stray, tenant_id=tenant_id, key=current_key, key_version=old_version, exact_max=10, nprobe=1)
+        TenantIndex.load(
+            stray, tenant_id=tenant_id, key=current_key, key_version=old_version, exact_max=10, nprobe=1
+        )
     with pytest.raises(IndexFileError):
-        TenantIndex.load(stray, tenant_id=tenant_id, key=current_key, key_version=old_version + 1, exact_max=10,
-                         nprobe=1)
-    fresh = TenantIndex.load(path, tenant_id=tenant_id, key=current_key, key_version=old_version + 1,
-                             exact_max=10, nprobe=1)
+        TenantIndex.load(
+            stray, tenant_id=tenant_id, key=current_key, key_version=old_version + 1, exact_max=10, nprobe=1
+        )
+    fresh = TenantIndex.load(
+        path, tenant_id=tenant_id, key=current_key, key_version=old_version + 1, exact_max=10, nprobe=1
+    )
     assert fresh.ntotal == 1
     assert np.all(fresh.all_ids() >= 0)

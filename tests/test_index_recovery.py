@@ -26,13 +26,24 @@ def test_kill_between_sql_commit_and_index_save_is_reconciled(open_store, store,
     store.close()
     env = {**os.environ, "SEALMEM_MASTER_KEY": settings.master_key.get_secret_value()}
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.crash_writer", settings.model_dump_json(exclude={"master_key"}), tenant_id],
-        capture_output=True, text=True, timeout=120, env=env,
+        [
+            sys.executable,
+            "-m",
+            "tests.crash_writer",
+            settings.model_dump_json(exclude={"master_key"}),
+            tenant_id,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     late_id = json.loads(proc.stdout)["late"]
     reopened = open_store()
-    hits = reopened.search(tenant_id=tenant_id, subject="alice", query="committed after the last index save", k=1)
+    hits = reopened.search(
+        tenant_id=tenant_id, subject="alice", query="committed after the last index save", k=1
+    )
     assert [h.memory.id for h in hits] == [late_id]
     index = reopened.indexes.get(tenant_id)
     assert set(index.all_ids().tolist()) == _ids_in_sql(reopened)
@@ -41,7 +52,9 @@ def test_kill_between_sql_commit_and_index_save_is_reconciled(open_store, store,
 
 @pytest.mark.usefixtures("faiss_only")
 def test_corrupt_index_file_is_rebuilt_loudly(open_store, store, tenant_id, caplog):
-    store.add_batch(tenant_id=tenant_id, items=[NewMemory(subject="alice", text=f"memory {i}") for i in range(10)])
+    store.add_batch(
+        tenant_id=tenant_id, items=[NewMemory(subject="alice", text=f"memory {i}") for i in range(10)]
+    )
     store.close()
     path = store.indexes.path(tenant_id)
     raw = bytearray(path.read_bytes())
@@ -50,8 +63,13 @@ def test_corrupt_index_file_is_rebuilt_loudly(open_store, store, tenant_id, capl
     with caplog.at_level(logging.WARNING, logger="sealmem.index"):
         reopened = open_store()
         assert reopened.stats(tenant_id=tenant_id).index_vectors == 10
-    assert any("rebuilding from SQL" in r.getMessage() and "authentication" in r.getMessage() for r in caplog.records)
-    assert reopened.search(tenant_id=tenant_id, subject="alice", query="memory 3", k=1)[0].memory.text == "memory 3"
+    assert any(
+        "rebuilding from SQL" in r.getMessage() and "authentication" in r.getMessage() for r in caplog.records
+    )
+    assert (
+        reopened.search(tenant_id=tenant_id, subject="alice", query="memory 3", k=1)[0].memory.text
+        == "memory 3"
+    )
 
 
 @pytest.mark.usefixtures("faiss_only")
@@ -61,7 +79,10 @@ def test_missing_index_file_is_rebuilt(open_store, store, tenant_id, caplog):
     store.indexes.path(tenant_id).unlink()
     with caplog.at_level(logging.WARNING, logger="sealmem.index"):
         reopened = open_store()
-        assert reopened.search(tenant_id=tenant_id, subject="alice", query="survives")[0].memory.text == "survives"
+        assert (
+            reopened.search(tenant_id=tenant_id, subject="alice", query="survives")[0].memory.text
+            == "survives"
+        )
     assert any("missing" in r.getMessage() for r in caplog.records)
 
 
@@ -91,11 +112,17 @@ def test_large_tenant_switches_to_ivf_and_keeps_exact_filtering(open_store):
     rare = store.add(tenant_id=tenant, item=NewMemory(subject="rare", text="shared topic number one"))
     index = store.indexes.get(tenant)
     assert index.kind == "ivf" and index.ntotal == 301
-    assert [h.memory.id for h in store.search(tenant_id=tenant, subject="rare", query="shared topic", k=3)] == [rare.id]
+    assert [
+        h.memory.id for h in store.search(tenant_id=tenant, subject="rare", query="shared topic", k=3)
+    ] == [rare.id]
     victim = store.search(tenant_id=tenant, subject="user1", query="shared topic number 6", k=1)[0].memory
     store.delete(tenant_id=tenant, memory_id=victim.id)
-    assert victim.id not in [h.memory.id for h in store.search(tenant_id=tenant, subject="user1", query="shared topic",
-                                                                 k=100, filters=Filters())]
+    assert victim.id not in [
+        h.memory.id
+        for h in store.search(
+            tenant_id=tenant, subject="user1", query="shared topic", k=100, filters=Filters()
+        )
+    ]
     assert store.indexes.get(tenant).ntotal == 300
     store.close()
     reopened = open_store(index_exact_max=100, index_ivf_nprobe=4)

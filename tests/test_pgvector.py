@@ -10,7 +10,6 @@ from memory_store import NewMemory, ValidationError
 from memory_store.models import Memory
 from memory_store.vector_models import MemoryVector
 
-
 pytestmark = pytest.mark.postgres
 
 
@@ -29,8 +28,14 @@ def test_stored_vectors_are_rotated_but_preserve_inner_products(store, tenant_id
     texts = ["my dog is named Biscuit", "I live in Lisbon", "green tea every morning"]
     store.add_batch(tenant_id=tenant_id, items=[NewMemory(subject="alice", text=t) for t in texts])
     with store.engine.connect() as conn:
-        stored = np.array([np.asarray(v, dtype=np.float32) for v in
-                           conn.execute(select(MemoryVector.embedding).order_by(MemoryVector.memory_id)).scalars()])
+        stored = np.array(
+            [
+                np.asarray(v, dtype=np.float32)
+                for v in conn.execute(
+                    select(MemoryVector.embedding).order_by(MemoryVector.memory_id)
+                ).scalars()
+            ]
+        )
     raw = embedder.embed(texts)
     assert not np.allclose(stored, raw, atol=1e-3)  # not the model's coordinates
     assert np.allclose(stored @ stored.T, raw @ raw.T, atol=1e-4)  # distances preserved
@@ -40,7 +45,9 @@ def test_stored_vectors_are_rotated_but_preserve_inner_products(store, tenant_id
 
 def test_vectors_commit_and_roll_back_with_metadata(store, tenant_id):
     with pytest.raises(ValidationError):
-        store.add_batch(tenant_id=tenant_id, items=[NewMemory(subject="a", text="ok"), NewMemory(subject="a", text="")])
+        store.add_batch(
+            tenant_id=tenant_id, items=[NewMemory(subject="a", text="ok"), NewMemory(subject="a", text="")]
+        )
     assert _vector_rows(store) == 0
     rec = store.add(tenant_id=tenant_id, item=NewMemory(subject="a", text="kept"))
     assert _vector_rows(store) == 1
@@ -52,8 +59,11 @@ def test_large_candidate_sets_use_hnsw_and_still_find_the_match(open_store):
     store = open_store()
     store.vectors._exact_max = 50  # force the HNSW path
     tenant = store.create_tenant(name="hnsw").id
-    store.add_batch(tenant_id=tenant, items=[NewMemory(subject="alice", text=f"note about topic {i}") for i in range(200)]
-                    + [NewMemory(subject="alice", text="the launch code is zebra")])
+    store.add_batch(
+        tenant_id=tenant,
+        items=[NewMemory(subject="alice", text=f"note about topic {i}") for i in range(200)]
+        + [NewMemory(subject="alice", text="the launch code is zebra")],
+    )
     hits = store.search(tenant_id=tenant, subject="alice", query="launch code zebra", k=3)
     assert hits[0].memory.text == "the launch code is zebra"
     assert store.stats(tenant_id=tenant).index_kind == "pgvector-hnsw"

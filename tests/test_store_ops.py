@@ -23,14 +23,29 @@ def _count(store, model):
 def test_add_get_roundtrip_keeps_fields(store, tenant_id):
     when = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
     rec = _add(
-        store, tenant_id, "alice", "My dog is named Biscuit", metadata={"topic": "pets", "n": 1},
-        agent_id="a1", session_id="s1", kind="fact", importance=0.9, source="chat", source_ref="msg-1",
+        store,
+        tenant_id,
+        "alice",
+        "My dog is named Biscuit",
+        metadata={"topic": "pets", "n": 1},
+        agent_id="a1",
+        session_id="s1",
+        kind="fact",
+        importance=0.9,
+        source="chat",
+        source_ref="msg-1",
         occurred_at=when,
     )
     got = store.get(tenant_id=tenant_id, memory_id=rec.id)
     assert got.text == "My dog is named Biscuit"
     assert got.metadata == {"topic": "pets", "n": 1}
-    assert (got.agent_id, got.session_id, got.kind, got.source, got.source_ref) == ("a1", "s1", "fact", "chat", "msg-1")
+    assert (got.agent_id, got.session_id, got.kind, got.source, got.source_ref) == (
+        "a1",
+        "s1",
+        "fact",
+        "chat",
+        "msg-1",
+    )
     assert got.importance == pytest.approx(0.9)
     assert got.occurred_at == when
     assert got.created_at.tzinfo is not None
@@ -68,7 +83,9 @@ def test_bad_input_is_rejected_and_changes_nothing(store, tenant_id, item):
 def test_update_reembeds_and_records_history_without_content(store, tenant_id):
     rec = _add(store, tenant_id, "alice", "I live in Paris")
     _add(store, tenant_id, "alice", "I like green tea")
-    store.update(tenant_id=tenant_id, memory_id=rec.id, text="I moved to Berlin", metadata={"v": 2}, actor="key-1")
+    store.update(
+        tenant_id=tenant_id, memory_id=rec.id, text="I moved to Berlin", metadata={"v": 2}, actor="key-1"
+    )
     hits = store.search(tenant_id=tenant_id, subject="alice", query="Berlin", k=1)
     assert hits[0].memory.id == rec.id and hits[0].memory.text == "I moved to Berlin"
     history = store.history(tenant_id=tenant_id, memory_id=rec.id)
@@ -84,15 +101,20 @@ def test_delete_removes_from_get_list_search_but_keeps_history(store, tenant_id)
     with pytest.raises(NotFoundError):
         store.get(tenant_id=tenant_id, memory_id=rec.id)
     assert rec.id not in [m.id for m in store.list(tenant_id=tenant_id, subject="alice").items]
-    assert rec.id not in [h.memory.id for h in store.search(tenant_id=tenant_id, subject="alice", query="plan alpha")]
+    assert rec.id not in [
+        h.memory.id for h in store.search(tenant_id=tenant_id, subject="alice", query="plan alpha")
+    ]
     assert [h.action for h in store.history(tenant_id=tenant_id, memory_id=rec.id)] == ["add", "delete"]
     assert store.stats(tenant_id=tenant_id).index_vectors == 1
 
 
 def test_list_paginates_with_cursor_newest_first(store, tenant_id):
-    ids = [r.id for r in store.add_batch(
-        tenant_id=tenant_id, items=[NewMemory(subject="alice", text=f"note {i}") for i in range(7)]
-    )]
+    ids = [
+        r.id
+        for r in store.add_batch(
+            tenant_id=tenant_id, items=[NewMemory(subject="alice", text=f"note {i}") for i in range(7)]
+        )
+    ]
     seen, cursor = [], None
     while True:
         page = store.list(tenant_id=tenant_id, subject="alice", limit=3, cursor=cursor)
@@ -123,16 +145,23 @@ def test_search_filters_are_applied_inside_the_search(store, tenant_id):
     # 300 near-identical memories in one session crowd the query; the one match elsewhere must still win.
     store.add_batch(
         tenant_id=tenant_id,
-        items=[NewMemory(subject="alice", text=f"coffee order number {i}", session_id="busy") for i in range(300)]
+        items=[
+            NewMemory(subject="alice", text=f"coffee order number {i}", session_id="busy") for i in range(300)
+        ]
         + [NewMemory(subject="alice", text="coffee order quiet", session_id="quiet", metadata={"m": 1})],
     )
-    hits = store.search(tenant_id=tenant_id, subject="alice", query="coffee order", k=1,
-                        filters=Filters(session_id="quiet"))
+    hits = store.search(
+        tenant_id=tenant_id, subject="alice", query="coffee order", k=1, filters=Filters(session_id="quiet")
+    )
     assert [h.memory.text for h in hits] == ["coffee order quiet"]
-    hits = store.search(tenant_id=tenant_id, subject="alice", query="coffee order", k=1,
-                        filters=Filters(metadata={"m": 1}))
+    hits = store.search(
+        tenant_id=tenant_id, subject="alice", query="coffee order", k=1, filters=Filters(metadata={"m": 1})
+    )
     assert [h.memory.text for h in hits] == ["coffee order quiet"]
-    assert store.search(tenant_id=tenant_id, subject="alice", query="coffee", filters=Filters(kinds=("turn",))) == []
+    assert (
+        store.search(tenant_id=tenant_id, subject="alice", query="coffee", filters=Filters(kinds=("turn",)))
+        == []
+    )
 
 
 def test_search_time_range_and_recency(store, tenant_id):
@@ -140,17 +169,28 @@ def test_search_time_range_and_recency(store, tenant_id):
     new = datetime.now(UTC) - timedelta(days=1)
     _add(store, tenant_id, "alice", "trip to Rome", occurred_at=old)
     _add(store, tenant_id, "alice", "trip to Rome again", occurred_at=new)
-    hits = store.search(tenant_id=tenant_id, subject="alice", query="trip to Rome", k=5,
-                        filters=Filters(occurred_before=datetime(2021, 1, 1, tzinfo=UTC)))
+    hits = store.search(
+        tenant_id=tenant_id,
+        subject="alice",
+        query="trip to Rome",
+        k=5,
+        filters=Filters(occurred_before=datetime(2021, 1, 1, tzinfo=UTC)),
+    )
     assert [h.memory.text for h in hits] == ["trip to Rome"]
     from memory_store import FusionConfig
 
-    hits = store.search(tenant_id=tenant_id, subject="alice", query="trip to Rome", k=2,
-                        fusion=FusionConfig(recency_half_life_days=30, recency_weight=1.0))
+    hits = store.search(
+        tenant_id=tenant_id,
+        subject="alice",
+        query="trip to Rome",
+        k=2,
+        fusion=FusionConfig(recency_half_life_days=30, recency_weight=1.0),
+    )
     assert hits[0].memory.text == "trip to Rome again"
     assert hits[0].score > hits[1].score
-    hits = store.search(tenant_id=tenant_id, subject="alice", query="trip to Rome", k=2,
-                        fusion=FusionConfig(min_score=1.01))
+    hits = store.search(
+        tenant_id=tenant_id, subject="alice", query="trip to Rome", k=2, fusion=FusionConfig(min_score=1.01)
+    )
     assert hits == []
 
 
@@ -168,7 +208,9 @@ def test_subjects_and_tenants_are_isolated(store, tenant_id):
     assert [h.memory.text for h in store.search(tenant_id=other, subject="alice", query="private fact")] == [
         "same subject name, other tenant"
     ]
-    assert {h.memory.subject for h in store.search(tenant_id=tenant_id, subject="bob", query="fact")} == {"bob"}
+    assert {h.memory.subject for h in store.search(tenant_id=tenant_id, subject="bob", query="fact")} == {
+        "bob"
+    }
     with pytest.raises(NotFoundError):
         store.search(tenant_id=tenant_id, subject="carol", query="fact")
 
@@ -177,14 +219,18 @@ def test_supersede_keeps_history_and_stops_ranking(store, tenant_id):
     old = _add(store, tenant_id, "alice", "I live in Paris")
     new = _add(store, tenant_id, "alice", "I live in Berlin")
     store.supersede(tenant_id=tenant_id, memory_id=old.id, by=new.id)
-    assert [h.memory.id for h in store.search(tenant_id=tenant_id, subject="alice", query="I live in Paris")] == [new.id]
+    assert [
+        h.memory.id for h in store.search(tenant_id=tenant_id, subject="alice", query="I live in Paris")
+    ] == [new.id]
     got = store.get(tenant_id=tenant_id, memory_id=old.id)
     assert got.status == "superseded" and got.superseded_by == new.id
     assert store.history(tenant_id=tenant_id, memory_id=old.id)[-1].action == "supersede"
 
 
 def test_expired_memories_are_invisible_and_purged(store, tenant_id):
-    gone = _add(store, tenant_id, "alice", "temporary code 1234", expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    gone = _add(
+        store, tenant_id, "alice", "temporary code 1234", expires_at=datetime.now(UTC) - timedelta(seconds=1)
+    )
     _add(store, tenant_id, "alice", "permanent code 5678")
     with pytest.raises(NotFoundError):
         store.get(tenant_id=tenant_id, memory_id=gone.id)
@@ -206,17 +252,26 @@ def test_forget_subject_shreds_key_rows_and_vectors(store, tenant_id):
         store.list(tenant_id=tenant_id, subject="alice")
     assert [m.id for m in store.list(tenant_id=tenant_id).items] == [keep.id]
     with store.engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(Subject).where(Subject.external_id == "alice")).scalar() == 0
+        assert (
+            conn.execute(
+                select(func.count()).select_from(Subject).where(Subject.external_id == "alice")
+            ).scalar()
+            == 0
+        )
         assert conn.execute(select(func.count()).select_from(MemoryEvent)).scalar() == 1  # bob's add
     stats = store.stats(tenant_id=tenant_id)
     assert stats.index_vectors == 1 and stats.per_subject == {"bob": 1}
 
 
 def test_stats_and_subjects(store, tenant_id):
-    store.add_batch(tenant_id=tenant_id, items=[
-        NewMemory(subject="alice", text="one"), NewMemory(subject="alice", text="two", kind="turn"),
-        NewMemory(subject="bob", text="three"),
-    ])
+    store.add_batch(
+        tenant_id=tenant_id,
+        items=[
+            NewMemory(subject="alice", text="one"),
+            NewMemory(subject="alice", text="two", kind="turn"),
+            NewMemory(subject="bob", text="three"),
+        ],
+    )
     stats = store.stats(tenant_id=tenant_id)
     assert (stats.memories, stats.subjects, stats.index_vectors) == (3, 2, 3)
     assert stats.by_kind == {"fact": 2, "turn": 1}
@@ -233,10 +288,14 @@ def test_second_store_on_same_database_sees_writes_immediately(open_store):
     a, b = open_store(), open_store()
     tenant = a.create_tenant(name="shared").id
     _add(a, tenant, "alice", "written by replica a")
-    assert [h.memory.text for h in b.search(tenant_id=tenant, subject="alice", query="replica")] == ["written by replica a"]
+    assert [h.memory.text for h in b.search(tenant_id=tenant, subject="alice", query="replica")] == [
+        "written by replica a"
+    ]
     rec = _add(b, tenant, "alice", "written by replica b")
     a.delete(tenant_id=tenant, memory_id=rec.id)
-    assert [h.memory.text for h in b.search(tenant_id=tenant, subject="alice", query="replica")] == ["written by replica a"]
+    assert [h.memory.text for h in b.search(tenant_id=tenant, subject="alice", query="replica")] == [
+        "written by replica a"
+    ]
     a.forget_subject(tenant_id=tenant, subject="alice")
     with pytest.raises(NotFoundError):
         b.search(tenant_id=tenant, subject="alice", query="replica")
