@@ -1,0 +1,239 @@
+"""Append-only audit log with a SHA-256 hash chain per tenant.
+
+Each record stores the hash of the tenant's previous record and its own hash over a canonical JSON of all
+its fields, and ``audit_heads`` holds the newest sequence number and hash. :meth:`AuditLog.verify`
+recomputes the chain, so an edited, deleted or reordered record is found. The chain proves integrity against
+anyone who cannot also rewrite every later record and the head; publishing the head hash elsewhere
+(``verify`` returns it) closes that gap. Records never contain memory content, only ids.
+
+Appends are serialised per tenant: the first statement of an append is an ``UPDATE`` of the tenant's head row,
+which takes a row lock on PostgreSQL and the write lock on SQLite until the transaction commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from memory_store.access import AuditHead, AuditRecord
+from memory_store.errors import NotFoundError, ValidationError
+from memory_store.models import Tenant, utcnow
+
+GENESIS_HASH = "0" * 64
+_HASHED_FIELDS = (
+    "tenant_id",
+    "seq",
+    "at",
+    "credential_id",
+    "role",
+    "token_id",
+    "subject",
+    "action",
+    "memory_ids",
+    "detail",
+    "request_id",
+    "outcome",
+    "prev_hash",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditEvent:
+    """What the caller reports; the log adds time, sequence number and hashes."""
+
+    credential_id: str
+    role: str
+    action: str
+    outcome: str = "ok"
+    subject: str | None = None
+    memory_ids: Sequence[str] = ()
+    detail: dict[str, Any] = field(default_factory=dict)
+    request_id: str | None = None
+    token_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditEntry:
+    seq: int
+    at: datetime
+    credential_id: str
+    role: str
+    token_id: str | None
+    subject: str | None
+    action: str
+    memory_ids: list[str]
+    detail: dict[str, Any]
+    request_id: str | None
+    outcome: str
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyReport:
+    ok: bool
+    records_checked: int
+    head_seq: int
+    head_hash: str
+    broken_seq: int | None = None
+    reason: str | None = None
+
+
+def _stamp(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def chain_hash(values: dict[str, Any]) -> str:
+    """SHA-256 over the canonical JSON (sorted keys, no spaces, ASCII) of the hashed fields."""
+    payload = {name: values[name] for name in _HASHED_FIELDS}
+    payload["at"] = _stamp(payload["at"])
+    raw = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(raw.encode("ascii")).hexdigest()
+
+
+def _values(row: AuditRecord) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in _HASHED_FIELDS}
+
+
+def _entry(row: AuditRecord) -> AuditEntry:
+    return AuditEntry(
+        seq=row.seq,
+        at=row.at,
+        credential_id=row.credential_id,
+        role=row.role,
+        token_id=row.token_id,
+        subject=row.subject,
+        action=row.action,
+        memory_ids=list(row.memory_ids),
+        detail=dict(row.detail),
+        request_id=row.request_id,
+        outcome=row.outcome,
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
+
+
+class AuditLog:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def append(self, *, tenant_id: str, event: AuditEvent) -> AuditEntry:
+        """Append one record to the tenant's chain (safe under concurrent appends from any process)."""
+        for attempt in range(3):
+            try:
+                with self._sessions.begin() as session:
+                    return self._append(session, tenant_id, event)
+            except IntegrityError:
+                # Two first appends raced to create the head row (PostgreSQL); the loser retries and
+                # then finds it. A tenant that does not exist fails the same way, every time.
+                with self._sessions() as session:
+                    if session.get(Tenant, tenant_id) is None:
+                        raise NotFoundError("tenant not found") from None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _append(self, session: Session, tenant_id: str, event: AuditEvent) -> AuditEntry:
+        head = session.execute(
+            update(AuditHead)
+            .where(AuditHead.tenant_id == tenant_id)
+            .values(seq=AuditHead.seq + 1)
+            .returning(AuditHead.seq, AuditHead.last_hash)
+        ).first()
+        if head is None:
+            session.add(AuditHead(tenant_id=tenant_id, seq=1, last_hash=GENESIS_HASH))
+            session.flush()
+            seq, prev_hash = 1, GENESIS_HASH
+        else:
+            seq, prev_hash = int(head[0]), str(head[1])
+        values: dict[str, Any] = {
+            "tenant_id": tenant_id,
+            "seq": seq,
+            "at": utcnow(),
+            "credential_id": event.credential_id[:64],
+            "role": event.role[:16],
+            "token_id": event.token_id[:64] if event.token_id else None,
+            "subject": event.subject,
+            "action": event.action[:32],
+            "memory_ids": [str(m) for m in event.memory_ids],
+            "detail": dict(event.detail),
+            "request_id": event.request_id[:64] if event.request_id else None,
+            "outcome": event.outcome[:16],
+            "prev_hash": prev_hash,
+        }
+        row = AuditRecord(**values, hash=chain_hash(values))
+        session.add(row)
+        session.execute(update(AuditHead).where(AuditHead.tenant_id == tenant_id).values(last_hash=row.hash))
+        return _entry(row)
+
+    def entries(
+        self,
+        *,
+        tenant_id: str,
+        before_seq: int | None = None,
+        limit: int = 100,
+        action: str | None = None,
+        subject: str | None = None,
+    ) -> list[AuditEntry]:
+        """Newest first; page with ``before_seq`` = the last seq of the previous page."""
+        if not 1 <= limit <= 1000:
+            raise ValidationError("limit must be between 1 and 1000")
+        query = select(AuditRecord).where(AuditRecord.tenant_id == tenant_id)
+        if before_seq is not None:
+            query = query.where(AuditRecord.seq < before_seq)
+        if action is not None:
+            query = query.where(AuditRecord.action == action)
+        if subject is not None:
+            query = query.where(AuditRecord.subject == subject)
+        with self._sessions() as session:
+            rows = session.scalars(query.order_by(AuditRecord.seq.desc()).limit(limit))
+            return [_entry(row) for row in rows]
+
+    def verify(self, *, tenant_id: str) -> VerifyReport:
+        """Recompute the tenant's chain; report the first record whose link or content does not hold."""
+        expected_seq, expected_prev, checked = 1, GENESIS_HASH, 0
+
+        def broken(seq: int, reason: str) -> VerifyReport:
+            return VerifyReport(
+                ok=False,
+                records_checked=checked,
+                head_seq=head_seq,
+                head_hash=head_hash,
+                broken_seq=seq,
+                reason=reason,
+            )
+
+        with self._sessions() as session:
+            head = session.get(AuditHead, tenant_id)
+            head_seq, head_hash = (head.seq, head.last_hash) if head else (0, GENESIS_HASH)
+            rows = session.scalars(
+                select(AuditRecord)
+                .where(AuditRecord.tenant_id == tenant_id)
+                .order_by(AuditRecord.seq)
+                .execution_options(yield_per=1000)
+            )
+            for row in rows:
+                if row.seq != expected_seq:
+                    return broken(expected_seq, f"record {expected_seq} is missing")
+                if row.prev_hash != expected_prev:
+                    return broken(row.seq, f"record {row.seq} does not link to the record before it")
+                if chain_hash(_values(row)) != row.hash:
+                    return broken(
+                        row.seq, f"record {row.seq} was altered (its content does not match its hash)"
+                    )
+                expected_prev, expected_seq, checked = row.hash, expected_seq + 1, checked + 1
+            if head_seq > checked:
+                return broken(checked + 1, f"records after {checked} are missing (the head is at {head_seq})")
+            if head_seq < checked:
+                return broken(head_seq + 1, f"record {head_seq + 1} lies beyond the chain head")
+            if head_hash != expected_prev:
+                return broken(head_seq, f"record {head_seq} does not match the chain head")
+        return VerifyReport(ok=True, records_checked=checked, head_seq=head_seq, head_hash=head_hash)
