@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
-import typer
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
 
-from memory_store.crypto import encode_key, generate_key
-from memory_store.db import make_engine
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from memory_store.audit import AuditEvent, AuditLog
+from memory_store.credentials import ApiKeyStore
+from memory_store.crypto import MasterKey, encode_key, generate_key, write_secret_file
+from memory_store.db import make_engine, make_sessionmaker
 from memory_store.embedder import Embedder
-from memory_store.errors import StoreError
+from memory_store.errors import NotFoundError, StoreError
 from memory_store.migrate import current_revision, upgrade
+from memory_store.store import MemoryStore
+from memory_store.types import NewMemory
+from service.keyfiles import resolve_secret_files
+from service.logs import configure_logging
+from service.schemas import HistoryEntryOut, MemoryOut
 from service.settings import Settings
+
+log = logging.getLogger("sealmem.cli")
+OPERATOR = "cli"
+IMPORT_BATCH = 100
 
 
 def _fail(message: str) -> typer.Exit:
@@ -17,10 +38,30 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=False,
+    )
+
+
+def _write_private(path: Path, lines: Iterator[str]) -> None:
+    """Write a new file readable by its owner only (exports hold plaintext)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        for line in lines:
+            handle.write(line + "\n")
+
+
 def make_cli(*, embedder: Embedder | None = None, settings: Settings | None = None) -> typer.Typer:
     """Build the CLI. ``embedder`` and ``settings`` are injected by tests; by default both come from the
     environment (``SEALMEM_*``), exactly as for ``sealmem serve``."""
     cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Sealmem operator commands.")
+    tenant_cli = typer.Typer(no_args_is_help=True, help="Tenants.")
+    cli.add_typer(tenant_cli, name="tenant")
 
     def load_settings() -> Settings:
         if settings is not None:
@@ -29,6 +70,34 @@ def make_cli(*, embedder: Embedder | None = None, settings: Settings | None = No
             return Settings()
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             raise _fail(f"invalid settings: {exc}") from exc
+
+    @contextmanager
+    def opened(*, create_secrets: bool = False) -> Iterator[tuple[Settings, MemoryStore]]:
+        """Migrate, then open the store; any storage error becomes a clean exit 1."""
+        from service.app import open_store  # the app module pulls in FastAPI: only when needed
+
+        resolved = resolve_secret_files(load_settings(), create=create_secrets)
+        try:
+            engine = make_engine(resolved)
+            try:
+                upgrade(engine)
+            finally:
+                engine.dispose()
+            store = open_store(resolved, embedder)
+        except StoreError as exc:
+            raise _fail(str(exc)) from exc
+        try:
+            yield resolved, store
+        except StoreError as exc:
+            raise _fail(str(exc)) from exc
+        finally:
+            store.close()
+
+    def tenant_id_of(store: MemoryStore, tenant: str) -> str:
+        for info in store.list_tenants():
+            if tenant in (info.id, info.name):
+                return info.id
+        raise _fail(f"no tenant with id or name {tenant!r}")
 
     @cli.command()
     def keygen() -> None:
@@ -47,7 +116,205 @@ def make_cli(*, embedder: Embedder | None = None, settings: Settings | None = No
         finally:
             engine.dispose()
 
+    @cli.command()
+    def serve(
+        host: Annotated[str | None, typer.Option(help="Bind address (default: SEALMEM_HOST).")] = None,
+        port: Annotated[int | None, typer.Option(help="Port (default: SEALMEM_PORT).")] = None,
+    ) -> None:
+        """Run migrations, then serve the API with uvicorn.
+
+        On a first start with the embedded database, creates the master key and token secret files in the
+        data directory (mode 0600)."""
+        import uvicorn
+
+        from service.app import create_app
+
+        base = load_settings()
+        configure_logging(base.log_level)
+        resolved = resolve_secret_files(base, create=True)
+        engine = make_engine(resolved)
+        try:
+            upgrade(engine)
+        except StoreError as exc:
+            raise _fail(str(exc)) from exc
+        finally:
+            engine.dispose()
+        app = create_app(resolved, embedder=embedder)
+        uvicorn.run(
+            app, host=host or resolved.host, port=port or resolved.port, log_config=None, access_log=False
+        )
+
+    @tenant_cli.command("create")
+    def tenant_create(name: Annotated[str, typer.Argument(help="Unique tenant name.")]) -> None:
+        """Create a tenant and its first admin key; prints {"tenant_id", "admin_key"} (key shown once)."""
+        with opened(create_secrets=True) as (_, store):
+            tenant = store.create_tenant(name=name)
+            issued = ApiKeyStore(make_sessionmaker(store.engine)).create(
+                tenant_id=tenant.id, role="admin", name="admin", created_by=OPERATOR
+            )
+        typer.echo(json.dumps({"tenant_id": tenant.id, "admin_key": issued.secret}))
+
+    @cli.command("rotate-master-key")
+    def rotate_master_key() -> None:
+        """Re-wrap every data key under a new master key.
+
+        A key file is replaced atomically (the old one is kept as a backup); a key that came from
+        SEALMEM_MASTER_KEY is printed for you to store."""
+        new_key = MasterKey(generate_key())
+        with opened() as (resolved, store):
+            key_file = resolved.master_key_file
+            staged = key_file.with_name(key_file.name + ".new") if key_file is not None else None
+            if staged is not None:
+                # Written before the database changes: whatever happens next, the new key is on disk.
+                staged.unlink(missing_ok=True)
+                write_secret_file(staged, encode_key(new_key.material))
+            try:
+                moved = store.rotate_master_key(new_master_key=new_key)
+            except BaseException:
+                if staged is not None:
+                    staged.unlink(missing_ok=True)
+                raise
+        if key_file is None or staged is None:
+            typer.echo(f"re-wrapped {moved} data keys; new master key (set SEALMEM_MASTER_KEY to it now):")
+            typer.echo(encode_key(new_key.material))
+            return
+        backup = key_file.with_name(f"{key_file.name}.{datetime.now(UTC):%Y%m%dT%H%M%SZ}.bak")
+        os.link(key_file, backup)
+        os.replace(staged, key_file)
+        typer.echo(
+            f"re-wrapped {moved} data keys; {key_file} now holds the new key "
+            f"(fingerprint {new_key.fingerprint}); the old key is in {backup}"
+        )
+
+    @cli.command()
+    def reindex(
+        tenant: Annotated[str | None, typer.Option(help="Tenant id or name (default: every tenant).")] = None,
+    ) -> None:
+        """Rebuild vector indexes from the encrypted embeddings in SQL."""
+        with opened() as (_, store):
+            ids = [tenant_id_of(store, tenant)] if tenant else [t.id for t in store.list_tenants()]
+            with _progress() as progress:
+                task = progress.add_task("reindexing tenants", total=len(ids))
+                for tenant_id in ids:
+                    vectors = store.reindex_tenant(tenant_id=tenant_id)
+                    progress.console.print(f"{tenant_id}: {vectors} vectors")
+                    progress.advance(task)
+
+    @cli.command()
+    def export(
+        tenant: Annotated[str, typer.Option(help="Tenant id or name.")],
+        subject: Annotated[str, typer.Option(help="Subject to export.")],
+        out: Annotated[Path, typer.Argument(help="New JSONL file to write (mode 0600; holds plaintext).")],
+    ) -> None:
+        """Export everything held about a subject as JSON lines: a subject line, memories, history."""
+        if out.exists():
+            raise _fail(f"{out} already exists")
+        with opened() as (_, store):
+            tenant_id = tenant_id_of(store, tenant)
+            try:
+                data = store.export_subject(tenant_id=tenant_id, subject=subject)
+            except NotFoundError as exc:
+                raise _fail(str(exc)) from exc
+            memories, history = data["memories"], data["history"]
+            AuditLog(make_sessionmaker(store.engine)).append(
+                tenant_id=tenant_id,
+                event=AuditEvent(
+                    credential_id=OPERATOR,
+                    role="operator",
+                    action="subject.export",
+                    subject=subject,
+                    memory_ids=[m.id for m in memories],
+                ),
+            )
+
+        def lines() -> Iterator[str]:
+            created = data["created_at"].isoformat()
+            yield json.dumps({"type": "subject", "subject": data["subject"], "created_at": created})
+            with _progress() as progress:
+                task = progress.add_task("exporting memories", total=len(memories))
+                for memory in memories:
+                    yield json.dumps({"type": "memory", **MemoryOut.of(memory).model_dump(mode="json")})
+                    progress.advance(task)
+            for event in history:
+                yield json.dumps({"type": "event", **HistoryEntryOut.of(event).model_dump(mode="json")})
+
+        _write_private(out, lines())
+        typer.echo(f"exported {len(memories)} memories and {len(history)} history events to {out}")
+
+    @cli.command("import")
+    def import_(
+        tenant: Annotated[str, typer.Option(help="Tenant id or name.")],
+        source: Annotated[Path, typer.Argument(help="JSONL file written by `sealmem export`.")],
+        subject: Annotated[str | None, typer.Option(help="Import under this subject instead.")] = None,
+    ) -> None:
+        """Import the memories of an export file (validated completely before anything is written)."""
+        items = _read_export(source, subject)
+        with opened() as (_, store):
+            tenant_id = tenant_id_of(store, tenant)
+            audit = AuditLog(make_sessionmaker(store.engine))
+            with _progress() as progress:
+                task = progress.add_task("importing memories", total=len(items))
+                for start in range(0, len(items), IMPORT_BATCH):
+                    batch = items[start : start + IMPORT_BATCH]
+                    records = store.add_batch(tenant_id=tenant_id, items=batch, actor="cli-import")
+                    audit.append(
+                        tenant_id=tenant_id,
+                        event=AuditEvent(
+                            credential_id=OPERATOR,
+                            role="operator",
+                            action="memory.import",
+                            subject=batch[0].subject if len({m.subject for m in batch}) == 1 else None,
+                            memory_ids=[r.id for r in records],
+                        ),
+                    )
+                    progress.advance(task, len(batch))
+        typer.echo(f"imported {len(items)} memories")
+
     return cli
+
+
+def _read_export(source: Path, subject: str | None) -> list[NewMemory]:
+    from memory_store import validation
+
+    items: list[NewMemory] = []
+    try:
+        handle = source.open(encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"cannot read {source}: {exc.strerror}") from exc
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                line: dict[str, Any] = json.loads(raw)
+                if line.get("type") != "memory":
+                    continue
+                item = NewMemory(
+                    subject=subject or line["subject"],
+                    text=line["text"],
+                    metadata=line.get("metadata") or {},
+                    agent_id=line.get("agent_id"),
+                    session_id=line.get("session_id"),
+                    kind=line.get("kind", "fact"),
+                    importance=float(line.get("importance", 0.5)),
+                    source="import",
+                    source_ref=line.get("id"),
+                    occurred_at=_when(line.get("occurred_at")),
+                    expires_at=_when(line.get("expires_at")),
+                )
+                validation.check_new_memory(item)
+            except (ValueError, KeyError, TypeError, AttributeError, StoreError) as exc:
+                # Name the line and the problem, never the line's content.
+                problem = str(exc) if isinstance(exc, StoreError) else type(exc).__name__
+                if isinstance(exc, KeyError):
+                    problem = f"missing field {exc}"
+                raise _fail(f"{source}, line {number}: not a valid memory ({problem})") from None
+            items.append(item)
+    return items
+
+
+def _when(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
 
 def main() -> None:

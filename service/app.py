@@ -1,0 +1,129 @@
+"""The application factory. Importing this module builds nothing; ``create_app`` builds an app, and the app's
+lifespan opens the store (master key from settings), starts the periodic persist thread and closes the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from memory_store.embedder import Embedder, embedder_from_settings
+from memory_store.keysource import master_key_from_settings
+from memory_store.store import MemoryStore
+from service.errors import install_error_handlers
+from service.keyfiles import resolve_secret_files
+from service.metrics import Metrics
+from service.middleware import RequestContextMiddleware
+from service.routes import admin, health, memories, tokens
+from service.services import build_services
+from service.settings import Settings
+
+log = logging.getLogger("sealmem.app")
+
+DESCRIPTION = """
+Encrypted, access-controlled long-term memory for LLM applications.
+
+Authenticate with `Authorization: Bearer <credential>`: an API key of a tenant (roles `admin`, `app`,
+`reader`) or a short-lived subject token minted with `POST /v1/tokens` (scopes `read`, `write`, `chat`),
+which reaches only its own subject's memories. The credential alone decides the tenant.
+
+Every error has the body `{"error": {"code", "message", "request_id"}}`, and every response an
+`X-Request-ID` header.
+"""
+
+TAGS = [
+    {"name": "memories", "description": "Add, read, change, delete, list and search memories of a subject."},
+    {"name": "tokens", "description": "Subject tokens for end-user clients."},
+    {"name": "admin", "description": "Tenant administration: inspection, export, forget, keys, audit."},
+    {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
+]
+
+
+def open_store(settings: Settings, embedder: Embedder | None = None) -> MemoryStore:
+    """Open the store from settings and load the embedding model (so the first request is not slow)."""
+    embedder = embedder or embedder_from_settings(
+        settings.embedding_model,
+        batch_size=settings.embedding_batch_size,
+        torch_threads=settings.torch_threads,
+    )
+    store = MemoryStore.open(settings, master_key=master_key_from_settings(settings), embedder=embedder)
+    try:
+        _ = embedder.dim
+    except Exception:
+        store.close()
+        raise
+    return store
+
+
+class Persister:
+    """Calls ``store.persist()`` every ``interval`` seconds in a daemon thread until stopped."""
+
+    def __init__(self, store: MemoryStore, interval: float) -> None:
+        self._store = store
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sealmem-persist", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._store.persist()
+            except Exception:
+                log.exception("periodic persist failed; retrying in %.0f s", self._interval)
+
+
+def create_app(
+    settings: Settings, *, store: MemoryStore | None = None, embedder: Embedder | None = None
+) -> FastAPI:
+    """Build the Sealmem API.
+
+    ``store`` and ``embedder`` may be injected (tests pass a :class:`~memory_store.HashingEmbedder`); an
+    injected store is not closed by the app, one the app opened itself is.
+    """
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resolved = resolve_secret_files(settings, create=False)
+        active = store if store is not None else await run_in_threadpool(open_store, resolved, embedder)
+        persister = Persister(active, settings.persist_interval_seconds)
+        try:
+            app.state.services = build_services(resolved, active, metrics)
+            metrics.attach_store(active)
+            persister.start()
+            log.info("sealmem ready")
+            yield
+        finally:
+            persister.stop()
+            metrics.detach_store()
+            if store is None:
+                await run_in_threadpool(active.close)
+
+    app = FastAPI(
+        title="Sealmem",
+        version="0.1.0",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    app.include_router(memories.router)
+    app.include_router(tokens.router)
+    app.include_router(admin.router)
+    app.include_router(health.router)
+    app.state.metrics = metrics
+    return app

@@ -1,0 +1,65 @@
+"""FastAPI dependencies as ``Annotated`` aliases: the services, and a caller with the rights a route needs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.auth import Principal, unauthorized
+from service.errors import ApiError
+from service.services import Services
+
+bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key (`smk_...`) or a subject token from `POST /v1/tokens`.",
+)
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def current_principal(
+    request: Request,
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    if credentials is None or not credentials.credentials:
+        services.metrics.auth_failures.labels(reason="missing").inc()
+        raise unauthorized()
+    principal = services.auth.authenticate(credentials.credentials)
+    request.state.credential_id = principal.key_id
+    request.state.tenant_id = principal.tenant_id
+    return principal
+
+
+def permit(*, roles: frozenset[str], scope: str | None) -> Callable[[Principal], Principal]:
+    """A dependency admitting API keys with one of ``roles`` and subject tokens holding ``scope``."""
+
+    def dependency(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        if not principal.allows(roles=roles, scope=scope):
+            what = f"the '{scope}' scope" if principal.is_subject_token and scope else "a role allowed here"
+            raise ApiError(403, f"this credential lacks {what}")
+        return principal
+
+    return dependency
+
+
+_ANY_KEY = frozenset({"admin", "app", "reader"})
+_WRITERS = frozenset({"admin", "app"})
+
+Reader = Annotated[Principal, Depends(permit(roles=_ANY_KEY, scope="read"))]
+"""Any API key, or a subject token with the ``read`` scope."""
+Writer = Annotated[Principal, Depends(permit(roles=_WRITERS, scope="write"))]
+"""An admin or app key, or a subject token with the ``write`` scope."""
+Minter = Annotated[Principal, Depends(permit(roles=_WRITERS, scope=None))]
+"""An admin or app key (subject tokens cannot mint tokens)."""
+Admin = Annotated[Principal, Depends(permit(roles=frozenset({"admin"}), scope=None))]
+"""An admin key of the tenant."""

@@ -1,0 +1,55 @@
+"""Input limits from settings, checked before anything is stored (the store keeps its own hard caps)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from service.errors import ApiError
+from service.settings import Settings
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    """Nesting depth of containers: ``{}`` and ``{"a": 1}`` are 1, ``{"a": {"b": 1}}`` is 2."""
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+    if children is None:
+        return level - 1
+    return max((_depth(child, level + 1) for child in children), default=level)
+
+
+class Limits:
+    def __init__(self, settings: Settings) -> None:
+        self.max_text_chars = settings.max_text_chars
+        self.max_metadata_bytes = settings.max_metadata_bytes
+        self.max_metadata_depth = settings.max_metadata_depth
+        self.max_k = settings.max_k
+        self.max_page_size = settings.max_page_size
+        self.max_batch = settings.max_batch
+
+    def text(self, text: str | None, *, field: str = "text") -> None:
+        if text is not None and len(text) > self.max_text_chars:
+            raise ApiError(422, f"{field}: longer than {self.max_text_chars} characters")
+
+    def metadata(self, metadata: dict[str, Any] | None, *, field: str = "metadata") -> None:
+        if metadata is None:
+            return
+        try:
+            size = len(json.dumps(metadata, allow_nan=False).encode("utf-8"))
+        except (TypeError, ValueError, UnicodeEncodeError):
+            raise ApiError(422, f"{field}: must be JSON with finite numbers and valid Unicode") from None
+        if size > self.max_metadata_bytes:
+            raise ApiError(422, f"{field}: larger than {self.max_metadata_bytes} bytes")
+        if _depth(metadata) > self.max_metadata_depth:
+            raise ApiError(422, f"{field}: nested deeper than {self.max_metadata_depth} levels")
+
+    def k(self, k: int) -> None:
+        if k > self.max_k:
+            raise ApiError(422, f"k: at most {self.max_k}")
+
+    def page_size(self, limit: int) -> None:
+        if limit > self.max_page_size:
+            raise ApiError(422, f"limit: at most {self.max_page_size}")
+
+    def batch(self, count: int) -> None:
+        if count > self.max_batch:
+            raise ApiError(422, f"memories: at most {self.max_batch} per batch")

@@ -1,0 +1,96 @@
+"""Prometheus metrics on a per-app registry (several apps in one process do not clash)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from memory_store.models import Memory, Subject, Tenant
+from memory_store.store import MemoryStore
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class StoreCollector(Collector):
+    """Memory, subject and tenant counts from SQL, and the size of the loaded FAISS indexes, at scrape time.
+
+    Totals only: per-tenant labels would expose tenant ids to anyone who can read /metrics."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        with self._store.engine.connect() as conn:
+            memories = conn.scalar(select(func.count()).select_from(Memory)) or 0
+            subjects = conn.scalar(select(func.count()).select_from(Subject)) or 0
+            tenants = conn.scalar(select(func.count()).select_from(Tenant)) or 0
+        indexes = self._store.indexes.loaded().values()
+        yield GaugeMetricFamily("sealmem_memories", "Memories stored (all tenants).", value=memories)
+        yield GaugeMetricFamily(
+            "sealmem_subjects", "Subjects with stored data (all tenants).", value=subjects
+        )
+        yield GaugeMetricFamily("sealmem_tenants", "Tenants.", value=tenants)
+        yield GaugeMetricFamily(
+            "sealmem_index_vectors",
+            "Vectors in the loaded FAISS indexes.",
+            value=sum(i.ntotal for i in indexes),
+        )
+        yield GaugeMetricFamily(
+            "sealmem_index_bytes",
+            "Approximate size of the loaded FAISS indexes.",
+            value=sum(i.size_bytes for i in indexes),
+        )
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "sealmem_http_requests",
+            "HTTP requests by route template, method and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "sealmem_http_request_duration_seconds",
+            "HTTP request latency by route template.",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.search_latency = Histogram(
+            "sealmem_search_duration_seconds",
+            "Latency of hybrid memory searches in the store.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "sealmem_auth_failures", "Rejected credentials by reason.", ["reason"], registry=self.registry
+        )
+        self.rate_limited = Counter(
+            "sealmem_rate_limited",
+            "Requests refused by the per-credential rate limit.",
+            registry=self.registry,
+        )
+        self._store_collector: StoreCollector | None = None
+
+    def observe_request(self, *, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method=method, route=route, status=str(status)).inc()
+        self.latency.labels(method=method, route=route).observe(seconds)
+
+    def attach_store(self, store: MemoryStore) -> None:
+        self.detach_store()
+        self._store_collector = StoreCollector(store)
+        self.registry.register(self._store_collector)
+
+    def detach_store(self) -> None:
+        if self._store_collector is not None:
+            self.registry.unregister(self._store_collector)
+            self._store_collector = None
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

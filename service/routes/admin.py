@@ -1,0 +1,176 @@
+"""``/v1/admin``: tenant administration, for admin keys only and always within the key's tenant."""
+
+from __future__ import annotations
+
+from typing import Annotated, cast
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from memory_store.types import SubjectInfo
+from service.deps import Admin, ServicesDep
+from service.errors import ERROR_RESPONSES, ApiError
+from service.routes.common import CursorQuery, LimitQuery, ListParams, list_params
+from service.schemas import (
+    IDENTIFIER_PATTERN,
+    AuditEntryOut,
+    AuditPage,
+    AuditVerifyOut,
+    ForgetResult,
+    HistoryEntryOut,
+    KeyCreate,
+    KeyCreated,
+    KeyList,
+    KeyOut,
+    MemoryOut,
+    MemoryPage,
+    ReindexResult,
+    StatsOut,
+    SubjectExport,
+    SubjectOut,
+    SubjectPage,
+)
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=ERROR_RESPONSES)
+SubjectPath = Annotated[str, Path(min_length=1, max_length=256, pattern=IDENTIFIER_PATTERN)]
+
+
+@router.get("/memories", response_model=MemoryPage, summary="Inspect memories across subjects (decrypted)")
+def inspect_memories(
+    params: Annotated[ListParams, Depends(list_params)],
+    principal: Admin,
+    services: ServicesDep,
+    request: Request,
+) -> MemoryPage:
+    services.limits.page_size(params.limit)
+    with services.auditor.record(request, principal, "admin.inspect", subject=params.subject) as note:
+        page = services.store.list(
+            tenant_id=principal.tenant_id,
+            subject=params.subject,
+            filters=params.filters(),
+            cursor=params.cursor,
+            limit=params.limit,
+        )
+        note.memory_ids = [m.id for m in page.items]
+    return MemoryPage(items=[MemoryOut.of(m) for m in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/subjects", response_model=SubjectPage, summary="Subjects with memory counts and last activity")
+def list_subjects(
+    principal: Admin,
+    services: ServicesDep,
+    limit: LimitQuery = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> SubjectPage:
+    services.limits.page_size(limit)
+    infos = cast(
+        "list[SubjectInfo]",  # store.py's `list` method shadows the builtin in its annotations (mypy)
+        services.store.list_subjects(tenant_id=principal.tenant_id, limit=limit + 1, offset=offset),
+    )
+    more = len(infos) > limit
+    return SubjectPage(
+        subjects=[SubjectOut.of(i) for i in infos[:limit]], next_offset=offset + limit if more else None
+    )
+
+
+@router.get("/stats", response_model=StatsOut, summary="Counts and index statistics of the tenant")
+def stats(principal: Admin, services: ServicesDep) -> StatsOut:
+    return StatsOut.of(services.store.stats(tenant_id=principal.tenant_id))
+
+
+@router.get(
+    "/subjects/{subject:path}/export",
+    response_model=SubjectExport,
+    summary="Everything held about a subject (data portability)",
+)
+def export_subject(
+    subject: SubjectPath, principal: Admin, services: ServicesDep, request: Request
+) -> SubjectExport:
+    with services.auditor.record(request, principal, "subject.export", subject=subject) as note:
+        data = services.store.export_subject(tenant_id=principal.tenant_id, subject=subject)
+        note.memory_ids = [m.id for m in data["memories"]]
+    return SubjectExport(
+        subject=data["subject"],
+        created_at=data["created_at"],
+        memories=[MemoryOut.of(m) for m in data["memories"]],
+        history=[HistoryEntryOut.of(e) for e in data["history"]],
+    )
+
+
+@router.delete(
+    "/subjects/{subject:path}",
+    response_model=ForgetResult,
+    summary="Forget a subject (crypto-shred)",
+    description="Destroys the subject's data key, deletes its memories, vectors and history. Irreversible.",
+)
+def forget_subject(
+    subject: SubjectPath, principal: Admin, services: ServicesDep, request: Request
+) -> ForgetResult:
+    with services.auditor.record(request, principal, "subject.forget", subject=subject) as note:
+        removed = services.store.forget_subject(
+            tenant_id=principal.tenant_id, subject=subject, actor=f"admin-key:{principal.key_id}"
+        )
+        note.detail = {"memories_deleted": removed}
+    return ForgetResult(subject=subject, memories_deleted=removed)
+
+
+@router.post("/reindex", response_model=ReindexResult, summary="Rebuild the tenant's vector index from SQL")
+def reindex(principal: Admin, services: ServicesDep, request: Request) -> ReindexResult:
+    with services.auditor.record(request, principal, "index.rebuild") as note:
+        vectors = services.store.reindex_tenant(tenant_id=principal.tenant_id)
+        note.detail = {"vectors": vectors}
+    return ReindexResult(vectors=vectors)
+
+
+@router.get("/keys", response_model=KeyList, summary="API keys of the tenant (never their secrets)")
+def list_keys(principal: Admin, services: ServicesDep) -> KeyList:
+    return KeyList(keys=[KeyOut.of(k) for k in services.keys.list_keys(tenant_id=principal.tenant_id)])
+
+
+@router.post("/keys", status_code=201, response_model=KeyCreated, summary="Create an API key (shown once)")
+def create_key(body: KeyCreate, principal: Admin, services: ServicesDep, request: Request) -> KeyCreated:
+    with services.auditor.record(request, principal, "key.create") as note:
+        issued = services.keys.create(
+            tenant_id=principal.tenant_id, role=body.role, name=body.name, created_by=principal.key_id
+        )
+        note.detail = {"key_id": issued.info.id, "role": issued.info.role}
+    return KeyCreated(**KeyOut.of(issued.info).model_dump(), key=issued.secret)
+
+
+@router.delete("/keys/{key_id}", response_model=KeyOut, summary="Revoke an API key and the tokens it minted")
+def revoke_key(
+    key_id: Annotated[str, Path(min_length=1, max_length=64)],
+    principal: Admin,
+    services: ServicesDep,
+    request: Request,
+) -> KeyOut:
+    with services.auditor.record(request, principal, "key.revoke") as note:
+        note.detail = {"key_id": key_id}
+        info = services.keys.revoke(tenant_id=principal.tenant_id, key_id=key_id)
+    return KeyOut.of(info)
+
+
+@router.get("/audit", response_model=AuditPage, summary="Audit records, newest first")
+def audit_records(
+    principal: Admin,
+    services: ServicesDep,
+    action: Annotated[str | None, Query(min_length=1, max_length=32)] = None,
+    subject: Annotated[str | None, Query(min_length=1, max_length=256, pattern=IDENTIFIER_PATTERN)] = None,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = 100,
+) -> AuditPage:
+    services.limits.page_size(limit)
+    before: int | None = None
+    if cursor is not None:
+        if not cursor.isdigit() or len(cursor) > 18:
+            raise ApiError(422, "cursor: malformed")
+        before = int(cursor)
+    entries = services.auditor.log.entries(
+        tenant_id=principal.tenant_id, before_seq=before, limit=limit, action=action, subject=subject
+    )
+    next_cursor = str(entries[-1].seq) if len(entries) == limit else None
+    return AuditPage(items=[AuditEntryOut.of(e) for e in entries], next_cursor=next_cursor)
+
+
+@router.get("/audit/verify", response_model=AuditVerifyOut, summary="Recompute the audit hash chain")
+def verify_audit(principal: Admin, services: ServicesDep) -> AuditVerifyOut:
+    return AuditVerifyOut.of(services.auditor.log.verify(tenant_id=principal.tenant_id))

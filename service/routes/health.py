@@ -1,0 +1,61 @@
+"""Liveness, readiness and Prometheus metrics (no credential needed; no tenant data exposed)."""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+
+from memory_store.migrate import require_head
+from service.errors import ApiError, ErrorBody
+from service.schemas import Health
+from service.services import Services
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=Health,
+    summary="Readiness: database reachable and migrated, index directory usable, model loaded",
+    responses={503: {"model": ErrorBody, "description": "Not ready."}},
+)
+def readyz(request: Request) -> Health:
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
+        raise ApiError(503, "not ready: starting", code="not_ready")
+    store = services.store
+    try:
+        with store.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        require_head(store.engine)
+    except Exception:
+        raise ApiError(503, "not ready: database unreachable or not migrated", code="not_ready") from None
+    index_dir = services.settings.index_dir
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        raise ApiError(503, "not ready: index directory cannot be created", code="not_ready") from None
+    if not os.access(index_dir, os.W_OK):
+        raise ApiError(503, "not ready: index directory is not writable", code="not_ready")
+    return Health(
+        status="ready",
+        checks={"database": "ok", "index": "ok", "embedder": store.embedder.model_id},
+    )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    summary="Prometheus metrics",
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "Text exposition."}},
+)
+def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

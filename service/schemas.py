@@ -1,0 +1,391 @@
+"""Request and response models of the HTTP API. Requests forbid unknown fields."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+)
+
+from memory_store import validation
+from memory_store.audit import AuditEntry, VerifyReport
+from memory_store.credentials import ApiKeyInfo, Role
+from memory_store.types import HistoryEntry, MemoryRecord, SearchHit, Stats, SubjectInfo
+from service.tokens import Scope
+
+IDENTIFIER_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
+
+def _utf8(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=256, pattern=IDENTIFIER_PATTERN), AfterValidator(_utf8)
+]
+Text = Annotated[
+    str, StringConstraints(min_length=1, max_length=validation.MAX_TEXT_CHARS), AfterValidator(_utf8)
+]
+Kind = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+Metadata = dict[str, Any]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- memories ---------------------------------------------------------------------------------------------
+
+
+class MemoryCreate(Request):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "subject": "user-42",
+                    "text": "Prefers window seats on long flights.",
+                    "metadata": {"topic": "travel"},
+                    "kind": "preference",
+                }
+            ]
+        }
+    )
+
+    subject: Identifier | None = Field(
+        default=None,
+        description="Whose memory this is. Required with an API key; with a subject token it defaults to, "
+        "and must equal, the token's subject.",
+    )
+    text: Text
+    metadata: Metadata = Field(default_factory=dict, description="Any JSON object; stored encrypted.")
+    agent_id: Identifier | None = None
+    session_id: Identifier | None = None
+    kind: Kind = Field(default="fact", description="fact, turn, summary, preference, event, note, ...")
+    importance: float = Field(default=0.5, ge=0.0, le=1.0)
+    source_ref: Identifier | None = None
+    occurred_at: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
+
+
+class MemoryBatchCreate(Request):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "memories": [
+                        {"subject": "user-42", "text": "Lives in Lisbon."},
+                        {"subject": "user-42", "text": "Has a dog named Biscuit.", "kind": "fact"},
+                    ]
+                }
+            ]
+        }
+    )
+
+    memories: list[MemoryCreate] = Field(min_length=1, max_length=1000)
+
+
+def _create_shape(value: Any) -> str:
+    return "batch" if isinstance(value, dict) and "memories" in value else "single"
+
+
+MemoryCreateBody = Annotated[
+    Annotated[MemoryCreate, Tag("single")] | Annotated[MemoryBatchCreate, Tag("batch")],
+    Discriminator(_create_shape),
+]
+
+
+class MemoryUpdate(Request):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"text": "Prefers aisle seats now.", "metadata": {"topic": "travel"}}]
+        }
+    )
+
+    text: Text | None = None
+    metadata: Metadata | None = None
+    kind: Kind | None = None
+    importance: float | None = Field(default=None, ge=0.0, le=1.0)
+    expires_at: AwareDatetime | None = Field(default=None, description="Send null to clear an expiry.")
+
+
+class MemoryOut(BaseModel):
+    id: str
+    subject: str
+    text: str
+    metadata: Metadata
+    agent_id: str | None
+    session_id: str | None
+    kind: str
+    status: str = Field(description="active, or superseded")
+    superseded_by: str | None
+    importance: float
+    source: str
+    source_ref: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_accessed_at: datetime | None
+    occurred_at: datetime | None
+    expires_at: datetime | None
+
+    @classmethod
+    def of(cls, record: MemoryRecord) -> MemoryOut:
+        return cls(**{name: getattr(record, name) for name in cls.model_fields})
+
+
+class MemoryBatchOut(BaseModel):
+    memories: list[MemoryOut]
+
+
+class MemoryPage(BaseModel):
+    items: list[MemoryOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class SearchFilters(Request):
+    agent_id: Identifier | None = None
+    session_id: Identifier | None = None
+    kinds: list[Kind] | None = Field(default=None, max_length=32)
+    created_after: AwareDatetime | None = None
+    created_before: AwareDatetime | None = None
+    occurred_after: AwareDatetime | None = None
+    occurred_before: AwareDatetime | None = None
+    metadata: Metadata | None = Field(default=None, description="Exact matches on top-level metadata keys.")
+    include_superseded: bool = False
+
+
+class SearchRequest(Request):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"subject": "user-42", "query": "where does the user like to sit?", "k": 5},
+                {
+                    "subject": "user-42",
+                    "query": "pets",
+                    "filters": {"kinds": ["fact"], "metadata": {"topic": "home"}},
+                },
+            ]
+        }
+    )
+
+    subject: Identifier | None = Field(default=None, description="Required with an API key.")
+    query: Text
+    k: int = Field(default=10, ge=1, le=1000, description="Results wanted (capped by settings).")
+    filters: SearchFilters | None = None
+
+
+class SearchResult(MemoryOut):
+    score: float = Field(description="Fused relevance; higher is better.")
+    dense_score: float | None = Field(description="Cosine similarity from the vector index, if it ranked.")
+    lexical_score: float | None = Field(description="BM25 score, if it ranked.")
+
+    @classmethod
+    def of_hit(cls, hit: SearchHit) -> SearchResult:
+        base = {name: getattr(hit.memory, name) for name in MemoryOut.model_fields}
+        return cls(**base, score=hit.score, dense_score=hit.dense_score, lexical_score=hit.lexical_score)
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchResult]
+
+
+class HistoryEntryOut(BaseModel):
+    memory_id: str
+    action: str
+    actor: str
+    at: datetime
+    detail: dict[str, Any]
+
+    @classmethod
+    def of(cls, entry: HistoryEntry) -> HistoryEntryOut:
+        return cls(
+            memory_id=entry.memory_id,
+            action=entry.action,
+            actor=entry.actor,
+            at=entry.at,
+            detail=entry.detail,
+        )
+
+
+class HistoryResponse(BaseModel):
+    memory_id: str
+    events: list[HistoryEntryOut]
+
+
+# ---- subject tokens ---------------------------------------------------------------------------------------
+
+
+class TokenRequest(Request):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"subject": "user-42", "scopes": ["read", "write"], "ttl_seconds": 900}]
+        }
+    )
+
+    subject: Identifier
+    scopes: list[Scope] = Field(default=["read"], min_length=1, max_length=3)
+    ttl_seconds: int | None = Field(default=None, ge=1, description="Defaults to the configured TTL.")
+
+
+class TokenResponse(BaseModel):
+    token: str
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 (the scheme name)
+    token_id: str
+    subject: str
+    scopes: list[Scope]
+    expires_at: datetime
+
+
+# ---- admin ------------------------------------------------------------------------------------------------
+
+
+class SubjectOut(BaseModel):
+    subject: str
+    memory_count: int
+    created_at: datetime
+    last_activity_at: datetime
+
+    @classmethod
+    def of(cls, info: SubjectInfo) -> SubjectOut:
+        return cls(
+            subject=info.subject,
+            memory_count=info.memory_count,
+            created_at=info.created_at,
+            last_activity_at=info.last_activity_at,
+        )
+
+
+class SubjectPage(BaseModel):
+    subjects: list[SubjectOut]
+    next_offset: int | None
+
+
+class StatsOut(BaseModel):
+    memories: int
+    subjects: int
+    by_kind: dict[str, int]
+    per_subject: dict[str, int]
+    index_vectors: int
+    index_bytes: int
+    index_kind: str
+
+    @classmethod
+    def of(cls, stats: Stats) -> StatsOut:
+        return cls(**{name: getattr(stats, name) for name in cls.model_fields})
+
+
+class SubjectExport(BaseModel):
+    subject: str
+    created_at: datetime
+    memories: list[MemoryOut]
+    history: list[HistoryEntryOut]
+
+
+class ForgetResult(BaseModel):
+    subject: str
+    memories_deleted: int
+
+
+class ReindexResult(BaseModel):
+    vectors: int
+
+
+class KeyCreate(Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"role": "app", "name": "backend"}]})
+
+    role: Role
+    name: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=IDENTIFIER_PATTERN)]
+
+
+class KeyOut(BaseModel):
+    id: str
+    prefix: str = Field(description="The visible start of the key, to tell keys apart.")
+    role: Role
+    name: str
+    created_by: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, info: ApiKeyInfo) -> KeyOut:
+        return cls(**{name: getattr(info, name) for name in cls.model_fields})
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The secret key. Shown only once; store it safely.")
+
+
+class KeyList(BaseModel):
+    keys: list[KeyOut]
+
+
+class AuditEntryOut(BaseModel):
+    seq: int
+    at: datetime
+    credential_id: str = Field(description="API key id (for subject tokens: the key that minted the token).")
+    role: str
+    token_id: str | None
+    subject: str | None
+    action: str
+    memory_ids: list[str]
+    detail: dict[str, Any]
+    request_id: str | None
+    outcome: str
+    prev_hash: str
+    hash: str
+
+    @classmethod
+    def of(cls, entry: AuditEntry) -> AuditEntryOut:
+        return cls(**{name: getattr(entry, name) for name in cls.model_fields})
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntryOut]
+    next_cursor: str | None
+
+
+class BrokenLink(BaseModel):
+    seq: int
+    reason: str
+
+
+class AuditVerifyOut(BaseModel):
+    ok: bool
+    records_checked: int
+    head_seq: int
+    head_hash: str = Field(description="Record it elsewhere to detect a rewrite of the whole chain later.")
+    first_broken: BrokenLink | None
+
+    @classmethod
+    def of(cls, report: VerifyReport) -> AuditVerifyOut:
+        broken = None
+        if report.broken_seq is not None:
+            broken = BrokenLink(seq=report.broken_seq, reason=report.reason or "broken")
+        return cls(
+            ok=report.ok,
+            records_checked=report.records_checked,
+            head_seq=report.head_seq,
+            head_hash=report.head_hash,
+            first_broken=broken,
+        )
+
+
+# ---- health -----------------------------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,47 @@
+"""The components one app instance works with, built once in the lifespan and kept on ``app.state``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memory_store.audit import AuditLog
+from memory_store.credentials import ApiKeyStore
+from memory_store.db import make_sessionmaker
+from memory_store.store import MemoryStore
+from service.auditing import Auditor
+from service.auth import Authenticator
+from service.keyfiles import token_secret_from_settings
+from service.limits import Limits
+from service.metrics import Metrics
+from service.ratelimit import RateLimiter
+from service.settings import Settings
+from service.tokens import TokenSigner
+
+
+@dataclass(frozen=True, kw_only=True)
+class Services:
+    settings: Settings
+    store: MemoryStore
+    keys: ApiKeyStore
+    auditor: Auditor
+    signer: TokenSigner
+    auth: Authenticator
+    limits: Limits
+    metrics: Metrics
+
+
+def build_services(settings: Settings, store: MemoryStore, metrics: Metrics) -> Services:
+    sessions = make_sessionmaker(store.engine)
+    keys = ApiKeyStore(sessions)
+    signer = TokenSigner(token_secret_from_settings(settings), max_ttl_seconds=settings.token_max_ttl_seconds)
+    limiter = RateLimiter(per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst)
+    return Services(
+        settings=settings,
+        store=store,
+        keys=keys,
+        auditor=Auditor(AuditLog(sessions)),
+        signer=signer,
+        auth=Authenticator(keys=keys, signer=signer, limiter=limiter, metrics=metrics),
+        limits=Limits(settings),
+        metrics=metrics,
+    )

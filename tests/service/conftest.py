@@ -1,0 +1,121 @@
+"""Fixtures for the REST service tests: a real app over HTTP (TestClient, httpx-based) on real SQLite and
+real FAISS in ``tmp_path``, with a deterministic HashingEmbedder injected through ``create_app``."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from memory_store.crypto import encode_key, generate_key
+from memory_store.db import make_engine
+from memory_store.embedder import HashingEmbedder
+from memory_store.migrate import upgrade
+from service.app import create_app
+from service.services import Services
+from service.settings import Settings
+
+
+def bearer(credential: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"}
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "master_key": SecretStr(encode_key(generate_key())),
+        "token_secret": SecretStr(secrets.token_urlsafe(32)),
+        "rate_limit_per_minute": 0,
+        "persist_interval_seconds": 3600,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database file migrated once per session; each test gets a copy (Alembic is the slow part)."""
+    folder = tmp_path_factory.mktemp("migrated")
+    engine = make_engine(Settings(data_dir=folder))
+    upgrade(engine)
+    engine.dispose()
+    return folder / "sealmem.db"
+
+
+def fresh_data_dir(data_dir: Path, migrated_db: Path) -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(migrated_db, data_dir / "sealmem.db")
+    return data_dir
+
+
+@dataclass
+class Tenant:
+    id: str
+    admin: str
+    app: str
+    reader: str
+
+
+class Api:
+    """The app under test, its HTTP client and helpers to provision tenants, keys, tokens and memories."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+
+    @property
+    def services(self) -> Services:
+        services: Services = self.client.app.state.services  # type: ignore[attr-defined]
+        return services
+
+    def tenant(self, name: str) -> Tenant:
+        info = self.services.store.create_tenant(name=name)
+        admin = self.services.keys.create(tenant_id=info.id, role="admin", name="admin", created_by="test").secret
+        return Tenant(id=info.id, admin=admin, app=self.key(admin, "app"), reader=self.key(admin, "reader"))
+
+    def key(self, admin_key: str, role: str) -> str:
+        response = self.client.post(
+            "/v1/admin/keys", json={"role": role, "name": f"{role}-key"}, headers=bearer(admin_key)
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["key"])
+
+    def token(self, key: str, subject: str, scopes: list[str], ttl: int | None = None) -> str:
+        body: dict[str, Any] = {"subject": subject, "scopes": scopes}
+        if ttl is not None:
+            body["ttl_seconds"] = ttl
+        response = self.client.post("/v1/tokens", json=body, headers=bearer(key))
+        assert response.status_code == 201, response.text
+        return str(response.json()["token"])
+
+    def add(self, key: str, subject: str, text: str, **fields: Any) -> dict[str, Any]:
+        response = self.client.post(
+            "/v1/memories", json={"subject": subject, "text": text, **fields}, headers=bearer(key)
+        )
+        assert response.status_code == 201, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    def count(self, tenant_id: str) -> int:
+        return self.services.store.stats(tenant_id=tenant_id).memories
+
+
+def start(settings: Settings) -> TestClient:
+    return TestClient(create_app(settings, embedder=HashingEmbedder()))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, migrated_db: Path) -> Settings:
+    return make_settings(fresh_data_dir(tmp_path / "data", migrated_db))
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[Api]:
+    with start(settings) as client:
+        yield Api(client)
