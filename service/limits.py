@@ -46,9 +46,13 @@ class Limits:
         if k > self.max_k:
             raise ApiError(422, f"k: at most {self.max_k}")
 
-    def page_size(self, limit: int) -> None:
+    def page_size(self, limit: int | None, *, default: int = 50) -> int:
+        """The page size to use: ``limit`` if within the cap, else a 422; unset: ``default`` (capped)."""
+        if limit is None:
+            return min(default, self.max_page_size)
         if limit > self.max_page_size:
             raise ApiError(422, f"limit: at most {self.max_page_size}")
+        return limit
 
     def batch(self, count: int) -> None:
         if count > self.max_batch:

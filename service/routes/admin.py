@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from memory_store.types import SubjectInfo
 from service.deps import Admin, ServicesDep
 from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import CursorQuery, LimitQuery, ListParams, list_params
@@ -41,14 +40,14 @@ def inspect_memories(
     services: ServicesDep,
     request: Request,
 ) -> MemoryPage:
-    services.limits.page_size(params.limit)
+    limit = services.limits.page_size(params.limit)
     with services.auditor.record(request, principal, "admin.inspect", subject=params.subject) as note:
         page = services.store.list(
             tenant_id=principal.tenant_id,
             subject=params.subject,
             filters=params.filters(),
             cursor=params.cursor,
-            limit=params.limit,
+            limit=limit,
         )
         note.memory_ids = [m.id for m in page.items]
     return MemoryPage(items=[MemoryOut.of(m) for m in page.items], next_cursor=page.next_cursor)
@@ -58,18 +57,14 @@ def inspect_memories(
 def list_subjects(
     principal: Admin,
     services: ServicesDep,
-    limit: LimitQuery = 100,
+    limit: LimitQuery = None,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> SubjectPage:
-    services.limits.page_size(limit)
-    infos = cast(
-        "list[SubjectInfo]",  # store.py's `list` method shadows the builtin in its annotations (mypy)
-        services.store.list_subjects(tenant_id=principal.tenant_id, limit=limit + 1, offset=offset),
-    )
+    limit = services.limits.page_size(limit, default=100)
+    infos = services.store.list_subjects(tenant_id=principal.tenant_id, limit=limit + 1, offset=offset)
+
     more = len(infos) > limit
-    return SubjectPage(
-        subjects=[SubjectOut.of(i) for i in infos[:limit]], next_offset=offset + limit if more else None
-    )
+    return SubjectPage(subjects=[SubjectOut.of(i) for i in infos[:limit]], next_offset=offset + limit if more else None)
 
 
 @router.get("/stats", response_model=StatsOut, summary="Counts and index statistics of the tenant")
@@ -82,9 +77,7 @@ def stats(principal: Admin, services: ServicesDep) -> StatsOut:
     response_model=SubjectExport,
     summary="Everything held about a subject (data portability)",
 )
-def export_subject(
-    subject: SubjectPath, principal: Admin, services: ServicesDep, request: Request
-) -> SubjectExport:
+def export_subject(subject: SubjectPath, principal: Admin, services: ServicesDep, request: Request) -> SubjectExport:
     with services.auditor.record(request, principal, "subject.export", subject=subject) as note:
         data = services.store.export_subject(tenant_id=principal.tenant_id, subject=subject)
         note.memory_ids = [m.id for m in data["memories"]]
@@ -102,9 +95,7 @@ def export_subject(
     summary="Forget a subject (crypto-shred)",
     description="Destroys the subject's data key, deletes its memories, vectors and history. Irreversible.",
 )
-def forget_subject(
-    subject: SubjectPath, principal: Admin, services: ServicesDep, request: Request
-) -> ForgetResult:
+def forget_subject(subject: SubjectPath, principal: Admin, services: ServicesDep, request: Request) -> ForgetResult:
     with services.auditor.record(request, principal, "subject.forget", subject=subject) as note:
         removed = services.store.forget_subject(
             tenant_id=principal.tenant_id, subject=subject, actor=f"admin-key:{principal.key_id}"
@@ -156,9 +147,9 @@ def audit_records(
     action: Annotated[str | None, Query(min_length=1, max_length=32)] = None,
     subject: Annotated[str | None, Query(min_length=1, max_length=256, pattern=IDENTIFIER_PATTERN)] = None,
     cursor: CursorQuery = None,
-    limit: LimitQuery = 100,
+    limit: LimitQuery = None,
 ) -> AuditPage:
-    services.limits.page_size(limit)
+    limit = services.limits.page_size(limit, default=100)
     before: int | None = None
     if cursor is not None:
         if not cursor.isdigit() or len(cursor) > 18:

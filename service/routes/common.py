@@ -20,7 +20,7 @@ KindQuery = Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 CursorQuery = Annotated[
     str | None, Query(min_length=1, max_length=128, description="`next_cursor` of the previous page.")
 ]
-LimitQuery = Annotated[int, Query(ge=1, le=1000, description="Page size (capped by settings).")]
+LimitQuery = Annotated[int | None, Query(ge=1, le=1000, description="Page size (capped by settings).")]
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ListParams:
     session_id: str | None
     kind: str | None
     cursor: str | None
-    limit: int
+    limit: int | None
 
     def filters(self) -> Filters:
         return Filters(
@@ -49,7 +49,7 @@ def list_params(
     session_id: IdentifierQuery = None,
     kind: KindQuery = None,
     cursor: CursorQuery = None,
-    limit: LimitQuery = 50,
+    limit: LimitQuery = None,
 ) -> ListParams:
     return ListParams(subject, agent_id, session_id, kind, cursor, limit)
 

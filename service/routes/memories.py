@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 
-from memory_store.types import HistoryEntry, SearchHit
 from service.auth import subject_for
 from service.deps import Reader, ServicesDep, Writer
 from service.errors import ERROR_RESPONSES, ApiError
@@ -47,9 +46,7 @@ def add_memories(
         news = [new_memory(principal, item, services.limits) for item in items]
         subjects = {n.subject for n in news}
         note.subject = next(iter(subjects)) if len(subjects) == 1 else None
-        records = services.store.add_batch(
-            tenant_id=principal.tenant_id, items=news, actor=actor_of(principal)
-        )
+        records = services.store.add_batch(tenant_id=principal.tenant_id, items=news, actor=actor_of(principal))
         note.memory_ids = [r.id for r in records]
     if isinstance(body, MemoryBatchCreate):
         return MemoryBatchOut(memories=[MemoryOut.of(r) for r in records])
@@ -63,7 +60,7 @@ def list_memories(
     services: ServicesDep,
     request: Request,
 ) -> MemoryPage:
-    services.limits.page_size(params.limit)
+    limit = services.limits.page_size(params.limit)
     with services.auditor.record(request, principal, "memory.list", subject=principal.subject) as note:
         note.subject = subject = subject_for(principal, params.subject)
         page = services.store.list(
@@ -71,29 +68,22 @@ def list_memories(
             subject=subject,
             filters=params.filters(),
             cursor=params.cursor,
-            limit=params.limit,
+            limit=limit,
         )
         note.memory_ids = [m.id for m in page.items]
     return MemoryPage(items=[MemoryOut.of(m) for m in page.items], next_cursor=page.next_cursor)
 
 
-@router.post(
-    "/search", response_model=SearchResponse, summary="Hybrid (vector + keyword) search of a subject"
-)
-def search_memories(
-    body: SearchRequest, principal: Reader, services: ServicesDep, request: Request
-) -> SearchResponse:
+@router.post("/search", response_model=SearchResponse, summary="Hybrid (vector + keyword) search of a subject")
+def search_memories(body: SearchRequest, principal: Reader, services: ServicesDep, request: Request) -> SearchResponse:
     services.limits.k(body.k)
     services.limits.text(body.query, field="query")
     with services.auditor.record(request, principal, "memory.search", subject=principal.subject) as note:
         note.subject = subject = subject_for(principal, body.subject)
         filters = to_filters(body.filters, services.limits)
         started = time.perf_counter()
-        hits = cast(
-            "list[SearchHit]",  # store.py's `list` method shadows the builtin in its annotations (mypy)
-            services.store.search(
-                tenant_id=principal.tenant_id, subject=subject, query=body.query, k=body.k, filters=filters
-            ),
+        hits = services.store.search(
+            tenant_id=principal.tenant_id, subject=subject, query=body.query, k=body.k, filters=filters
         )
         services.metrics.search_latency.observe(time.perf_counter() - started)
         note.memory_ids = [h.memory.id for h in hits]
@@ -105,9 +95,7 @@ def get_memory(memory_id: MemoryId, principal: Reader, services: ServicesDep, re
     with services.auditor.record(
         request, principal, "memory.get", subject=principal.subject, memory_ids=[memory_id]
     ) as note:
-        record = services.store.get(
-            tenant_id=principal.tenant_id, memory_id=memory_id, subject=principal.subject
-        )
+        record = services.store.get(tenant_id=principal.tenant_id, memory_id=memory_id, subject=principal.subject)
         note.subject = record.subject
     return MemoryOut.of(record)
 
@@ -118,9 +106,7 @@ def update_memory(
 ) -> MemoryOut:
     given = body.model_fields_set
     if not given:
-        raise ApiError(
-            422, "nothing to update: send at least one of text, metadata, kind, importance, expires_at"
-        )
+        raise ApiError(422, "nothing to update: send at least one of text, metadata, kind, importance, expires_at")
     changes: dict[str, Any] = {}
     for name in ("text", "metadata", "kind", "importance"):
         if name in given:
@@ -147,32 +133,21 @@ def update_memory(
 
 
 @router.delete("/{memory_id}", status_code=204, response_class=Response, summary="Delete a memory")
-def delete_memory(
-    memory_id: MemoryId, principal: Writer, services: ServicesDep, request: Request
-) -> Response:
+def delete_memory(memory_id: MemoryId, principal: Writer, services: ServicesDep, request: Request) -> Response:
     store, tenant_id = services.store, principal.tenant_id
     with services.auditor.record(
         request, principal, "memory.delete", subject=principal.subject, memory_ids=[memory_id]
     ) as note:
         if note.subject is None:  # an API key: name the owner in the audit record
             note.subject = store.get(tenant_id=tenant_id, memory_id=memory_id).subject
-        store.delete(
-            tenant_id=tenant_id, memory_id=memory_id, subject=principal.subject, actor=actor_of(principal)
-        )
+        store.delete(tenant_id=tenant_id, memory_id=memory_id, subject=principal.subject, actor=actor_of(principal))
     return Response(status_code=204)
 
 
 @router.get("/{memory_id}/history", response_model=HistoryResponse, summary="A memory's change history")
-def memory_history(
-    memory_id: MemoryId, principal: Reader, services: ServicesDep, request: Request
-) -> HistoryResponse:
+def memory_history(memory_id: MemoryId, principal: Reader, services: ServicesDep, request: Request) -> HistoryResponse:
     with services.auditor.record(
         request, principal, "memory.history", subject=principal.subject, memory_ids=[memory_id]
     ):
-        events = cast(
-            "list[HistoryEntry]",
-            services.store.history(
-                tenant_id=principal.tenant_id, memory_id=memory_id, subject=principal.subject
-            ),
-        )
+        events = services.store.history(tenant_id=principal.tenant_id, memory_id=memory_id, subject=principal.subject)
     return HistoryResponse(memory_id=memory_id, events=[HistoryEntryOut.of(e) for e in events])

@@ -19,9 +19,7 @@ router = APIRouter(prefix="/v1/tokens", tags=["tokens"], responses=ERROR_RESPONS
     description="An admin or app key mints a signed, short-lived token bound to one subject of its tenant "
     "and to scopes (`read`, `write`, `chat`). Revoking the minting key invalidates the token.",
 )
-def mint_token(
-    body: TokenRequest, principal: Minter, services: ServicesDep, request: Request
-) -> TokenResponse:
+def mint_token(body: TokenRequest, principal: Minter, services: ServicesDep, request: Request) -> TokenResponse:
     settings = services.settings
     ttl = body.ttl_seconds or settings.token_default_ttl_seconds
     if ttl > settings.token_max_ttl_seconds:

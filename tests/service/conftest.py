@@ -3,9 +3,11 @@ real FAISS in ``tmp_path``, with a deterministic HashingEmbedder injected throug
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from pydantic import SecretStr
 
 from memory_store.crypto import encode_key, generate_key
 from memory_store.db import make_engine
-from memory_store.embedder import HashingEmbedder
+from memory_store.embedder import Embedder, HashingEmbedder
 from memory_store.migrate import upgrade
 from service.app import create_app
 from service.services import Services
@@ -111,11 +113,28 @@ def start(settings: Settings) -> TestClient:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, migrated_db: Path) -> Settings:
+def service_settings(tmp_path: Path, migrated_db: Path) -> Settings:
+    # Not named `settings`: tests/conftest.py's store fixtures use that name for StoreSettings.
     return make_settings(fresh_data_dir(tmp_path / "data", migrated_db))
 
 
 @pytest.fixture
-def api(settings: Settings) -> Iterator[Api]:
-    with start(settings) as client:
+def api(service_settings: Settings) -> Iterator[Api]:
+    with start(service_settings) as client:
         yield Api(client)
+
+
+@pytest.fixture
+def make_api(tmp_path: Path, migrated_db: Path) -> Iterator[Callable[..., Api]]:
+    """Start further apps with setting overrides (or an injected embedder); all are stopped at teardown."""
+    stack = ExitStack()
+    numbers = itertools.count()
+
+    def factory(*, embedder: Embedder | None = None, raise_server_exceptions: bool = True, **overrides: Any) -> Api:
+        data_dir = fresh_data_dir(tmp_path / f"data-{next(numbers)}", migrated_db)
+        app = create_app(make_settings(data_dir, **overrides), embedder=embedder or HashingEmbedder())
+        client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
+        return Api(stack.enter_context(client))
+
+    with stack:
+        yield factory
