@@ -226,9 +226,7 @@ class AuditLog:
                 if row.prev_hash != expected_prev:
                     return broken(row.seq, f"record {row.seq} does not link to the record before it")
                 if chain_hash(_values(row)) != row.hash:
-                    return broken(
-                        row.seq, f"record {row.seq} was altered (its content does not match its hash)"
-                    )
+                    return broken(row.seq, f"record {row.seq} was altered (its content does not match its hash)")
                 expected_prev, expected_seq, checked = row.hash, expected_seq + 1, checked + 1
             if head_seq > checked:
                 return broken(checked + 1, f"records after {checked} are missing (the head is at {head_seq})")

@@ -85,9 +85,7 @@ class Persister:
                 log.exception("periodic persist failed; retrying in %.0f s", self._interval)
 
 
-def create_app(
-    settings: Settings, *, store: MemoryStore | None = None, embedder: Embedder | None = None
-) -> FastAPI:
+def create_app(settings: Settings, *, store: MemoryStore | None = None, embedder: Embedder | None = None) -> FastAPI:
     """Build the Sealmem API.
 
     ``store`` and ``embedder`` may be injected (tests pass a :class:`~memory_store.HashingEmbedder`); an

@@ -67,9 +67,7 @@ class Auditor:
             raise
         self._append(request, principal, action, note, "ok")
 
-    def _append(
-        self, request: Request, principal: Principal, action: str, note: AuditNote, outcome: str
-    ) -> None:
+    def _append(self, request: Request, principal: Principal, action: str, note: AuditNote, outcome: str) -> None:
         self.log.append(
             tenant_id=principal.tenant_id,
             event=AuditEvent(

@@ -63,9 +63,7 @@ class Authenticator:
 
     def authenticate(self, credential: str) -> Principal:
         """Resolve a bearer credential (API key or subject token); raises a 401 :class:`ApiError`."""
-        principal = (
-            self._from_key(credential) if credential.startswith(KEY_SCHEME) else self._from_token(credential)
-        )
+        principal = self._from_key(credential) if credential.startswith(KEY_SCHEME) else self._from_token(credential)
         retry_after = self._limiter.acquire(principal.rate_key)
         if retry_after is not None:
             self._metrics.rate_limited.inc()
@@ -84,9 +82,7 @@ class Authenticator:
         info = self._keys.authenticate(secret)
         if info is None:
             raise self._reject("unknown_key")
-        return Principal(
-            tenant_id=info.tenant_id, role=info.role, key_id=info.id, scopes=_KEY_SCOPES[info.role]
-        )
+        return Principal(tenant_id=info.tenant_id, role=info.role, key_id=info.id, scopes=_KEY_SCOPES[info.role])
 
     def _from_token(self, token: str) -> Principal:
         try:

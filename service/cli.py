@@ -140,9 +140,7 @@ def make_cli(*, embedder: Embedder | None = None, settings: Settings | None = No
         finally:
             engine.dispose()
         app = create_app(resolved, embedder=embedder)
-        uvicorn.run(
-            app, host=host or resolved.host, port=port or resolved.port, log_config=None, access_log=False
-        )
+        uvicorn.run(app, host=host or resolved.host, port=port or resolved.port, log_config=None, access_log=False)
 
     @tenant_cli.command("create")
     def tenant_create(name: Annotated[str, typer.Argument(help="Unique tenant name.")]) -> None:

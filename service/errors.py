@@ -131,9 +131,7 @@ def validation_message(errors: list[Any]) -> tuple[int, str, str]:
 def install_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return error_response(
-            request_id_of(request), exc.status, exc.message, code=exc.code, headers=exc.headers
-        )
+        return error_response(request_id_of(request), exc.status, exc.message, code=exc.code, headers=exc.headers)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

@@ -25,9 +25,7 @@ def resolve_secret_files(settings: Settings, *, create: bool) -> Settings:
         path = settings.default_master_key_file
         if not path.exists() and create and settings.embedded and db_is_new:
             write_secret_file(path, encode_key(generate_key()))
-            log.warning(
-                "created a new master key in %s (mode 0600): back it up, data is unreadable without it", path
-            )
+            log.warning("created a new master key in %s (mode 0600): back it up, data is unreadable without it", path)
         if path.exists():
             updates["master_key_file"] = path
     if settings.token_secret is None and settings.token_secret_file is None:

@@ -30,9 +30,7 @@ class StoreCollector(Collector):
             tenants = conn.scalar(select(func.count()).select_from(Tenant)) or 0
         indexes = self._store.indexes.loaded().values()
         yield GaugeMetricFamily("sealmem_memories", "Memories stored (all tenants).", value=memories)
-        yield GaugeMetricFamily(
-            "sealmem_subjects", "Subjects with stored data (all tenants).", value=subjects
-        )
+        yield GaugeMetricFamily("sealmem_subjects", "Subjects with stored data (all tenants).", value=subjects)
         yield GaugeMetricFamily("sealmem_tenants", "Tenants.", value=tenants)
         yield GaugeMetricFamily(
             "sealmem_index_vectors",

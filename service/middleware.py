@@ -71,9 +71,7 @@ class RequestContextMiddleware:
             declared = 0
         try:
             if declared > self.max_body_bytes:
-                response = error_response(
-                    request_id, 413, f"request body larger than {self.max_body_bytes} bytes"
-                )
+                response = error_response(request_id, 413, f"request body larger than {self.max_body_bytes} bytes")
                 await response(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive_limited, send_with_id)

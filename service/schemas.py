@@ -36,9 +36,7 @@ def _utf8(value: str) -> str:
 Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=256, pattern=IDENTIFIER_PATTERN), AfterValidator(_utf8)
 ]
-Text = Annotated[
-    str, StringConstraints(min_length=1, max_length=validation.MAX_TEXT_CHARS), AfterValidator(_utf8)
-]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=validation.MAX_TEXT_CHARS), AfterValidator(_utf8)]
 Kind = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 Metadata = dict[str, Any]
 
@@ -109,9 +107,7 @@ MemoryCreateBody = Annotated[
 
 class MemoryUpdate(Request):
     model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"text": "Prefers aisle seats now.", "metadata": {"topic": "travel"}}]
-        }
+        json_schema_extra={"examples": [{"text": "Prefers aisle seats now.", "metadata": {"topic": "travel"}}]}
     )
 
     text: Text | None = None
@@ -229,9 +225,7 @@ class HistoryResponse(BaseModel):
 
 class TokenRequest(Request):
     model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"subject": "user-42", "scopes": ["read", "write"], "ttl_seconds": 900}]
-        }
+        json_schema_extra={"examples": [{"subject": "user-42", "scopes": ["read", "write"], "ttl_seconds": 900}]}
     )
 
     subject: Identifier

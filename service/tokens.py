@@ -102,9 +102,7 @@ class TokenSigner:
             raise InvalidToken("bad_signature") from exc
         except jwt.PyJWTError as exc:
             raise InvalidToken("malformed") from exc
-        tenant, subject, scopes, kid, jti = (
-            payload.get(k) for k in ("tenant", "subject", "scopes", "kid", "jti")
-        )
+        tenant, subject, scopes, kid, jti = (payload.get(k) for k in ("tenant", "subject", "scopes", "kid", "jti"))
         iat, exp = payload.get("iat"), payload.get("exp")
         if not all(isinstance(v, str) and v for v in (tenant, subject, kid, jti)):
             raise InvalidToken("malformed")
