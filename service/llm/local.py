@@ -1,0 +1,273 @@
+"""In-process transformers backend: the model loads once; generation runs in worker threads, in order.
+
+For attention-level (KV) injection the loaded model and tokenizer are public (:attr:`LocalBackend.loaded`),
+and :meth:`LocalBackend.stream_ids` streams from token ids with extra ``generate`` arguments (e.g. a
+prebuilt ``cache=``) under the same concurrency gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from service.llm.backend import (
+    ChatMessage,
+    GenerationParams,
+    GenerationStats,
+    LLMBackend,
+    LLMError,
+    LLMNotReadyError,
+    TokenizerCounter,
+    render_ids,
+)
+from service.llm.gate import FifoGate
+from service.llm.loader import LoadedModel, load_model
+
+log = logging.getLogger("sealmem.llm")
+_END = object()
+
+
+class LocalBackend(LLMBackend):
+    kind = "local"
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        cache_dir: Path | None = None,
+        device: str = "auto",
+        torch_threads: int = 1,
+        concurrency: int = 1,
+        queue_max: int = 64,
+        context_tokens: int | None = None,
+        loaded: LoadedModel | None = None,
+    ) -> None:
+        self._spec = spec
+        self._cache_dir = cache_dir
+        self._device = device
+        self._torch_threads = torch_threads
+        self._context_tokens = context_tokens
+        self.gate = FifoGate(concurrency, queue_max)
+        self._loaded = loaded
+        self._counter = TokenizerCounter(loaded.tokenizer) if loaded else None
+
+    async def start(self) -> None:
+        if self._loaded is None:
+            started = time.perf_counter()
+            self._loaded = await asyncio.to_thread(
+                load_model,
+                self._spec,
+                cache_dir=self._cache_dir,
+                device=self._device,
+                torch_threads=self._torch_threads,
+            )
+            self._counter = TokenizerCounter(self._loaded.tokenizer)
+            log.info(
+                "local LLM %s ready on %s in %.1fs", self._loaded.name, self._loaded.device,
+                time.perf_counter() - started,
+            )
+
+    @property
+    def ready(self) -> bool:
+        return self._loaded is not None
+
+    @property
+    def loaded(self) -> LoadedModel:
+        if self._loaded is None:
+            raise LLMNotReadyError("the model is still loading")
+        return self._loaded
+
+    @property
+    def model_name(self) -> str:
+        if self._loaded is not None:
+            return self._loaded.name.split(".Q", 1)[0]
+        return self._spec.removeprefix("bundled:")
+
+    @property
+    def context_tokens(self) -> int:
+        model_max = int(getattr(self.loaded.model.config, "max_position_embeddings", 2048) or 2048)
+        return min(self._context_tokens, model_max) if self._context_tokens else model_max
+
+    @property
+    def counter(self) -> TokenizerCounter:
+        if self._counter is None:
+            raise LLMNotReadyError("the model is still loading")
+        return self._counter
+
+    def encode_messages(self, messages: Sequence[ChatMessage]) -> list[int]:
+        return render_ids(self.loaded.tokenizer, messages)
+
+    def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams,
+        stats: GenerationStats,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> AsyncIterator[str]:
+        return self.stream_ids(self.encode_messages(messages), params, stats, cancel=cancel)
+
+    async def stream_ids(
+        self,
+        input_ids: Sequence[int],
+        params: GenerationParams,
+        stats: GenerationStats,
+        *,
+        cancel: threading.Event | None = None,
+        **generate_kwargs: Any,
+    ) -> AsyncIterator[str]:
+        """Stream the continuation of ``input_ids``; ``generate_kwargs`` go to ``model.generate``."""
+        loaded = self.loaded
+        cancel = cancel or threading.Event()
+        queued = time.perf_counter()
+        await self.gate.acquire()
+        stats.queued_s = time.perf_counter() - queued
+        stats.prompt_tokens = len(input_ids)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+
+        def release() -> None:
+            # The slot is freed when the thread ends, not when the caller stops reading: a cancelled
+            # request (client gone) must not let another generation start while this one still runs.
+            with contextlib.suppress(RuntimeError):  # the loop is closed (shutdown): nobody waits any more
+                loop.call_soon_threadsafe(self.gate.release)
+
+        worker = threading.Thread(
+            target=_generate,
+            args=(loaded, list(input_ids), params, stats, cancel, loop, queue, generate_kwargs, release),
+            name="sealmem-generate",
+            daemon=True,
+        )
+        try:
+            worker.start()
+        except BaseException:
+            self.gate.release()
+            raise
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise LLMError("generation failed") from item
+                assert isinstance(item, str)
+                if item:
+                    yield item
+        finally:
+            cancel.set()  # a client that went away stops the generation at the next token
+            stats.mark_finished()
+
+    async def stream_sync(
+        self, make_iterator: Callable[[threading.Event], Iterator[str]], stats: GenerationStats
+    ) -> AsyncIterator[str]:
+        """Run a synchronous generator of text (e.g. a KV-injection engine) in a thread, under the same gate.
+
+        ``make_iterator(cancel)`` is called in the worker thread; it should stop when ``cancel`` is set.
+        """
+        cancel = threading.Event()
+        queued = time.perf_counter()
+        await self.gate.acquire()
+        stats.queued_s = time.perf_counter() - queued
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+
+        def pump() -> None:
+            try:
+                for text in make_iterator(cancel):
+                    stats.mark_first_token()
+                    loop.call_soon_threadsafe(queue.put_nowait, text)
+                    if cancel.is_set():
+                        break
+            except BaseException as exc:
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(queue.put_nowait, _END)
+                    loop.call_soon_threadsafe(self.gate.release)
+
+        try:
+            threading.Thread(target=pump, name="sealmem-generate", daemon=True).start()
+        except BaseException:
+            self.gate.release()
+            raise
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    break
+                if isinstance(item, LLMError):
+                    raise item
+                if isinstance(item, BaseException):
+                    raise LLMError("generation failed") from item
+                assert isinstance(item, str)
+                if item:
+                    yield item
+        finally:
+            cancel.set()
+            stats.mark_finished()
+
+
+def _generate(
+    loaded: LoadedModel,
+    input_ids: list[int],
+    params: GenerationParams,
+    stats: GenerationStats,
+    cancel: threading.Event,
+    loop: asyncio.AbstractEventLoop,
+    queue: asyncio.Queue[object],
+    generate_kwargs: dict[str, Any],
+    release: Callable[[], None],
+) -> None:
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+    class Streamer(TextStreamer):
+        def put(self, value: Any) -> None:
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                super().put(value)  # type: ignore[no-untyped-call]
+                return
+            stats.completion_tokens += int(value.numel())
+            stats.mark_first_token()
+            super().put(value)  # type: ignore[no-untyped-call]
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, text)
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    try:
+        ids = torch.tensor([input_ids], dtype=torch.long, device=loaded.device)
+        kwargs: dict[str, Any] = {
+            "attention_mask": torch.ones_like(ids),
+            "max_new_tokens": params.max_new_tokens,
+            "streamer": Streamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True),
+            "stopping_criteria": StoppingCriteriaList([Cancelled()]),
+            "pad_token_id": loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id,
+        }
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p or 1.0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=loaded.tokenizer)
+        kwargs.update(generate_kwargs)
+        with torch.inference_mode():
+            loaded.model.generate(ids, **kwargs)
+        stats.finish_reason = "length" if stats.completion_tokens >= params.max_new_tokens else "stop"
+        if cancel.is_set():
+            stats.finish_reason = "cancelled"
+    except BaseException as exc:  # handed to the event loop, which raises it as an LLMError
+        log.exception("local generation failed")
+        loop.call_soon_threadsafe(queue.put_nowait, exc)
+    finally:
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(queue.put_nowait, _END)
+        release()
