@@ -34,7 +34,8 @@ class Limits:
         if metadata is None:
             return
         try:
-            size = len(json.dumps(metadata, allow_nan=False).encode("utf-8"))
+            # ensure_ascii=False so that lone surrogates (valid JSON escapes, invalid Unicode) fail here.
+            size = len(json.dumps(metadata, allow_nan=False, ensure_ascii=False).encode("utf-8"))
         except (TypeError, ValueError, UnicodeEncodeError):
             raise ApiError(422, f"{field}: must be JSON with finite numbers and valid Unicode") from None
         if size > self.max_metadata_bytes:

@@ -79,11 +79,14 @@ def test_bad_input_is_rejected_with_a_clear_message_and_nothing_is_stored(api):
         error = response.json()["error"]
         assert field in error["message"], (body, error)
         assert CANARY not in response.text
-    raw = b'{"subject": "a", "text": "lone \\ud800 surrogate"}'
-    surrogate = api.client.post(
-        "/v1/memories", content=raw, headers={**bearer(t.app), "Content-Type": "application/json"}
-    )
-    assert surrogate.status_code == 422
+    json_headers = {**bearer(t.app), "Content-Type": "application/json"}
+    for raw in (  # lone surrogates: valid JSON escapes, invalid Unicode
+        b'{"subject": "a", "text": "lone \\ud800 surrogate"}',
+        b'{"subject": "a", "text": "ok", "metadata": {"k": "lone \\udfff"}}',
+        b'{"subject": "a", "text": "ok", "metadata": {"\\ud800": 1}}',
+        b'{"subject": "\\ud800", "text": "ok"}',
+    ):
+        assert api.client.post("/v1/memories", content=raw, headers=json_headers).status_code == 422, raw
     assert api.count(t.id) == 0
 
 
