@@ -1,0 +1,114 @@
+"""Two real `sealmem serve` processes (started by the image's entrypoint, each with its own data directory, as two
+containers would be) on one PostgreSQL: they migrate concurrently on a fresh database, a memory written through one
+is found by search through the other at once, a deletion and a forgotten subject are gone from the other at once.
+Run for both vector backends: pgvector (shared vectors in PostgreSQL) and faiss (each replica follows the SQL change
+log before it searches)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.deploy.conftest import BIN, ENTRYPOINT, clean_env, free_port, http, write_secrets
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+
+def pg_url(server: Any, database: str) -> str:
+    base = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+    return base.replace("/postgres?", f"/{database}?", 1)
+
+
+def call(base: str, key: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    data = json.dumps(body).encode() if body is not None else None
+    status, raw = http(method, base + path, data, headers)
+    return status, (json.loads(raw) if raw else None)
+
+
+def search(base: str, key: str, subject: str, query: str) -> list[str]:
+    """Texts found, best first; an unknown (or forgotten) subject has none."""
+    status, body = call(base, key, "POST", "/v1/memories/search", {"subject": subject, "query": query, "k": 10})
+    if status == 404 and body["error"]["code"] == "not_found":
+        return []
+    assert status == 200, body
+    return [hit["text"] for hit in body["results"]]
+
+
+@pytest.mark.parametrize("vector_backend", ["pgvector", "faiss"])
+def test_two_replicas_share_one_postgres(vector_backend: str, pg_server: Any, tmp_path: Path, start_server) -> None:
+    database = f"deploy_{vector_backend}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(pg_url(pg_server, "postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{database}"'))
+    admin.dispose()
+
+    shared = {
+        "SEALMEM_DATABASE_URL": pg_url(pg_server, database),
+        "SEALMEM_VECTOR_BACKEND": vector_backend,
+        "SEALMEM_HOST": "127.0.0.1",
+        "SEALMEM_RATE_LIMIT_PER_MINUTE": "0",
+        **write_secrets(tmp_path / "secrets"),
+    }
+    servers = []
+    for name in ("a", "b"):  # started together on an empty database: migrations serialise on the advisory lock
+        port = free_port()
+        env = clean_env(**shared, SEALMEM_DATA_DIR=str(tmp_path / name), SEALMEM_PORT=str(port))
+        servers.append(start_server([str(ENTRYPOINT)], env, port))
+    for server in servers:
+        server.wait_ready()
+    a, b = (s.url for s in servers)
+
+    created = subprocess.run(
+        [str(BIN / "sealmem"), "tenant", "create", "acme"],
+        env=clean_env(**shared, SEALMEM_DATA_DIR=str(tmp_path / "cli")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert created.returncode == 0, created.stderr[-4000:]
+    key = json.loads(created.stdout.strip().splitlines()[-1])["admin_key"]
+
+    # Both replicas have the tenant's index in use before the writes below (the faiss case must catch up).
+    status, _ = call(a, key, "POST", "/v1/memories", {"subject": "carol", "text": "Carol plays the cello."})
+    assert status == 201
+    for base in (a, b):
+        assert search(base, key, "carol", "music") == ["Carol plays the cello."]
+        assert search(base, key, "alice", "dog") == []
+
+    status, dog = call(a, key, "POST", "/v1/memories", {"subject": "alice", "text": "Alice's dog is named Biscuit."})
+    assert status == 201, dog
+    status, _ = call(a, key, "POST", "/v1/memories", {"subject": "alice", "text": "Alice works as a nurse in Lyon."})
+    assert status == 201
+    status, _ = call(b, key, "POST", "/v1/memories", {"subject": "bob", "text": "Bob's dog is a beagle called Max."})
+    assert status == 201
+
+    # Written through A, found through B at once (and the other way round).
+    assert search(b, key, "alice", "what is the name of the dog?")[0] == "Alice's dog is named Biscuit."
+    assert search(a, key, "bob", "which dog does he have?") == ["Bob's dog is a beagle called Max."]
+
+    # Deleted through B: gone from A.
+    status, _ = call(b, key, "DELETE", f"/v1/memories/{dog['id']}")
+    assert status == 204
+    assert "Alice's dog is named Biscuit." not in search(a, key, "alice", "what is the name of the dog?")
+    status, _ = call(a, key, "GET", f"/v1/memories/{dog['id']}")
+    assert status == 404
+
+    # Forgotten through A: nothing of alice is left through B; bob is untouched.
+    status, body = call(a, key, "DELETE", "/v1/admin/subjects/alice")
+    assert status == 200 and body["memories_deleted"] == 1, body
+    assert search(b, key, "alice", "nurse in Lyon") == []
+    status, page = call(b, key, "GET", "/v1/memories?subject=alice")
+    assert (status, page["error"]["code"]) == (404, "not_found") if status != 200 else page["items"] == []
+    assert search(b, key, "bob", "beagle") == ["Bob's dog is a beagle called Max."]
+    assert search(a, key, "bob", "beagle") == ["Bob's dog is a beagle called Max."]
+
+    for server in servers:
+        assert "Traceback" not in server.log_text(), server.log_text()[-4000:]
