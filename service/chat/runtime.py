@@ -1,0 +1,117 @@
+"""Everything the chat loop needs for one app instance, built from :class:`ChatSettings`.
+
+The app keeps one :class:`ChatRuntime` on ``app.state.chat``: ``await runtime.start()`` in the lifespan
+loads the model (off the event loop) and starts the write-back worker; ``await runtime.stop()`` finishes
+queued write-backs and releases the backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from memory_store import MemoryStore
+from service.chat.distill import Distiller, LLMDistiller, RuleDistiller
+from service.chat.service import ChatService, Injector
+from service.chat.settings import ChatSettings
+from service.chat.writeback import AuditSink, WriteBackWorker
+from service.llm.backend import LLMBackend, TokenCounter, TokenizerCounter
+from service.llm.loader import BUNDLED_SMOLLM2, bundled_gguf_path
+
+log = logging.getLogger("sealmem.chat")
+
+
+def load_tokenizer(spec: str) -> Any:
+    """A Hugging Face tokenizer from a folder, a .gguf file or the bundled SmolLM2, offline."""
+    from transformers import AutoTokenizer
+
+    path = bundled_gguf_path() if spec == BUNDLED_SMOLLM2 else Path(spec)
+    if path.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def backend_from_settings(settings: ChatSettings, *, cache_dir: Path | None = None) -> LLMBackend:
+    if settings.llm_backend == "openai":
+        from service.llm.openai_backend import OpenAIBackend
+
+        assert settings.openai_base_url is not None and settings.openai_model is not None
+        counter: TokenCounter | None = None
+        if settings.openai_tokenizer:
+            counter = TokenizerCounter(load_tokenizer(settings.openai_tokenizer))
+        return OpenAIBackend(
+            base_url=settings.openai_base_url,
+            model=settings.openai_model,
+            api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
+            timeout_s=settings.openai_timeout_seconds,
+            connect_timeout_s=settings.openai_connect_timeout_seconds,
+            max_retries=settings.openai_max_retries,
+            concurrency=settings.llm_concurrency,
+            queue_max=settings.llm_queue_max,
+            context_tokens=settings.llm_context_tokens,
+            counter=counter,
+        )
+    from service.llm.local import LocalBackend
+
+    return LocalBackend(
+        settings.llm_model,
+        cache_dir=settings.llm_cache_dir or cache_dir,
+        device=settings.llm_device,
+        torch_threads=settings.llm_torch_threads,
+        concurrency=settings.llm_concurrency,
+        queue_max=settings.llm_queue_max,
+        context_tokens=settings.llm_context_tokens,
+    )
+
+
+class ChatRuntime:
+    def __init__(
+        self,
+        settings: ChatSettings,
+        *,
+        store: MemoryStore,
+        backend: LLMBackend,
+        audit: AuditSink | None = None,
+        distiller: Distiller | None = None,
+        injectors: dict[str, Injector] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        if distiller is None:
+            distiller = LLMDistiller(backend) if settings.chat_distiller == "llm" else RuleDistiller()
+        self.worker = WriteBackWorker(
+            store,
+            distiller,
+            audit=audit,
+            queue_max=settings.chat_writeback_queue_max,
+            duplicate_similarity=settings.chat_duplicate_similarity,
+            duplicate_dense=settings.chat_duplicate_dense,
+        )
+        self.service = ChatService(
+            store=store, backend=backend, settings=settings, worker=self.worker, injectors=injectors
+        )
+
+    @classmethod
+    def create(
+        cls,
+        settings: ChatSettings,
+        *,
+        store: MemoryStore,
+        audit: AuditSink | None = None,
+        cache_dir: Path | None = None,
+        backend: LLMBackend | None = None,
+    ) -> ChatRuntime:
+        """Build from settings; ``cache_dir`` (the data dir) keeps converted GGUF weights between starts."""
+        return cls(
+            settings, store=store, backend=backend or backend_from_settings(settings, cache_dir=cache_dir),
+            audit=audit,
+        )
+
+    async def start(self) -> None:
+        await self.backend.start()
+        self.worker.start()
+
+    async def stop(self, *, drain_timeout: float = 10.0) -> None:
+        await self.worker.stop(drain_timeout=drain_timeout)
+        await self.backend.aclose()

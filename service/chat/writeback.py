@@ -1,0 +1,297 @@
+"""Background write-back: distil facts from a chat turn and reconcile them with what the subject has.
+
+Runs as an asyncio task beside the request handlers (store calls go to threads), so a request never waits
+for it. Per statement: a near-duplicate of an existing memory updates that memory (its history records the
+update); a statement that fills the same slot with another value ("I moved to Porto" after "I live in
+Lisbon") is added and supersedes the old one, which stays in history but no longer ranks; anything else is
+added. Every written memory carries source ``chat``, the session id and the message id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from memory_store import Filters, MemoryRecord, MemoryStore, NewMemory, NotFoundError, SearchHit
+from memory_store.audit import AuditEvent
+from memory_store.models import utcnow
+from service.chat.distill import Distiller, Slot, Statement, slot_of
+from service.chat.sessions import CHAT_SOURCE
+
+log = logging.getLogger("sealmem.chat")
+FACT_KINDS = ("fact", "preference", "event", "note", "summary")
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+class AuditSink(Protocol):
+    """What the chat loop needs of the audit log (``memory_store.audit.AuditLog`` satisfies it)."""
+
+    def append(self, *, tenant_id: str, event: AuditEvent) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who caused a write, for the memory history (``actor``) and the audit record."""
+
+    credential_id: str
+    role: str
+    actor: str
+    token_id: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class WriteBackJob:
+    tenant_id: str
+    subject: str
+    session_id: str
+    message_id: str
+    text: str
+    caller: Caller
+    turn_id: str | None = None
+    agent_id: str | None = None
+    job_id: str = field(default_factory=lambda: "wb_" + uuid.uuid4().hex)
+
+
+@dataclass
+class WriteBackResult:
+    job_id: str
+    status: str = "queued"  # queued | running | done | failed
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    superseded: list[dict[str, str]] = field(default_factory=list)
+    statements: int = 0
+    seconds: float | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id, "status": self.status, "added": self.added, "updated": self.updated,
+            "superseded": self.superseded, "statements": self.statements, "error": self.error,
+        }
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def jaccard(a: str, b: str) -> float:
+    wa, wb = _words(a), _words(b)
+    return len(wa & wb) / len(wa | wb) if wa or wb else 1.0
+
+
+def _slot_of_record(record: MemoryRecord) -> Slot | None:
+    meta = record.metadata
+    if isinstance(meta.get("slot"), str) and isinstance(meta.get("slot_value"), str):
+        return Slot(meta["slot"], meta["slot_value"])
+    return slot_of(record.text)
+
+
+class Reconciler:
+    """The synchronous part: one statement against the subject's memories (runs in a worker thread)."""
+
+    def __init__(self, store: MemoryStore, *, duplicate_similarity: float = 0.8, duplicate_dense: float = 0.95):
+        self._store = store
+        self._dup_words = duplicate_similarity
+        self._dup_dense = duplicate_dense
+
+    def _candidates(self, job: WriteBackJob, statement: Statement, slot: Slot | None) -> list[SearchHit]:
+        hits: dict[str, SearchHit] = {}
+        searches = [Filters(kinds=FACT_KINDS)]
+        if slot is not None:
+            searches.append(Filters(kinds=FACT_KINDS, metadata={"slot": slot.key}))
+        for filters in searches:
+            try:
+                found = self._store.search(
+                    tenant_id=job.tenant_id, subject=job.subject, query=statement.text, k=10, filters=filters
+                )
+            except NotFoundError:
+                return []
+            for hit in found:
+                hits.setdefault(hit.memory.id, hit)
+        return list(hits.values())
+
+    def apply(self, job: WriteBackJob, statement: Statement, result: WriteBackResult) -> None:
+        slot = slot_of(statement.text)
+        candidates = self._candidates(job, statement, slot)
+        conflicts: list[MemoryRecord] = []
+        duplicate: MemoryRecord | None = None
+        best = 0.0
+        for hit in candidates:
+            record = hit.memory
+            other = _slot_of_record(record)
+            if slot is not None and other is not None and other.key == slot.key:
+                if other.value == slot.value:
+                    duplicate, best = record, 2.0  # the same slot and value: a duplicate whatever the wording
+                else:
+                    conflicts.append(record)
+                continue
+            if slot is not None and other is not None:
+                continue  # about different things
+            similarity = jaccard(statement.text, record.text)
+            dense = hit.dense_score or 0.0
+            if (similarity >= self._dup_words or dense >= self._dup_dense) and max(similarity, dense) > best:
+                duplicate, best = record, max(similarity, dense)
+        meta = {"message_id": job.message_id, "session_id": job.session_id}
+        if job.turn_id:
+            meta["turn_id"] = job.turn_id
+        if slot is not None:
+            meta.update(slot=slot.key, slot_value=slot.value)
+        if duplicate is not None:
+            mentions = duplicate.metadata.get("mentions", 1)
+            merged = {
+                **duplicate.metadata,
+                "mentions": (mentions if isinstance(mentions, int) else 1) + 1,
+                "last_message_id": job.message_id,
+                "last_session_id": job.session_id,
+            }
+            if slot is not None:
+                merged.update(slot=slot.key, slot_value=slot.value)
+            newer_text = statement.text if statement.text.strip() != duplicate.text.strip() else None
+            self._store.update(
+                tenant_id=job.tenant_id, memory_id=duplicate.id, subject=job.subject, text=newer_text,
+                metadata=merged, importance=min(1.0, max(duplicate.importance, statement.importance) + 0.05),
+                actor=job.caller.actor,
+            )
+            result.updated.append(duplicate.id)
+            return
+        record = self._store.add(
+            tenant_id=job.tenant_id,
+            item=NewMemory(
+                subject=job.subject, text=statement.text, kind=statement.kind, importance=statement.importance,
+                metadata=meta, session_id=job.session_id, agent_id=job.agent_id, source=CHAT_SOURCE,
+                source_ref=job.message_id, occurred_at=utcnow(),
+            ),
+            actor=job.caller.actor,
+        )
+        result.added.append(record.id)
+        for old in conflicts:
+            self._store.supersede(
+                tenant_id=job.tenant_id, memory_id=old.id, by=record.id, subject=job.subject,
+                actor=job.caller.actor,
+            )
+            result.superseded.append({"id": old.id, "by": record.id})
+
+
+class WriteBackWorker:
+    """A bounded queue of jobs served by one asyncio task; results of recent jobs are kept for inspection."""
+
+    def __init__(
+        self,
+        store: MemoryStore,
+        distiller: Distiller,
+        *,
+        audit: AuditSink | None = None,
+        queue_max: int = 1000,
+        duplicate_similarity: float = 0.8,
+        duplicate_dense: float = 0.95,
+        results_kept: int = 1000,
+    ) -> None:
+        self._store = store
+        self.distiller = distiller
+        self._audit = audit
+        self._reconciler = Reconciler(
+            store, duplicate_similarity=duplicate_similarity, duplicate_dense=duplicate_dense
+        )
+        self._queue_max = queue_max
+        self._queue: asyncio.Queue[WriteBackJob] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._results: OrderedDict[str, WriteBackResult] = OrderedDict()
+        self._results_kept = results_kept
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._queue = asyncio.Queue(maxsize=self._queue_max)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="sealmem-write-back")
+
+    async def stop(self, *, drain_timeout: float = 10.0) -> None:
+        """Finish queued jobs (up to ``drain_timeout`` seconds), then stop."""
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.drain(), drain_timeout)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def drain(self) -> None:
+        """Wait until every job submitted so far is done."""
+        if self._queue is not None:
+            await self._queue.join()
+
+    def submit(self, job: WriteBackJob) -> WriteBackResult:
+        result = self._remember(WriteBackResult(job.job_id))
+        if self._queue is None or not self.running:
+            result.status, result.error = "failed", "the write-back worker is not running"
+            return result
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            log.warning("write-back queue full: distillation of message %s skipped", job.message_id)
+            result.status, result.error = "dropped", "the write-back queue is full"
+        return result
+
+    def result(self, job_id: str) -> WriteBackResult | None:
+        return self._results.get(job_id)
+
+    def _remember(self, result: WriteBackResult) -> WriteBackResult:
+        self._results[result.job_id] = result
+        while len(self._results) > self._results_kept:
+            self._results.popitem(last=False)
+        return result
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        while True:
+            job = await self._queue.get()
+            try:
+                await self.process(job)
+            except Exception:  # one bad job must not stop the worker
+                log.exception("write-back job %s failed", job.job_id)
+            finally:
+                self._queue.task_done()
+
+    async def process(self, job: WriteBackJob) -> WriteBackResult:
+        result = self._results.get(job.job_id) or self._remember(WriteBackResult(job.job_id))
+        result.status = "running"
+        started = time.perf_counter()
+        try:
+            statements = await self.distiller.distill(job.text)
+            result.statements = len(statements)
+            for statement in statements:
+                await asyncio.to_thread(self._reconciler.apply, job, statement, result)
+            result.status = "done"
+        except Exception as exc:
+            result.status, result.error = "failed", type(exc).__name__
+            raise
+        finally:
+            result.seconds = time.perf_counter() - started
+            touched = result.added + result.updated + [s["id"] for s in result.superseded]
+            if self._audit is not None and (touched or result.status == "failed"):
+                event = AuditEvent(
+                    credential_id=job.caller.credential_id, role=job.caller.role, token_id=job.caller.token_id,
+                    request_id=job.caller.request_id, subject=job.subject, action="chat.write_back",
+                    memory_ids=touched, outcome="ok" if result.status == "done" else "error",
+                    detail={
+                        "job_id": job.job_id, "added": len(result.added), "updated": len(result.updated),
+                        "superseded": len(result.superseded),
+                    },
+                )
+                try:
+                    await asyncio.to_thread(self._audit.append, tenant_id=job.tenant_id, event=event)
+                except Exception:
+                    log.exception("audit append failed for write-back job %s", job.job_id)
+        return result

@@ -1,0 +1,68 @@
+"""A small OpenAI-compatible server for tests: real HTTP, scripted failures, recorded requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from service.llm.backend import ChatMessage
+from tests.chat.fakes import FakeBackend
+
+
+@dataclass
+class Script:
+    """What the next requests get: ``fail_next`` 500s first, then answers after ``delay_s``."""
+
+    fail_next: int = 0
+    fail_status: int = 500
+    delay_s: float = 0.0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+
+
+def fake_openai_app(script: Script, *, model: str = "tiny-remote") -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def completions(request: Request) -> Any:
+        body = await request.json()
+        script.requests.append(body)
+        script.headers.append(dict(request.headers))
+        if script.fail_next > 0:
+            script.fail_next -= 1
+            return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=script.fail_status)
+        if script.delay_s:
+            await asyncio.sleep(script.delay_s)
+        messages = [ChatMessage(m["role"], m["content"]) for m in body["messages"]]
+        words = FakeBackend.reply_for(messages).split(" ")[: body.get("max_tokens") or 1000]
+        created = int(time.time())
+        if not body.get("stream"):
+            return {
+                "id": "cmpl-1", "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words)},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 11, "completion_tokens": len(words), "total_tokens": 11 + len(words)},
+            }
+
+        async def chunks() -> AsyncIterator[str]:
+            def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+                payload = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": created, "model": model,
+                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                return f"data: {json.dumps(payload)}\n\n"
+
+            yield chunk({"role": "assistant", "content": ""})
+            for i, word in enumerate(words):
+                yield chunk({"content": word if i == 0 else " " + word})
+            yield chunk({}, "stop")
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    return app

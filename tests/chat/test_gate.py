@@ -1,0 +1,73 @@
+"""The FIFO concurrency gate of the LLM backends."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service.llm.backend import LLMBusyError
+from service.llm.gate import FifoGate
+
+
+def test_waiters_are_served_in_arrival_order_and_the_line_is_bounded() -> None:
+    async def scenario() -> list[int]:
+        gate = FifoGate(1, queue_max=5)
+        order: list[int] = []
+        await gate.acquire()
+
+        async def worker(i: int) -> None:
+            async with gate.slot():
+                order.append(i)
+                await asyncio.sleep(0)
+
+        tasks = []
+        for i in range(5):
+            tasks.append(asyncio.create_task(worker(i)))
+            await asyncio.sleep(0)
+        assert gate.waiting == 5
+        with pytest.raises(LLMBusyError):
+            await gate.acquire()
+        gate.release()
+        await asyncio.gather(*tasks)
+        assert gate.active == 0 and gate.waiting == 0
+        return order
+
+    assert asyncio.run(scenario()) == [0, 1, 2, 3, 4]
+
+
+def test_a_cancelled_waiter_gives_up_its_place() -> None:
+    async def scenario() -> None:
+        gate = FifoGate(1, queue_max=5)
+        await gate.acquire()
+        waiting = asyncio.create_task(gate.acquire())
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert gate.waiting == 0
+        gate.release()
+        assert gate.active == 0
+        async with gate.slot():
+            assert gate.active == 1
+
+    asyncio.run(scenario())
+
+
+def test_limit_two_runs_two_at_once() -> None:
+    async def scenario() -> int:
+        gate = FifoGate(2, queue_max=10)
+        running = peak = 0
+
+        async def job() -> None:
+            nonlocal running, peak
+            async with gate.slot():
+                running += 1
+                peak = max(peak, running)
+                await asyncio.sleep(0.01)
+                running -= 1
+
+        await asyncio.gather(*(job() for _ in range(6)))
+        return peak
+
+    assert asyncio.run(scenario()) == 2
