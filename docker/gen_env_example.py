@@ -49,7 +49,7 @@ FALLBACK = {
 
 # Deployment advice appended to a field's line.
 NOTES = {
-    "data_dir": "The image uses /var/lib/sealmem.",
+    "data_dir": "The image uses /var/lib/sealmem (compose: set it here to move it).",
     "database_url": "Compose: postgresql+psycopg://sealmem@postgres:5432/sealmem (password via PGPASSWORD_FILE).",
     "master_key": "Prefer SEALMEM_MASTER_KEY_FILE; never put a key in .env.",
     "master_key_file": "Compose: /run/secrets/master_key (`sealmem keygen > secrets/master_key`).",
@@ -116,8 +116,8 @@ HEADER = """\
 # Docker Compose reads .env from this folder: `cp .env.example .env`, then edit. docker-compose.yml passes every
 # SEALMEM_* variable set here (or in your shell) into the sealmem containers, except the two secrets
 # (SEALMEM_MASTER_KEY, SEALMEM_TOKEN_SECRET: files only) and those the image and compose file set themselves:
-# data dir /var/lib/sealmem, host 0.0.0.0, port 8080, LLM cache dir /opt/sealmem/llm-cache, the database URL,
-# the vector backend (pgvector) and the secret files (Docker secrets under /run/secrets).
+# host 0.0.0.0, port 8080, LLM cache dir /opt/sealmem/llm-cache, the database URL and the secret files (Docker
+# secrets under /run/secrets). The data dir (/var/lib/sealmem) and vector backend (pgvector) can be set here.
 """
 
 FOOTER = """\
