@@ -4,6 +4,7 @@ real FAISS in ``tmp_path``, with a deterministic HashingEmbedder injected throug
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
@@ -15,14 +16,22 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from sqlalchemy import create_engine
 
 from memory_store.crypto import encode_key, generate_key
-from memory_store.db import make_engine
 from memory_store.embedder import Embedder, HashingEmbedder
 from memory_store.migrate import upgrade
 from service.app import create_app
 from service.services import Services
 from service.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings come only from what each test passes, never from the developer's or CI's SEALMEM_* variables."""
+    for name in list(os.environ):
+        if name.startswith("SEALMEM_"):
+            monkeypatch.delenv(name)
 
 
 def bearer(credential: str) -> dict[str, str]:
@@ -45,7 +54,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
 def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A database file migrated once per session; each test gets a copy (Alembic is the slow part)."""
     folder = tmp_path_factory.mktemp("migrated")
-    engine = make_engine(Settings(data_dir=folder))
+    engine = create_engine(f"sqlite:///{folder / 'sealmem.db'}")  # not from settings: the environment is not clean yet
     upgrade(engine)
     engine.dispose()
     return folder / "sealmem.db"
