@@ -7,6 +7,7 @@ log before it searches)."""
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import uuid
 from pathlib import Path
@@ -14,8 +15,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
-from tests.deploy.conftest import BIN, ENTRYPOINT, clean_env, free_port, http, write_secrets
+from tests.deploy.conftest import ENTRYPOINT, clean_env, free_port, http, write_secrets
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -41,19 +43,44 @@ def search(base: str, key: str, subject: str, query: str) -> list[str]:
     return [hit["text"] for hit in body["results"]]
 
 
-@pytest.mark.parametrize("vector_backend", ["pgvector", "faiss"])
-def test_two_replicas_share_one_postgres(vector_backend: str, pg_server: Any, tmp_path: Path, start_server) -> None:
-    database = f"deploy_{vector_backend}_{uuid.uuid4().hex[:8]}"
+@pytest.fixture
+def app_database(pg_server: Any, tmp_path: Path) -> tuple[str, Path]:
+    """A fresh database owned by a password-protected, non-superuser role, as in docker-compose.yml: the URL has no
+    password, the password is in a file (PGPASSWORD_FILE), and a superuser created the vector extension."""
+    role = f"sealmem_{uuid.uuid4().hex[:8]}"
+    password = secrets.token_hex(16)
     admin = create_engine(pg_url(pg_server, "postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{database}"'))
+        hba = Path(conn.execute(text("SHOW hba_file")).scalar_one())
+        hba.write_text(f"local all {role} scram-sha-256\n" + hba.read_text(encoding="utf-8"), encoding="utf-8")
+        conn.execute(text("SELECT pg_reload_conf()"))
+        conn.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+        conn.execute(text(f"CREATE DATABASE {role} OWNER {role}"))
     admin.dispose()
+    ext = create_engine(pg_url(pg_server, role), isolation_level="AUTOCOMMIT")
+    with ext.connect() as conn:
+        conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+    ext.dispose()
+    url = pg_url(pg_server, role).replace("postgresql+psycopg://postgres:@", f"postgresql+psycopg://{role}@", 1)
+    assert role in url and password not in url
+    with pytest.raises(OperationalError, match="password"):  # the password is really required
+        create_engine(url).connect().close()
+    secret = tmp_path / "pg_password"
+    secret.write_text(password + "\n", encoding="utf-8")
+    return url, secret
 
+
+@pytest.mark.parametrize("vector_backend", ["pgvector", "faiss"])
+def test_two_replicas_share_one_postgres(
+    vector_backend: str, app_database: tuple[str, Path], tmp_path: Path, start_server
+) -> None:
+    url, password_file = app_database
     shared = {
-        "SEALMEM_DATABASE_URL": pg_url(pg_server, database),
+        "SEALMEM_DATABASE_URL": url,
         "SEALMEM_VECTOR_BACKEND": vector_backend,
         "SEALMEM_HOST": "127.0.0.1",
         "SEALMEM_RATE_LIMIT_PER_MINUTE": "0",
+        "PGPASSWORD_FILE": str(password_file),
         **write_secrets(tmp_path / "secrets"),
     }
     servers = []
@@ -65,8 +92,8 @@ def test_two_replicas_share_one_postgres(vector_backend: str, pg_server: Any, tm
         server.wait_ready()
     a, b = (s.url for s in servers)
 
-    created = subprocess.run(
-        [str(BIN / "sealmem"), "tenant", "create", "acme"],
+    created = subprocess.run(  # an operator command through the entrypoint, as `docker-compose exec` would
+        [str(ENTRYPOINT), "tenant", "create", "acme"],
         env=clean_env(**shared, SEALMEM_DATA_DIR=str(tmp_path / "cli")),
         capture_output=True,
         text=True,
