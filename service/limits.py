@@ -43,9 +43,13 @@ class Limits:
         if _depth(metadata) > self.max_metadata_depth:
             raise ApiError(422, f"{field}: nested deeper than {self.max_metadata_depth} levels")
 
-    def k(self, k: int) -> None:
+    def k(self, k: int | None, *, default: int = 10) -> int:
+        """The number of results to use: ``k`` if within the cap, else a 422; unset: ``default`` (capped)."""
+        if k is None:
+            return min(default, self.max_k)
         if k > self.max_k:
             raise ApiError(422, f"k: at most {self.max_k}")
+        return k
 
     def page_size(self, limit: int | None, *, default: int = 50) -> int:
         """The page size to use: ``limit`` if within the cap, else a 422; unset: ``default`` (capped)."""

@@ -178,7 +178,7 @@ class SearchRequest(Request):
 
     subject: Identifier | None = Field(default=None, description="Required with an API key.")
     query: Text
-    k: int = Field(default=10, ge=1, le=1000, description="Results wanted (capped by settings).")
+    k: int | None = Field(default=None, ge=1, le=1000, description="Results wanted: default 10, capped by settings.")
     filters: SearchFilters | None = None
 
 

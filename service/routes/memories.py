@@ -76,14 +76,14 @@ def list_memories(
 
 @router.post("/search", response_model=SearchResponse, summary="Hybrid (vector + keyword) search of a subject")
 def search_memories(body: SearchRequest, principal: Reader, services: ServicesDep, request: Request) -> SearchResponse:
-    services.limits.k(body.k)
+    k = services.limits.k(body.k)
     services.limits.text(body.query, field="query")
     with services.auditor.record(request, principal, "memory.search", subject=principal.subject) as note:
         note.subject = subject = subject_for(principal, body.subject)
         filters = to_filters(body.filters, services.limits)
         started = time.perf_counter()
         hits = services.store.search(
-            tenant_id=principal.tenant_id, subject=subject, query=body.query, k=body.k, filters=filters
+            tenant_id=principal.tenant_id, subject=subject, query=body.query, k=k, filters=filters
         )
         services.metrics.search_latency.observe(time.perf_counter() - started)
         note.memory_ids = [h.memory.id for h in hits]

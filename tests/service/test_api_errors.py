@@ -125,6 +125,8 @@ def test_configured_limits_apply(make_api):
     assert "per batch" in assert_error(post(three), 422, "invalid_input")["message"]
     assert api.count(t.id) == 0
     fine = api.add(t.app, "a", "fine", metadata={"a": {"b": 1}})
+    unset_k = api.client.post("/v1/memories/search", json={"subject": "a", "query": "fine"}, headers=bearer(t.app))
+    assert unset_k.status_code == 200 and len(unset_k.json()["results"]) == 1  # default 10 capped at 5
     search = api.client.post("/v1/memories/search", json={"subject": "a", "query": "x", "k": 6}, headers=bearer(t.app))
     assert "at most 5" in assert_error(search, 422, "invalid_input")["message"]
     listing = api.client.get("/v1/memories", params={"subject": "a", "limit": 11}, headers=bearer(t.app))
