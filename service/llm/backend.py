@@ -128,16 +128,25 @@ class ApproxTokenCounter:
 
 
 class TokenizerCounter:
-    """Exact counts with a Hugging Face tokenizer and its chat template."""
+    """Exact counts with a Hugging Face tokenizer and its chat template.
 
-    def __init__(self, tokenizer: Any) -> None:
+    ``lock`` serialises use of the tokenizer with the generation threads' streaming decoders: a fast
+    tokenizer used from two threads at once can fail with "Already borrowed".
+    """
+
+    def __init__(self, tokenizer: Any, lock: threading.Lock | None = None) -> None:
         self.tokenizer = tokenizer
+        self.lock = lock or threading.Lock()
 
     def count_text(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False)) if text else 0
+        if not text:
+            return 0
+        with self.lock:
+            return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     def count_messages(self, messages: Sequence[ChatMessage]) -> int:
-        return len(render_ids(self.tokenizer, messages))
+        with self.lock:
+            return len(render_ids(self.tokenizer, messages))
 
 
 def render_ids(tokenizer: Any, messages: Sequence[ChatMessage]) -> list[int]:

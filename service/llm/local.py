@@ -54,8 +54,9 @@ class LocalBackend(LLMBackend):
         self._torch_threads = torch_threads
         self._context_tokens = context_tokens
         self.gate = FifoGate(concurrency, queue_max)
+        self.tokenizer_lock = threading.Lock()  # every use of the shared tokenizer, from any thread
         self._loaded = loaded
-        self._counter = TokenizerCounter(loaded.tokenizer) if loaded else None
+        self._counter = TokenizerCounter(loaded.tokenizer, self.tokenizer_lock) if loaded else None
 
     async def start(self) -> None:
         if self._loaded is None:
@@ -67,7 +68,7 @@ class LocalBackend(LLMBackend):
                 device=self._device,
                 torch_threads=self._torch_threads,
             )
-            self._counter = TokenizerCounter(self._loaded.tokenizer)
+            self._counter = TokenizerCounter(self._loaded.tokenizer, self.tokenizer_lock)
             log.info(
                 "local LLM %s ready on %s in %.1fs", self._loaded.name, self._loaded.device,
                 time.perf_counter() - started,
@@ -101,7 +102,8 @@ class LocalBackend(LLMBackend):
         return self._counter
 
     def encode_messages(self, messages: Sequence[ChatMessage]) -> list[int]:
-        return render_ids(self.loaded.tokenizer, messages)
+        with self.tokenizer_lock:
+            return render_ids(self.loaded.tokenizer, messages)
 
     def stream(
         self,
@@ -140,7 +142,10 @@ class LocalBackend(LLMBackend):
 
         worker = threading.Thread(
             target=_generate,
-            args=(loaded, list(input_ids), params, stats, cancel, loop, queue, generate_kwargs, release),
+            args=(
+                loaded, list(input_ids), params, stats, cancel, loop, queue, generate_kwargs, release,
+                self.tokenizer_lock,
+            ),
             name="sealmem-generate",
             daemon=True,
         )
@@ -188,8 +193,8 @@ class LocalBackend(LLMBackend):
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
                 with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(queue.put_nowait, _END)
                     loop.call_soon_threadsafe(self.gate.release)
+                    loop.call_soon_threadsafe(queue.put_nowait, _END)
 
         try:
             threading.Thread(target=pump, name="sealmem-generate", daemon=True).start()
@@ -223,6 +228,7 @@ def _generate(
     queue: asyncio.Queue[object],
     generate_kwargs: dict[str, Any],
     release: Callable[[], None],
+    tokenizer_lock: threading.Lock,
 ) -> None:
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
@@ -234,7 +240,12 @@ def _generate(
                 return
             stats.completion_tokens += int(value.numel())
             stats.mark_first_token()
-            super().put(value)  # type: ignore[no-untyped-call]
+            with tokenizer_lock:
+                super().put(value)  # type: ignore[no-untyped-call]
+
+        def end(self) -> None:
+            with tokenizer_lock:
+                super().end()  # type: ignore[no-untyped-call]
 
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, text)
@@ -268,6 +279,6 @@ def _generate(
         log.exception("local generation failed")
         loop.call_soon_threadsafe(queue.put_nowait, exc)
     finally:
+        release()  # before the end marker, so a caller that sees the end finds the slot free
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(queue.put_nowait, _END)
-        release()

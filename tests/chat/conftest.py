@@ -29,7 +29,7 @@ from service.chat.runtime import ChatRuntime
 from service.chat.settings import ChatSettings
 from service.llm.backend import LLMBackend
 from service.settings import Settings
-from tests.chat.fakes import FakeBackend
+from tests.chat.fakes import FakeBackend, serve
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -182,3 +182,53 @@ def harness(make_chat: Callable[..., ChatHarness]) -> ChatHarness:
 def fake(harness: ChatHarness) -> FakeBackend:
     assert isinstance(harness.backend, FakeBackend)
     return harness.backend
+
+
+@dataclass
+class Server:
+    url: str
+    app: FastAPI
+    fake: FakeBackend
+    tenant_id: str
+    app_key: str
+    reader_key: str
+
+    def client(self, key: str | None = None, **kwargs: Any) -> Any:
+        import openai
+
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key or self.app_key, max_retries=0, **kwargs)
+
+    def add(self, subject: str, text: str) -> str:
+        from memory_store import NewMemory
+
+        store = self.app.state.services.store
+        return str(store.add(tenant_id=self.tenant_id, item=NewMemory(subject=subject, text=text)).id)
+
+    def token(self, subject: str, scopes: list[str]) -> str:
+        import httpx
+
+        response = httpx.post(
+            self.url + "/v1/tokens", json={"subject": subject, "scopes": scopes},
+            headers={"Authorization": f"Bearer {self.app_key}"},
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["token"])
+
+
+@pytest.fixture
+def server(tmp_path: Path, chat_db: Path) -> Iterator[Server]:
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copyfile(chat_db, data / "sealmem.db")
+    fake = FakeBackend()
+    app = build_app(data, backend=fake)
+    with serve(app) as url:
+        services = app.state.services
+        info = services.store.create_tenant(name="acme")
+        admin = services.keys.create(tenant_id=info.id, role="admin", name="a", created_by="test").secret
+        app_key = services.keys.create(tenant_id=info.id, role="app", name="b", created_by="test").secret
+        reader = services.keys.create(tenant_id=info.id, role="reader", name="c", created_by="test").secret
+        assert admin
+        yield Server(url, app, fake, info.id, app_key, reader)

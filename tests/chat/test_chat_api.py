@@ -361,3 +361,29 @@ def test_models_lists_the_configured_model(harness: ChatHarness) -> None:
     model = {"id": "fake-llm", "object": "model", "created": 0, "owned_by": "sealmem"}
     assert out == {"object": "list", "data": [model]}
     assert harness.client.get("/v1/models").status_code == 401
+
+
+def test_a_client_that_leaves_mid_stream_still_gets_its_turn_stored(server: Any) -> None:
+    import time
+
+    import httpx
+
+    server.fake.delay_s = 0.2
+    headers = {"Authorization": f"Bearer {server.app_key}"}
+    body = {"subject": "ana", "session_id": "gone", "message": "My dog is named Biscuit.", "stream": True}
+    with (
+        httpx.Client(base_url=server.url, timeout=10) as client,
+        client.stream("POST", "/v1/chat", json=body, headers=headers) as response,
+    ):
+        assert response.status_code == 200
+        first = next(response.iter_lines())
+        assert first.startswith("event: delta")
+    deadline = time.monotonic() + 10
+    turns: list[Any] = []
+    while time.monotonic() < deadline and not turns:
+        time.sleep(0.1)
+        turns = server.app.state.chat.service.sessions.recent_turns(
+            tenant_id=server.tenant_id, subject="ana", session_id="gone", limit=10
+        )
+    assert [t.metadata["role"] for t in turns][:1] == ["user"]
+    assert turns[0].text == "My dog is named Biscuit."

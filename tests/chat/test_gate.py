@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -71,3 +72,36 @@ def test_limit_two_runs_two_at_once() -> None:
         return peak
 
     assert asyncio.run(scenario()) == 2
+
+
+def test_local_backend_runs_a_synchronous_engine_under_its_gate() -> None:
+    """The hook for engines with their own generation loop (KV injection): a thread, the same gate."""
+    from collections.abc import Iterator
+
+    from service.llm.backend import GenerationStats, LLMError
+    from service.llm.local import LocalBackend
+
+    backend = LocalBackend("unused", concurrency=1, queue_max=2)
+    seen_cancel: list[bool] = []
+
+    def engine(cancel: threading.Event) -> Iterator[str]:
+        yield "Biscuit"
+        yield " is"
+        seen_cancel.append(cancel.is_set())
+
+    def broken(cancel: threading.Event) -> Iterator[str]:
+        yield "x"
+        raise RuntimeError("engine failure")
+
+    async def scenario() -> list[str]:
+        stats = GenerationStats()
+        out = [d async for d in backend.stream_sync(engine, stats)]
+        assert stats.first_token_s is not None and stats.finished_s is not None
+        with pytest.raises(LLMError):
+            _ = [d async for d in backend.stream_sync(broken, GenerationStats())]
+        await asyncio.sleep(0.05)
+        assert backend.gate.active == 0
+        return out
+
+    assert asyncio.run(scenario()) == ["Biscuit", " is"]
+    assert seen_cancel == [False]

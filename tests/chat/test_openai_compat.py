@@ -2,68 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
 import pytest
 
 openai = pytest.importorskip("openai")
 
-from fastapi import FastAPI  # noqa: E402
-
 from service.llm.backend import LLMUnavailableError  # noqa: E402
-from tests.chat.conftest import build_app  # noqa: E402
-from tests.chat.fakes import FakeBackend, serve  # noqa: E402
-
-
-@dataclass
-class Server:
-    url: str
-    app: FastAPI
-    fake: FakeBackend
-    tenant_id: str
-    app_key: str
-    reader_key: str
-
-    def client(self, key: str | None = None, **kwargs: Any) -> Any:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key or self.app_key, max_retries=0, **kwargs)
-
-    def add(self, subject: str, text: str) -> str:
-        from memory_store import NewMemory
-
-        store = self.app.state.services.store
-        return str(store.add(tenant_id=self.tenant_id, item=NewMemory(subject=subject, text=text)).id)
-
-    def token(self, subject: str, scopes: list[str]) -> str:
-        import httpx
-
-        response = httpx.post(
-            self.url + "/v1/tokens", json={"subject": subject, "scopes": scopes},
-            headers={"Authorization": f"Bearer {self.app_key}"},
-        )
-        assert response.status_code == 201, response.text
-        return str(response.json()["token"])
-
-
-@pytest.fixture
-def server(tmp_path: Path, chat_db: Path) -> Iterator[Server]:
-    import shutil
-
-    data = tmp_path / "data"
-    data.mkdir()
-    shutil.copyfile(chat_db, data / "sealmem.db")
-    fake = FakeBackend()
-    app = build_app(data, backend=fake)
-    with serve(app) as url:
-        services = app.state.services
-        info = services.store.create_tenant(name="acme")
-        admin = services.keys.create(tenant_id=info.id, role="admin", name="a", created_by="test").secret
-        app_key = services.keys.create(tenant_id=info.id, role="app", name="b", created_by="test").secret
-        reader = services.keys.create(tenant_id=info.id, role="reader", name="c", created_by="test").secret
-        assert admin
-        yield Server(url, app, fake, info.id, app_key, reader)
+from tests.chat.conftest import Server  # noqa: E402
 
 
 def test_non_streaming_completion_with_memory(server: Server) -> None:
