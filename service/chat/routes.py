@@ -202,7 +202,7 @@ async def _first_delta(stream: AsyncIterator[str]) -> str | None:
         return await stream.__anext__()
     except StopAsyncIteration:
         return None
-    except LLMError as exc:
+    except (LLMError, ChatError) as exc:
         raise _api_error(exc) from None
 
 
@@ -316,7 +316,7 @@ async def chat_endpoint(
     if not body.stream:
         try:
             reply = "".join([delta async for delta in stream]).strip()
-        except LLMError as exc:
+        except (LLMError, ChatError) as exc:
             raise _api_error(exc) from None
         outcome = await _finish(chat, services, request, principal, prepared, reply, stats)
         return _chat_response(outcome)
@@ -438,7 +438,7 @@ async def chat_completions(
     if not body.stream:
         try:
             reply = "".join([delta async for delta in stream]).strip()
-        except LLMError as exc:
+        except (LLMError, ChatError) as exc:
             raise _api_error(exc) from None
         outcome = await _finish(chat, services, request, principal, prepared, reply, stats)
         return {

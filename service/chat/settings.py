@@ -22,6 +22,8 @@ class ChatSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SEALMEM_", env_file=None, extra="ignore")
 
+    chat_enabled: bool = Field(default=True, description="Serve the chat endpoints (and load the LLM at start).")
+
     # ---- backend -----------------------------------------------------------------------------------
     llm_backend: Literal["local", "openai"] = Field(
         default="local",

@@ -387,3 +387,53 @@ def test_a_client_that_leaves_mid_stream_still_gets_its_turn_stored(server: Any)
         )
     assert [t.metadata["role"] for t in turns][:1] == ["user"]
     assert turns[0].text == "My dog is named Biscuit."
+
+
+def test_an_injector_error_keeps_its_status(harness: ChatHarness) -> None:
+    from service.chat.service import ChatError, InjectionRequest
+
+    class TooLong:
+        async def stream(self, request: InjectionRequest, params: Any, stats: Any, *, cancel: Any) -> Any:
+            raise ChatError(422, "kv_context_too_long", "the memories do not fit the model's positions")
+            yield ""
+
+    harness.runtime.service.register_injector("kv", TooLong())
+    keys = harness.tenant()
+    for stream in (False, True):
+        response = harness.client.post(
+            "/v1/chat", json={"subject": "ana", "message": "hi there", "injection": "kv", "stream": stream},
+            headers=bearer(keys.app),
+        )
+        assert response.status_code == 422 and response.json()["error"]["code"] == "kv_context_too_long"
+
+
+def test_mounting_again_replaces_the_configuration_and_disabled_is_503(tmp_path: Any, chat_db: Any) -> None:
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from service.chat.mount import mount_chat
+    from tests.chat.conftest import build_app, chat_settings
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copyfile(chat_db, data / "sealmem.db")
+    first, second = FakeBackend(model="first"), FakeBackend(model="second")
+    app = build_app(data, backend=first)
+    mount_chat(app, chat_settings(), backend=second)
+    from service.chat.routes import router
+
+    mounted = [
+        r for r in app.routes if getattr(r, "original_router", None) is router or getattr(r, "path", "") == "/v1/chat"
+    ]
+    assert len(mounted) == 1  # included once (FastAPI keeps an included router whole, or flattens its routes)
+    with TestClient(app) as client:
+        assert app.state.chat.backend is second
+        services = app.state.services
+        tenant = services.store.create_tenant(name="t").id
+        key = services.keys.create(tenant_id=tenant, role="app", name="k", created_by="test").secret
+        assert client.get("/v1/models", headers=bearer(key)).json()["data"][0]["id"] == "second"
+    mount_chat(app, chat_settings(chat_enabled=False))
+    with TestClient(app) as client:
+        response = client.post("/v1/chat", json={"subject": "ana", "message": "hi"}, headers=bearer(key))
+        assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable"
