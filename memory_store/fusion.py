@@ -1,4 +1,18 @@
-"""Rank fusion of dense and lexical results, recency weighting and the minimum score."""
+"""Fusion of dense and lexical results, session-neighbour context, recency weighting and the minimum score.
+
+Two fusion methods:
+
+- ``"score"`` (default): each list's scores are normalised by that list's best score among the candidates
+  (cosine clipped at 0, BM25), mixed with the configured weights, then each memory receives a share of the
+  better of its two session neighbours' mixed score (the turn before or after it in the same conversation
+  session), so an answer is found through the question it replies to and vice versa. Final scores lie in
+  ``[0, 1]``.
+- ``"rrf"``: reciprocal rank fusion of the two ranked lists, normalised so that rank 1 in both gives 1.0.
+
+On the LoCoMo dev conversations (bench/locomo_retrieval.py; categories 1-4), evidence recall@10 is 0.60 with
+RRF (k=60) and no session context, 0.68 with score fusion alone, 0.76 with the defaults below (plain BM25:
+0.56, MiniLM dense alone: 0.50).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +20,48 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
+
+from memory_store.errors import ValidationError
+
+FusionMethod = Literal["score", "rrf"]
 
 
 @dataclass(frozen=True)
 class FusionConfig:
+    """How a search ranks candidates. All fields have defaults; older callers keep working.
+
+    ``rrf_k`` only matters for ``method="rrf"``. ``neighbour_weight`` is the share of a session neighbour's
+    score a memory inherits (0 turns it off). ``lexical_context`` is how many preceding memories of the same
+    session are appended to a memory's BM25 document. Both kinds of session context link only memories
+    whose kind is in ``context_kinds`` (None: every kind): by default conversation turns, whose meaning
+    often lies in the turn they answer, not independently stated facts. ``lexical_dates`` appends the
+    memory's ``occurred_at`` date in words ("8 May 2023") so that queries naming a month or year match.
+    ``pool`` is the least number of results taken from each retriever before fusion.
+    """
+
     rrf_k: int = 60
     dense_weight: float = 1.0
     lexical_weight: float = 1.0
     recency_half_life_days: float | None = None
     recency_weight: float = 0.0
     min_score: float = 0.0
+    method: FusionMethod = "score"
+    neighbour_weight: float = 0.3
+    lexical_context: int = 1
+    lexical_dates: bool = True
+    context_kinds: tuple[str, ...] | None = ("turn",)
+    pool: int = 50
+
+    def __post_init__(self) -> None:
+        if self.method not in ("score", "rrf"):
+            raise ValidationError("method must be 'score' or 'rrf'")
+        if self.dense_weight < 0 or self.lexical_weight < 0 or self.neighbour_weight < 0:
+            raise ValidationError("fusion weights must not be negative")
+        if self.lexical_context < 0 or self.pool < 1 or self.rrf_k < 0:
+            raise ValidationError("lexical_context must be >= 0, pool >= 1 and rrf_k >= 0")
+        if self.context_kinds is not None:
+            object.__setattr__(self, "context_kinds", tuple(self.context_kinds))  # hashable cache key
 
 
 @dataclass(frozen=True)
@@ -26,6 +72,73 @@ class Fused:
     lexical: float | None
 
 
+Neighbours = Mapping[int, tuple[int | None, int | None]]
+
+
+def _recency(
+    score: float,
+    memory_id: int,
+    config: FusionConfig,
+    timestamps: Mapping[int, datetime] | None,
+    now: datetime | None,
+) -> float:
+    """``score *= (1 - w) + w * 0.5 ** (age_days / half_life)`` when recency weighting is on."""
+    if config.recency_half_life_days and config.recency_weight and timestamps and now:
+        stamp = timestamps.get(memory_id)
+        if stamp is not None:
+            age_days = max((now - stamp).total_seconds() / 86400.0, 0.0)
+            decay = math.pow(0.5, age_days / config.recency_half_life_days)
+            score *= (1.0 - config.recency_weight) + config.recency_weight * decay
+    return score
+
+
+def _finish(out: list[Fused]) -> list[Fused]:
+    out.sort(key=lambda f: (-f.score, -f.memory_id))
+    return out
+
+
+def score_fusion(
+    dense: Mapping[int, float],
+    lexical: Mapping[int, float],
+    config: FusionConfig,
+    *,
+    neighbours: Neighbours | None = None,
+    timestamps: Mapping[int, datetime] | None = None,
+    now: datetime | None = None,
+) -> list[Fused]:
+    """Fuse raw scores of the memories in ``dense`` (every memory to rank, with its cosine similarity).
+
+    ``lexical`` holds the BM25 score of those that match the query (others score 0); ``lexical_max`` is
+    taken from it, so it must include the best lexical match among the candidates. ``neighbours`` maps a
+    memory to its (previous, next) memory in the same session.
+    """
+    dense_max = max(dense.values(), default=0.0)
+    lexical_max = max(lexical.values(), default=0.0)
+    total = config.dense_weight + config.lexical_weight
+    mixed: dict[int, float] = {}
+    for memory_id, cosine in dense.items():
+        d = max(cosine, 0.0) / dense_max if dense_max > 0 else 0.0
+        lex = lexical.get(memory_id, 0.0)
+        l_norm = lex / lexical_max if lexical_max > 0 else 0.0
+        mixed[memory_id] = (config.dense_weight * d + config.lexical_weight * l_norm) / total if total else 0
+    a = config.neighbour_weight
+    out: list[Fused] = []
+    for memory_id, own in mixed.items():
+        score = own
+        if a and neighbours:
+            prev_id, next_id = neighbours.get(memory_id, (None, None))
+            best = max(
+                mixed.get(prev_id, 0.0) if prev_id is not None else 0.0,
+                mixed.get(next_id, 0.0) if next_id is not None else 0.0,
+            )
+            score = (own + a * best) / (1.0 + a)
+        score = _recency(score, memory_id, config, timestamps, now)
+        if score >= config.min_score:
+            matched = lexical.get(memory_id)
+            out.append(Fused(memory_id, score, dense[memory_id], matched if matched else None))
+    return _finish(out)
+
+
 def reciprocal_rank_fusion(
     dense: Sequence[tuple[int, float]],
     lexical: Sequence[tuple[int, float]],
@@ -34,10 +147,7 @@ def reciprocal_rank_fusion(
     timestamps: Mapping[int, datetime] | None = None,
     now: datetime | None = None,
 ) -> list[Fused]:
-    """Fuse two ranked lists (best first). Scores are normalised so that rank 1 in both lists gives 1.0.
-
-    With recency weighting, ``score *= (1 - w) + w * 0.5 ** (age_days / half_life)``.
-    """
+    """Fuse two ranked lists (best first). Scores are normalised so that rank 1 in both lists gives 1.0."""
     total_weight = config.dense_weight + config.lexical_weight
     norm = total_weight / (config.rrf_k + 1) if total_weight else 1.0
     scores: dict[int, float] = {}
@@ -48,14 +158,7 @@ def reciprocal_rank_fusion(
             scores[memory_id] = scores.get(memory_id, 0.0) + weight / (config.rrf_k + rank)
     out = []
     for memory_id, raw in scores.items():
-        score = raw / norm
-        if config.recency_half_life_days and config.recency_weight and timestamps and now:
-            stamp = timestamps.get(memory_id)
-            if stamp is not None:
-                age_days = max((now - stamp).total_seconds() / 86400.0, 0.0)
-                decay = math.pow(0.5, age_days / config.recency_half_life_days)
-                score *= (1.0 - config.recency_weight) + config.recency_weight * decay
+        score = _recency(raw / norm, memory_id, config, timestamps, now)
         if score >= config.min_score:
             out.append(Fused(memory_id, score, dense_raw.get(memory_id), lexical_raw.get(memory_id)))
-    out.sort(key=lambda f: (-f.score, -f.memory_id))
-    return out
+    return _finish(out)

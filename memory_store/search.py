@@ -3,18 +3,21 @@
 Steps of a search:
 
 1. the candidate set: the subject's memories that pass the filters (SQL, plus metadata after decryption);
-2. dense: the top ``max(4k, pool)`` candidates by cosine similarity (FAISS restricted to the candidates);
-3. lexical: BM25 over the subject's memories (document = text + preceding turn of its session + date),
-   restricted to the candidates, top ``max(4k, pool)``;
-4. score fusion: the union of both lists plus their session neighbours (previous/next candidate of the same
-   session) gets exact cosine scores (one more FAISS search restricted to exactly those ids), is normalised
-   and mixed, and each memory inherits a share of its best neighbour's score; or, with ``method="rrf"``,
-   reciprocal rank fusion of the two lists as before.
+2. dense: the top ``max(4k, pool)`` candidates by cosine similarity (FAISS restricted to the candidates;
+   up to 4,096 candidates, all of them are scored in that one search);
+3. lexical: BM25 over the subject's memories (document = text + preceding memory of its session + date;
+   built from decrypted text, cached per subject version, never persisted), restricted to the candidates,
+   top ``max(4k, pool)``;
+4. score fusion (default): the union of both lists plus each member's session neighbours (previous/next
+   candidate in the same session, from the cached session order) is scored exactly - cosine (a second
+   FAISS search of just the ids still missing, if any) and BM25 - normalised, mixed, and each memory
+   inherits a share of its better neighbour's score; or, with ``method="rrf"``, reciprocal rank fusion of
+   the two lists as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Protocol
 
@@ -28,14 +31,28 @@ from memory_store.errors import NotFoundError
 from memory_store.fusion import Fused, FusionConfig, Neighbours, reciprocal_rank_fusion, score_fusion
 from memory_store.index_registry import IndexRegistry
 from memory_store.keys import KeyManager
-from memory_store.lexical import LexicalCache, LexicalIndex, LexicalSource, build_documents
+from memory_store.lexical import LexicalCache, LexicalIndex, LexicalSource, SessionLinks, build_documents
 from memory_store.models import Memory, Subject, utcnow
 from memory_store.records import apply_filters, candidate_query, decode, metadata_matches
 from memory_store.sealing import MemorySealer
 from memory_store.types import Filters, SearchHit
 
 IdArray = npt.NDArray[np.int64]
+_SCORE_ALL_MAX = 4096
 Vector = npt.NDArray[np.float32]
+
+
+def _membership(candidates: IdArray) -> Callable[[int], bool]:
+    """A fast ``id in candidates`` test (a set for small candidate sets, binary search for large ones)."""
+    if len(candidates) <= _SCORE_ALL_MAX:
+        return set(candidates.tolist()).__contains__
+    ordered = np.sort(candidates)
+
+    def contains(memory_id: int) -> bool:
+        slot = int(np.searchsorted(ordered, memory_id))
+        return slot < len(ordered) and int(ordered[slot]) == memory_id
+
+    return contains
 
 
 class VectorSearch(Protocol):
@@ -79,13 +96,14 @@ class HybridSearcher:
     def _lexical_index(
         self, session: Session, subject: Subject, sealer: MemorySealer, fusion: FusionConfig
     ) -> LexicalIndex:
-        version = (subject.change_seq, fusion.lexical_context, fusion.lexical_dates)
+        kinds = fusion.context_kinds
+        version = (subject.change_seq, fusion.lexical_context, fusion.lexical_dates, kinds)
         cached = self._lexical.get(subject.id, version)
         if cached is not None:
             return cached
         rows = session.execute(
             select(Memory.id, Memory.uid, Memory.text_ct, Memory.session_id, Memory.occurred_at)
-            .add_columns(Memory.created_at)
+            .add_columns(Memory.created_at, Memory.kind)
             .where(Memory.subject_id == subject.id)
             .order_by(Memory.id)
         ).all()
@@ -96,51 +114,14 @@ class HybridSearcher:
                 session_id=r[3],
                 occurred_at=r[4],
                 created_at=r[5],
+                kind=r[6],
             )
             for r in rows
         ]
-        docs = build_documents(sources, context=fusion.lexical_context, dates=fusion.lexical_dates)
-        index = LexicalIndex([s.memory_id for s in sources], docs)
+        docs = build_documents(sources, context=fusion.lexical_context, dates=fusion.lexical_dates, kinds=kinds)
+        index = LexicalIndex([s.memory_id for s in sources], docs, links=SessionLinks(sources, kinds))
         self._lexical.put(subject.id, version, index)
         return index
-
-    @staticmethod
-    def _neighbours(
-        session: Session, subject: Subject, around: Collection[int], sorted_candidates: IdArray
-    ) -> Neighbours:
-        """(previous, next) candidate in its session, for each candidate in the sessions of ``around``."""
-        if not around:
-            return {}
-        in_sessions = (
-            select(Memory.session_id)
-            .where(Memory.id.in_(list(around)), Memory.session_id.is_not(None))
-            .distinct()
-            .scalar_subquery()
-        )
-        rows = session.execute(
-            select(Memory.id, Memory.session_id, Memory.occurred_at, Memory.created_at).where(
-                Memory.subject_id == subject.id, Memory.session_id.in_(in_sessions)
-            )
-        ).all()
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        slot = np.searchsorted(sorted_candidates, ids)
-        is_candidate = (slot < len(sorted_candidates)) & (
-            sorted_candidates[np.minimum(slot, len(sorted_candidates) - 1)] == ids
-        )
-        by_session: dict[str, list[tuple[datetime, int]]] = {}
-        for (memory_id, session_id, occurred, created), keep in zip(rows, is_candidate.tolist(), strict=True):
-            if keep and session_id is not None:
-                by_session.setdefault(session_id, []).append((occurred or created, memory_id))
-        out: dict[int, tuple[int | None, int | None]] = {}
-        for members in by_session.values():
-            members.sort()
-            ordered = [m for _, m in members]
-            for pos, memory_id in enumerate(ordered):
-                out[memory_id] = (
-                    ordered[pos - 1] if pos > 0 else None,
-                    ordered[pos + 1] if pos + 1 < len(ordered) else None,
-                )
-        return out
 
     @staticmethod
     def _timestamps(session: Session, ids: Iterable[int]) -> dict[int, datetime]:
@@ -172,7 +153,11 @@ class HybridSearcher:
             fetch = int(min(len(candidates), max(4 * k, fusion.pool)))
 
             vector = self._embedder.embed([query])[0]
-            dense = self._dense_search(tenant_id, vector, fetch, candidates)
+            # Small candidate sets are scored in full by one search; larger ones get a second, exact search
+            # of just the pooled ids the first one did not return.
+            exhaustive = len(candidates) <= _SCORE_ALL_MAX
+            dense = self._dense_search(tenant_id, vector, len(candidates) if exhaustive else fetch, candidates)
+            dense_ranked = sorted(dense.items(), key=lambda item: (-item[1], item[0]))[:fetch]
 
             lexical_index = self._lexical_index(session, owner, sealer, fusion)
             scores = lexical_index.scores(query)
@@ -184,7 +169,6 @@ class HybridSearcher:
             want_recency = bool(fusion.recency_half_life_days and fusion.recency_weight)
             fused: list[Fused]
             if fusion.method == "rrf":
-                dense_ranked = sorted(dense.items(), key=lambda item: -item[1])
                 stamps = (
                     self._timestamps(session, {m for m, _ in dense_ranked} | {m for m, _ in lexical})
                     if want_recency
@@ -192,12 +176,12 @@ class HybridSearcher:
                 )
                 fused = reciprocal_rank_fusion(dense_ranked, lexical, fusion, timestamps=stamps, now=now)[:k]
             else:
-                pool = set(dense) | {m for m, _ in lexical}
+                pool = {m for m, _ in dense_ranked} | {m for m, _ in lexical}
                 neighbours: Neighbours = {}
-                if fusion.neighbour_weight > 0:
-                    neighbours = self._neighbours(session, owner, pool, np.sort(candidates))
-                    for memory_id in list(pool):
-                        pool.update(n for n in neighbours.get(memory_id, (None, None)) if n is not None)
+                if fusion.neighbour_weight > 0 and lexical_index.links is not None:
+                    neighbours = lexical_index.links.neighbours(pool, _membership(candidates))
+                    for pair in list(neighbours.values()):
+                        pool.update(n for n in pair if n is not None)
                 missing = np.fromiter((m for m in pool if m not in dense), dtype=np.int64)
                 if len(missing):
                     dense.update(self._dense_search(tenant_id, vector, len(missing), missing))
