@@ -47,7 +47,7 @@ def check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(metadata, dict):
         raise ValidationError("metadata must be an object")
     try:
-        raw = json.dumps(metadata, allow_nan=False)
+        raw = json.dumps(metadata, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise ValidationError("metadata must be JSON (finite numbers, string keys)") from exc
     if len(raw.encode("utf-8", "surrogatepass")) > MAX_METADATA_BYTES:

@@ -70,6 +70,8 @@ def test_batch_add_is_atomic(store, tenant_id):
         NewMemory(subject="alice", text="x", metadata={"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}),
         NewMemory(subject="alice", text="x", metadata={"f": float("nan")}),
         NewMemory(subject="alice", text="bad \udcff surrogate"),
+        NewMemory(subject="alice", text="x", metadata={"k": "lone \ud800 surrogate"}),
+        NewMemory(subject="alice", text="x", metadata={"lone \udfff key": 1}),
         NewMemory(subject="al\x00ice", text="x"),
     ],
 )
