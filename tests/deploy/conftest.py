@@ -330,5 +330,27 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
         server.stop()
 
 
+IMAGE_LLM_CACHE = "/opt/sealmem/llm-cache"
+
+
+@pytest.fixture(scope="session")
+def preconverted_llm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Dockerfile's build-time GGUF conversion, run here into a temporary folder instead of the image's
+    /opt/sealmem/llm-cache (slow: dequantizes SmolLM2 once, ~1.2 GB peak)."""
+    runs = [args for word, args in dockerfile_instructions() if word == "RUN" and "load_model" in args]
+    assert len(runs) == 1, "one RUN converts the bundled GGUF"
+    code = re.search(r'python -c "((?:[^"\\]|\\.)*)"', runs[0])
+    assert code is not None and IMAGE_LLM_CACHE in code.group(1)
+    folder = tmp_path_factory.mktemp("llm-cache")
+    subprocess.run(
+        [sys.executable, "-c", code.group(1).replace(IMAGE_LLM_CACHE, str(folder))],
+        env=clean_env(),
+        check=True,
+        timeout=900,
+        capture_output=True,
+    )
+    return folder
+
+
 def have(program: str) -> str | None:
     return shutil.which(program)

@@ -76,13 +76,15 @@ def healthcheck_argv() -> list[str]:
 
 
 @pytest.mark.slow
-def test_migrates_then_serves_and_stops_cleanly(tmp_path: Path, start_server) -> None:
+def test_migrates_then_serves_and_stops_cleanly(tmp_path: Path, start_server, preconverted_llm_cache: Path) -> None:
+    """As the image starts: its settings (the LLM cache converted at build time included), secrets as files."""
     port = free_port()
     data = tmp_path / "data"
     env = clean_env(
         SEALMEM_DATA_DIR=str(data),
         SEALMEM_HOST="127.0.0.1",
         SEALMEM_PORT=str(port),
+        SEALMEM_LLM_CACHE_DIR=str(preconverted_llm_cache),
         **write_secrets(tmp_path / "secrets"),
     )
     server = start_server([str(ENTRYPOINT)], env, port)
@@ -91,6 +93,7 @@ def test_migrates_then_serves_and_stops_cleanly(tmp_path: Path, start_server) ->
     assert (data / "sealmem.db").is_file(), "migrated the embedded database"
     assert not (data / "master.key").exists(), "used the key file it was given, created none"
     assert "database schema at revision" in server.log_text()
+    assert "dequantizing" not in server.log_text(), "the LLM came from the build-time cache, not a conversion"
     status, body = http("GET", f"{server.url}/healthz")
     assert status == 200 and json.loads(body)["status"] == "ok"
     status, body = http("GET", f"{server.url}/readyz")
