@@ -72,7 +72,7 @@ def test_gives_up_on_an_unreachable_database() -> None:
 def healthcheck_argv() -> list[str]:
     """The HEALTHCHECK CMD of the image, as Docker runs it inside the container."""
     health = next(args for word, args in final_stage(dockerfile_instructions()) if word == "HEALTHCHECK")
-    return json.loads(health[health.index("CMD") + 3 :].strip())
+    return [str(part) for part in json.loads(health[health.index("CMD") + 3 :].strip())]
 
 
 @pytest.mark.slow

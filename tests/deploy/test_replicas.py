@@ -27,7 +27,7 @@ pytestmark = pytest.mark.postgres
 
 
 def pg_url(server: Any, database: str) -> str:
-    base = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+    base = str(server.get_uri()).replace("postgresql://", "postgresql+psycopg://", 1)
     return base.replace("/postgres?", f"/{database}?", 1)
 
 

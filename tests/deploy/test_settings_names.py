@@ -55,7 +55,7 @@ def _same(value: str, default: Any, annotation: Any) -> bool:
     if default is None:
         return False
     try:
-        return TypeAdapter(annotation).validate_python(value) == default
+        return bool(TypeAdapter(annotation).validate_python(value) == default)
     except ValidationError:
         return False
 
