@@ -1,6 +1,7 @@
 """Write .env.example from the app's settings classes: every SEALMEM_* variable with its default and meaning.
 
     .venv/bin/python docker/gen_env_example.py > .env.example
+    .venv/bin/python docker/gen_env_example.py --compose    # the x-sealmem-settings block of docker-compose.yml
 
 tests/deploy/test_settings_names.py checks that .env.example names every setting with its current default.
 """
@@ -8,6 +9,7 @@ tests/deploy/test_settings_names.py checks that .env.example names every setting
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 import sys
 from enum import Enum
@@ -173,20 +175,65 @@ FOOTER = """\
 """
 
 
+# Set in docker-compose.yml itself or by the image, or secrets (files only): not in the pass-through block.
+NOT_PASSED = {
+    "SEALMEM_DATA_DIR",
+    "SEALMEM_DATABASE_URL",
+    "SEALMEM_MASTER_KEY",
+    "SEALMEM_MASTER_KEY_FILE",
+    "SEALMEM_TOKEN_SECRET",
+    "SEALMEM_TOKEN_SECRET_FILE",
+    "SEALMEM_HOST",
+    "SEALMEM_PORT",
+    "SEALMEM_VECTOR_BACKEND",
+    "SEALMEM_LLM_CACHE_DIR",
+}
+
+
+def compose_block() -> None:
+    """The same variables in the same order as .env.example, less NOT_PASSED."""
+    for line in _env_lines():
+        var = line[2:].split("=", 1)[0]
+        if var not in NOT_PASSED:
+            sys.stdout.write(f"  {var}:\n")
+
+
+def _env_lines() -> list[str]:
+    import io
+    from contextlib import redirect_stdout
+
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        write_env_example()
+    return [line for line in buffer.getvalue().splitlines() if line.startswith("# SEALMEM_") and "=" in line]
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--compose"]:
+        compose_block()
+    else:
+        write_env_example()
+
+
+def write_env_example() -> None:
     out = [HEADER]
     seen: set[str] = set()
-    for heading, cls in settings_classes():
-        entries = []
-        for name, field in cls.model_fields.items():
-            var = env_name(cls, name)
-            if var in seen:
-                continue  # inherited, already written under its own class
-            seen.add(var)
-            entries.append(f"\n# {describe(name, field)}\n# {var}={render_default(field.default)}\n")
-        if entries:
-            out.append(f"\n# ==== {heading} ====\n")
-            out.extend(entries)
+    classes = settings_classes()
+    # Each field under the class that declares it (Settings inherits the storage and chat settings), then, to be
+    # safe, anything not declared by a listed class.
+    for own_only in (True, False):
+        for heading, cls in classes:
+            declared = inspect.get_annotations(cls)
+            entries = []
+            for name, field in cls.model_fields.items():
+                var = env_name(cls, name)
+                if var in seen or (own_only and name not in declared):
+                    continue
+                seen.add(var)
+                entries.append(f"\n# {describe(name, field)}\n# {var}={render_default(field.default)}\n")
+            if entries:
+                out.append(f"\n# ==== {heading}{'' if own_only else ' (inherited)'} ====\n")
+                out.extend(entries)
     out.append(FOOTER)
     sys.stdout.write("".join(out))
 

@@ -107,7 +107,10 @@ def test_every_setting_reaches_the_container(compose: dict[str, Any]) -> None:
     assert passed <= set(setting_vars()), sorted(passed - set(setting_vars()))
     assert not passed & set(from_image), f"pass-through would unset the image's {sorted(passed & set(from_image))}"
     missing = set(setting_vars()) - set(env) - set(from_image) - SECRET_SETTINGS
-    assert not missing, f"docker-compose.yml does not pass {sorted(missing)}: add them to x-sealmem-settings"
+    assert not missing, (
+        f"docker-compose.yml does not pass {sorted(missing)}: add them to x-sealmem-settings "
+        "(`python docker/gen_env_example.py --compose` prints the block)"
+    )
 
 
 def test_vllm_gpu_profile(compose: dict[str, Any], gpu: dict[str, Any]) -> None:
