@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from memory_store.embedder import Embedder, embedder_from_settings
 from memory_store.keysource import master_key_from_settings
 from memory_store.store import MemoryStore
+from service.chat.mount import mount_chat
 from service.errors import install_error_handlers
 from service.keyfiles import resolve_secret_files
 from service.metrics import Metrics
@@ -124,4 +125,6 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None, embedder
     app.include_router(admin.router)
     app.include_router(health.router)
     app.state.metrics = metrics
+    # Chat routes always exist; with SEALMEM_CHAT_ENABLED=false they answer 503 and no LLM is loaded.
+    mount_chat(app, settings, cache_dir=settings.llm_cache_dir or settings.data_dir)
     return app

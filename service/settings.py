@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from memory_store import validation
 from memory_store.settings import StoreSettings
+from service.chat.settings import ChatSettings
 
 MIN_TOKEN_SECRET_CHARS = 32
 _TEXT_CAP = validation.MAX_TEXT_CHARS
@@ -16,8 +17,9 @@ _META_BYTES_CAP = validation.MAX_METADATA_BYTES
 _META_DEPTH_CAP = validation.MAX_METADATA_DEPTH
 
 
-class Settings(StoreSettings):
-    """Everything ``create_app`` and the ``sealmem`` CLI need. Secrets are ``SecretStr`` and never logged."""
+class Settings(StoreSettings, ChatSettings):
+    """Everything ``create_app`` and the ``sealmem`` CLI need (storage, API, chat). Secrets are ``SecretStr``
+    and never logged."""
 
     token_secret: SecretStr | None = Field(
         default=None, description="HS256 signing secret for subject tokens (at least 32 characters)."

@@ -45,6 +45,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "token_secret": SecretStr(secrets.token_urlsafe(32)),
         "rate_limit_per_minute": 0,
         "persist_interval_seconds": 3600,
+        "chat_enabled": False,  # the chat loop has its own tests (tests/chat); no LLM load per app here
     }
     values.update(overrides)
     return Settings(**values)

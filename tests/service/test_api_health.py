@@ -81,6 +81,13 @@ def test_openapi_documents_every_operation_with_the_error_body_and_examples(api)
         ("GET", "/healthz"),
         ("GET", "/readyz"),
         ("GET", "/metrics"),
+        ("POST", "/v1/chat"),
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/{model_id}"),
+        ("GET", "/v1/sessions"),
+        ("GET", "/v1/sessions/{session_id}"),
+        ("DELETE", "/v1/sessions/{session_id}"),
     }
     error_ref = "#/components/schemas/ErrorBody"
     for path, item in spec["paths"].items():
