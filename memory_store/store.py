@@ -66,8 +66,7 @@ class MemoryStore:
         self._settings = settings
         self._keys = KeyManager(master_key)
         require_head(engine)
-        with self._sessions.begin() as session:
-            self._keys.verify_or_initialise(session)
+        self._bind_master_key()
         self.indexes = IndexRegistry(
             self._sessions,
             self._keys,
@@ -81,6 +80,16 @@ class MemoryStore:
         self._searcher = HybridSearcher(self._sessions, self._keys, embedder, self.vectors, self._lexical)
         self._touch_lock = threading.Lock()
         self._touched: dict[int, datetime] = {}
+
+    def _bind_master_key(self) -> None:
+        """Verify the master key, or bind a fresh database to it. Replicas starting together on an empty
+        database race to insert the keyring row: the loser re-reads the winner's row and verifies it."""
+        try:
+            with self._sessions.begin() as session:
+                self._keys.verify_or_initialise(session)
+        except IntegrityError:
+            with self._sessions.begin() as session:
+                self._keys.verify_or_initialise(session)
 
     def _vector_backend(self, settings: StoreSettings, engine: Engine) -> VectorBackend:
         if settings.vector_backend == "faiss":

@@ -12,6 +12,7 @@ import json
 import os
 import struct
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,7 @@ class TenantIndex:
         header_bytes = json.dumps(header.__dict__, sort_keys=True).encode()
         blob = seal(key, payload, _file_ad(tenant_id, key_version, header_bytes))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
+        tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex}")  # unique even across containers (all PID 1)
         with open(tmp, "wb") as handle:
             handle.write(_MAGIC + struct.pack(">I", len(header_bytes)) + header_bytes + blob)
             handle.flush()

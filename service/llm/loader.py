@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ def load_model(
 
 def _save_converted(model: Any, tokenizer: Any, target: Path) -> None:
     """Save dequantized weights (they are public model weights, not user data) for fast restarts."""
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tmp = target.with_name(target.name + f".tmp-{uuid.uuid4().hex}")
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

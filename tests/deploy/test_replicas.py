@@ -169,12 +169,6 @@ def open_together(settings: StoreSettings, keys: list[MasterKey]) -> list[str]:
     return outcomes
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="race in memory_store/keys.py KeyManager.verify_or_initialise: two processes opening an empty database "
-    "both insert keyring row 1; the loser fails with IntegrityError (seen in about half the runs). Remove this "
-    "marker once it is fixed.",
-)
 def test_replicas_starting_together_bind_the_master_key_once(pg_server: Any, tmp_path: Path) -> None:
     """Replicas started together on a fresh database: all with the same key start; a replica with another key is
     refused with WrongMasterKeyError, never an integrity error. Threads stand in for processes (same SQL)."""
