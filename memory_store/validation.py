@@ -35,25 +35,41 @@ def check_text(text: str) -> str:
     return text
 
 
-def _depth(value: Any, level: int = 1) -> int:
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level)
-    return level - 1
+def nesting_depth(value: Any, *, stop_above: int | None = None) -> int:
+    """Nesting depth of containers: a scalar is 0, ``{}`` and ``{"a": 1}`` are 1, ``{"a": {"b": 1}}`` is 2.
+
+    Iterative (a recursive walk of hostile JSON nested hundreds of levels deep raised RecursionError, a 500);
+    with ``stop_above`` it returns as soon as the depth exceeds that number.
+    """
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if stop_above is not None and deepest > stop_above:
+            return deepest
+        pending.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(metadata, dict):
         raise ValidationError("metadata must be an object")
+    # Depth first: serialising very deep JSON can itself fail (RecursionError) before any size check.
+    if nesting_depth(metadata, stop_above=MAX_METADATA_DEPTH) > MAX_METADATA_DEPTH:
+        raise ValidationError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
     try:
         raw = json.dumps(metadata, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise ValidationError("metadata must be JSON (finite numbers, string keys)") from exc
     if len(raw.encode("utf-8", "surrogatepass")) > MAX_METADATA_BYTES:
         raise ValidationError(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
-    if _depth(metadata) > MAX_METADATA_DEPTH:
-        raise ValidationError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
     try:
         raw.encode("utf-8")
     except UnicodeEncodeError as exc:

@@ -5,16 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from memory_store.validation import nesting_depth
 from service.errors import ApiError
 from service.settings import Settings
-
-
-def _depth(value: Any, level: int = 1) -> int:
-    """Nesting depth of containers: ``{}`` and ``{"a": 1}`` are 1, ``{"a": {"b": 1}}`` is 2."""
-    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
-    if children is None:
-        return level - 1
-    return max((_depth(child, level + 1) for child in children), default=level)
 
 
 class Limits:
@@ -33,6 +26,9 @@ class Limits:
     def metadata(self, metadata: dict[str, Any] | None, *, field: str = "metadata") -> None:
         if metadata is None:
             return
+        # Depth first (iteratively): serialising JSON nested hundreds of levels deep raises RecursionError.
+        if nesting_depth(metadata, stop_above=self.max_metadata_depth) > self.max_metadata_depth:
+            raise ApiError(422, f"{field}: nested deeper than {self.max_metadata_depth} levels")
         try:
             # ensure_ascii=False so that lone surrogates (valid JSON escapes, invalid Unicode) fail here.
             size = len(json.dumps(metadata, allow_nan=False, ensure_ascii=False).encode("utf-8"))
@@ -40,8 +36,6 @@ class Limits:
             raise ApiError(422, f"{field}: must be JSON with finite numbers and valid Unicode") from None
         if size > self.max_metadata_bytes:
             raise ApiError(422, f"{field}: larger than {self.max_metadata_bytes} bytes")
-        if _depth(metadata) > self.max_metadata_depth:
-            raise ApiError(422, f"{field}: nested deeper than {self.max_metadata_depth} levels")
 
     def k(self, k: int | None, *, default: int = 10) -> int:
         """The number of results to use: ``k`` if within the cap, else a 422; unset: ``default`` (capped)."""
