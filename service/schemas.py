@@ -33,8 +33,21 @@ def _utf8(value: str) -> str:
     return value
 
 
+def _trimmed(value: str) -> str:
+    # As the store requires (memory_store.validation.check_identifier): otherwise a token could be minted for
+    # a subject that can never hold a memory.
+    if value != value.strip():
+        raise ValueError("must not begin or end with whitespace")
+    return value
+
+
+Utf8Str = Annotated[str, AfterValidator(_utf8)]
+"""Any string that is valid Unicode (JSON's \\uD800 escapes decode to lone surrogates, which are not)."""
 Identifier = Annotated[
-    str, StringConstraints(min_length=1, max_length=256, pattern=IDENTIFIER_PATTERN), AfterValidator(_utf8)
+    str,
+    StringConstraints(min_length=1, max_length=256, pattern=IDENTIFIER_PATTERN),
+    AfterValidator(_utf8),
+    AfterValidator(_trimmed),
 ]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=validation.MAX_TEXT_CHARS), AfterValidator(_utf8)]
 Kind = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]

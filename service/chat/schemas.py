@@ -9,10 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from memory_store import validation
 from memory_store.types import MemoryRecord, SearchHit
-from service.schemas import Identifier
+from service.schemas import Identifier, Utf8Str
 
 InjectionMode = Literal["prompt", "none", "kv"]
-Message = Annotated[str, StringConstraints(min_length=1, max_length=validation.MAX_TEXT_CHARS)]
+Message = Annotated[Utf8Str, StringConstraints(min_length=1, max_length=validation.MAX_TEXT_CHARS)]
 
 
 class ChatBody(BaseModel):
@@ -104,14 +104,14 @@ class ChatResponse(BaseModel):
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
-    text: str | None = None
+    text: Utf8Str | None = None
 
 
 class CompletionMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
+    content: Utf8Str | list[ContentPart] | None = None
+    name: Utf8Str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -139,7 +139,7 @@ class CompletionBody(BaseModel):
     )
 
     messages: list[CompletionMessage] = Field(min_length=1, max_length=1000)
-    model: str | None = None
+    model: Utf8Str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -147,7 +147,7 @@ class CompletionBody(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, le=8192)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=8192)
     n: int | None = Field(default=None, ge=1, le=1)
-    stop: str | list[str] | None = None
+    stop: Utf8Str | list[Utf8Str] | None = None
     user: Identifier | None = Field(default=None, description="The subject, when calling with an app key.")
     # Sealmem extensions (the openai client sends them with extra_body=...)
     session_id: Identifier | None = None
