@@ -311,7 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="LoCoMo JSON (default: %(default)s)")
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for the embedder")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for the embedder (1, the store default, is steadiest on shared cores)")
     parser.add_argument("--ablations", action="store_true",
                         help="also run the fusion variants on categories 1-4 (about 30 s each)")
     parser.add_argument("--no-dense-only", action="store_true", help="skip the dense-only figure")
