@@ -37,7 +37,7 @@ def _policy(predicate: Callable[[BaseException], bool]) -> Callable[[F], F]:
     decorator: Callable[[F], F] = retry(  # type: ignore[assignment]
         retry=retry_if_exception(predicate),
         stop=stop_after_attempt(5),
-        wait=wait_exponential_jitter(initial=0.05, max=1.0),
+        wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
         before_sleep=before_sleep_log(log, logging.WARNING),
         reraise=True,
     )
