@@ -29,6 +29,9 @@ class StoreSettings(BaseSettings):
     )
     embedding_batch_size: int = Field(default=64, ge=1, le=4096)
     torch_threads: int = Field(default=1, ge=1, le=256, description="Torch intra-op threads.")
+    faiss_threads: int = Field(
+        default=1, ge=1, le=256, description="FAISS OpenMP threads (1 is fastest for single queries)."
+    )
 
     vector_backend: Literal["faiss", "pgvector"] = Field(
         default="faiss", description="'faiss' (in-process, default) or 'pgvector' (PostgreSQL only, shared)."

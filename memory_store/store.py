@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import faiss
 import numpy as np
 from sqlalchemy import Engine, Select, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -65,6 +66,7 @@ class MemoryStore:
         self._embedder = embedder
         self._settings = settings
         self._keys = KeyManager(master_key)
+        faiss.omp_set_num_threads(settings.faiss_threads)
         require_head(engine)
         self._bind_master_key()
         self.indexes = IndexRegistry(
