@@ -29,32 +29,37 @@ def _request(memories=MEMS) -> KVRequest:
     return KVRequest("tenant", "subject", PREFIX, list(memories), SUFFIX)
 
 
-def _reference_logits(engine: KVEngine, memories, layout: str, text_memories=()) -> torch.Tensor:
-    """One forward over the whole prompt with a block mask: each memory attends to the prefix and itself,
-    everything after the memories attends to all; RoPE positions as the layout places them.
+LEAD = "- This is a neutral item.\n"
+
+
+def _reference_logits(engine: KVEngine, memories, layout: str, text_memories=(), lead: str = "") -> torch.Tensor:
+    """One forward over prefix + lead + memories + tail with a block mask: each memory attends to the prefix,
+    the lead and itself; everything after the memories attends to the prefix and all memories but never to the
+    lead; RoPE positions as the layout places them.
 
     Exact for the ``shared`` layout (each memory sits at the positions it is encoded at). In ``contiguous``
     a later memory was encoded right after the prefix but is read from further away, which no single forward
     reproduces; see ``_contiguous_native_logits``."""
     tok = engine.tokenize
-    prefix, suffix = tok(PREFIX), tok(SUFFIX)
+    prefix, lead_ids, suffix = tok(PREFIX), tok(lead) if lead else [], tok(SUFFIX)
     mems = [tok(m.text) for m in memories]
     tail = [t for m in text_memories for t in tok(m.text)] + suffix
-    ids = prefix + [t for m in mems for t in m] + tail
-    n = len(ids)
+    ids = prefix + lead_ids + [t for m in mems for t in m] + tail
+    n, p, d = len(ids), len(prefix), len(lead_ids)
     allowed = torch.tril(torch.ones(n, n, dtype=torch.bool))
-    positions = list(range(len(prefix)))
-    spans, start = [], len(prefix)
+    positions = list(range(p + d))
+    spans, start = [], p + d
     for m in mems:
         spans.append((start, start + len(m)))
         start += len(m)
     for i, (a, b) in enumerate(spans):
-        for j, (c, d) in enumerate(spans):
+        for j, (c, e) in enumerate(spans):
             if i != j:
-                allowed[a:b, c:d] = False
-        base = len(prefix) if layout == "shared" else a
+                allowed[a:b, c:e] = False
+        base = p + d if layout == "shared" else a
         positions += list(range(base, base + b - a))
-    nxt = len(prefix) + (max((len(m) for m in mems), default=0) if layout == "shared" else sum(map(len, mems)))
+    allowed[start:, p : p + d] = False  # the lead is only seen while encoding
+    nxt = p + d + (max((len(m) for m in mems), default=0) if layout == "shared" else sum(map(len, mems)))
     positions += list(range(nxt, nxt + len(tail)))
     mask = torch.zeros(1, 1, n, n)
     mask.masked_fill_(~allowed, torch.finfo(torch.float32).min)
@@ -64,27 +69,28 @@ def _reference_logits(engine: KVEngine, memories, layout: str, text_memories=())
     return logits
 
 
-def _contiguous_native_logits(engine: KVEngine, memories) -> torch.Tensor:
-    """The contiguous layout built without re-rotation: each memory is encoded after the prefix with the whole
-    (prefix + memory) block shifted so the memory lands natively at its target positions (RoPE is relative,
-    so the shift changes nothing but the absolute key angles), then the suffix is prefilled."""
+def _contiguous_native_logits(engine: KVEngine, memories, lead: str = "") -> torch.Tensor:
+    """The contiguous layout built without re-rotation: each memory is encoded after prefix + lead with the
+    whole block shifted so the memory lands natively at its target positions (RoPE is relative, so the shift
+    changes nothing but the absolute key angles); then the suffix is prefilled after prefix + memories."""
     from transformers import DynamicCache
 
     tok, model = engine.tokenize, engine.model
     prefix = tok(PREFIX)
-    p = len(prefix)
+    context = prefix + (tok(lead) if lead else [])
+    c = len(context)
     with torch.no_grad():
         pre = model(torch.tensor([prefix]), use_cache=True).cache
         ks = [[layer.keys] for layer in pre.layers]
         vs = [[layer.values] for layer in pre.layers]
-        start = p
+        start = c
         for m in memories:
             ids = tok(m.text)
-            shifted = torch.arange(start - p, start + len(ids))[None]
-            out = model(torch.tensor([prefix + ids]), position_ids=shifted, use_cache=True).cache
+            shifted = torch.arange(start - c, start + len(ids))[None]
+            out = model(torch.tensor([context + ids]), position_ids=shifted, use_cache=True).cache
             for i, layer in enumerate(out.layers):
-                ks[i].append(layer.keys[:, :, p:])
-                vs[i].append(layer.values[:, :, p:])
+                ks[i].append(layer.keys[:, :, c:])
+                vs[i].append(layer.values[:, :, c:])
             start += len(ids)
         cache = DynamicCache(
             ddp_cache_data=[(torch.cat(k, 2), torch.cat(v, 2)) for k, v in zip(ks, vs, strict=True)],
@@ -96,32 +102,36 @@ def _contiguous_native_logits(engine: KVEngine, memories) -> torch.Tensor:
     return logits
 
 
+@pytest.mark.parametrize("lead", ["", LEAD])
 @pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2"])
-def test_shared_layout_matches_the_block_masked_reference(model_type: str) -> None:
-    engine = KVEngine(tiny_model(model_type), KVSettings())
+def test_shared_layout_matches_the_block_masked_reference(model_type: str, lead: str) -> None:
+    engine = KVEngine(tiny_model(model_type), KVSettings(encode_lead=lead))
     result = engine.generate(_request(), layout="shared", max_new_tokens=1, return_first_logits=True)
     assert result.injection == "kv" and result.layout == "shared"
-    ref = _reference_logits(engine, MEMS, "shared")
+    ref = _reference_logits(engine, MEMS, "shared", lead=lead)
     assert result.first_logits is not None
     assert (result.first_logits - ref).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("lead", ["", LEAD])
 @pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2"])
-def test_contiguous_layout_matches_memories_encoded_at_their_positions(model_type: str) -> None:
-    engine = KVEngine(tiny_model(model_type), KVSettings())
+def test_contiguous_layout_matches_memories_encoded_at_their_positions(model_type: str, lead: str) -> None:
+    engine = KVEngine(tiny_model(model_type), KVSettings(encode_lead=lead))
     result = engine.generate(_request(), layout="contiguous", max_new_tokens=1, return_first_logits=True)
     assert result.injection == "kv" and result.layout == "contiguous"
-    ref = _contiguous_native_logits(engine, MEMS)
+    ref = _contiguous_native_logits(engine, MEMS, lead=lead)
     assert result.first_logits is not None
     assert (result.first_logits - ref).abs().max().item() < 1e-4
     # ... and it is not the block-masked single forward: a memory read from afar differs from one encoded there.
-    assert (result.first_logits - _reference_logits(engine, MEMS, "contiguous")).abs().max().item() > 1e-3
+    assert (result.first_logits - _reference_logits(engine, MEMS, "contiguous", lead=lead)).abs().max().item() > 1e-3
 
 
 def test_hybrid_keeps_the_top_memories_as_text() -> None:
-    engine = KVEngine(tiny_model("llama"), KVSettings(hybrid_text_memories=1, hybrid_kv_layout="shared"))
+    engine = KVEngine(
+        tiny_model("llama"), KVSettings(hybrid_text_memories=1, hybrid_kv_layout="shared", encode_lead=LEAD)
+    )
     result = engine.generate(_request(), layout="hybrid", max_new_tokens=1, return_first_logits=True)
-    ref = _reference_logits(engine, MEMS[1:], "shared", text_memories=MEMS[:1])
+    ref = _reference_logits(engine, MEMS[1:], "shared", text_memories=MEMS[:1], lead=LEAD)
     assert result.first_logits is not None
     assert (result.first_logits - ref).abs().max().item() < 1e-4
     assert result.prefill_tokens == len(engine.tokenize(MEMS[0].text)) + len(engine.tokenize(SUFFIX))
@@ -129,7 +139,7 @@ def test_hybrid_keeps_the_top_memories_as_text() -> None:
 
 @pytest.mark.parametrize("layout", ["contiguous", "shared", "hybrid"])
 def test_one_memory_kv_equals_prompt_and_generation_is_identical(layout: Layout) -> None:
-    engine = KVEngine(tiny_model("llama", seed=3), KVSettings())
+    engine = KVEngine(tiny_model("llama", seed=3), KVSettings(encode_lead=""))
     req = _request(MEMS[:1])
     kv = engine.generate(req, layout=layout, max_new_tokens=12, return_first_logits=True)
     prompt = engine.generate(req, injection="prompt", max_new_tokens=12, return_first_logits=True)
@@ -175,7 +185,7 @@ def test_batched_encoding_equals_one_at_a_time() -> None:
     prefix = batched.prefix_kv(PREFIX)
     texts = [m.text for m in MEMS]
     for a, b in zip(batched.encode_texts(prefix, texts), single.encode_texts(prefix, texts), strict=True):
-        assert a.token_ids == b.token_ids and a.start == b.start == prefix.tokens
+        assert a.token_ids == b.token_ids and a.start == b.start == prefix.memory_start
         assert torch.allclose(a.keys, b.keys, atol=1e-5) and torch.allclose(a.values, b.values, atol=1e-5)
 
 
@@ -198,7 +208,7 @@ def test_unsupported_model_falls_back_to_prompt_with_a_warning() -> None:
 
 
 def test_position_budget_is_enforced() -> None:
-    engine = KVEngine(tiny_model("llama", max_position_embeddings=180), KVSettings())
+    engine = KVEngine(tiny_model("llama", max_position_embeddings=180), KVSettings(encode_lead=""))
     with pytest.raises(KVContextTooLongError):
         engine.generate(_request(), layout="contiguous", max_new_tokens=8)
     # The shared layout needs fewer positions: the same request fits.

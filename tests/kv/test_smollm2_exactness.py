@@ -19,7 +19,8 @@ OTHERS = [
 
 @pytest.fixture(scope="module")
 def engine(smollm2) -> KVEngine:
-    return KVEngine(smollm2, KVSettings())
+    # No encoding lead: one memory encoded after the same prefix must be exactly the prompt path.
+    return KVEngine(smollm2, KVSettings(encode_lead=""))
 
 
 def _request(tokenizer, memories) -> KVRequest:

@@ -1,11 +1,17 @@
 """Request-time assembly of a fresh model cache: shared prefix + retrieved memories' keys/values.
 
-Layouts (``P`` = prefix length, ``L_i`` = memory lengths):
+Every memory is encoded once, independently, after the shared prefix ``P`` tokens long, optionally followed by
+an *encoding lead* of ``D`` tokens (neutral list items such as "- This is something I told you before.\n"). The
+lead is attended to while encoding, so each memory reads like a later item of the list rather than the first
+one, but it is never part of the assembled cache: its ``D`` positions stay empty. A memory therefore sits at
+canonical positions ``P + D .. P + D + L_i - 1``.
 
-* ``contiguous``: memory ``i`` occupies RoPE positions ``P + sum(L_<i) ..``, exactly where it would sit in the
-  prompt; the suffix starts at ``P + sum(L)``. Keys are re-rotated from their stored positions to the targets.
-* ``shared`` (APE-style): every memory starts right after the prefix (``P .. P + L_i - 1``, the positions it
-  was encoded at, so no rotation is needed); the suffix starts at ``P + max(L)``. Uses far fewer positions.
+Layouts (``L_i`` = memory lengths):
+
+* ``contiguous``: memory ``i`` occupies positions ``P + D + sum(L_<i) ..``, one after the other as in a prompt;
+  the suffix starts at ``P + D + sum(L)``. Keys are re-rotated from their stored positions to the targets.
+* ``shared`` (APE-style): every memory keeps the positions it was encoded at (``P + D ..``), so no rotation is
+  needed; the suffix starts at ``P + D + max(L)``. Uses far fewer positions.
   An attention temperature ``T`` on the memory tokens is applied by scaling the memory keys by ``1/T``: the
   logit ``q.k/sqrt(d)`` of every later query on a memory token becomes ``q.k/(T sqrt(d))``, exactly APE's
   temperature. APE's second knob, the scale ``S`` applied to the memory block through the log-sum-exp, is a
@@ -32,15 +38,31 @@ BaseLayout = Literal["contiguous", "shared"]
 
 @dataclass(frozen=True, eq=False)
 class PrefixKV:
-    """The shared system prefix, encoded once: ``[layers, kv_heads, P, head_dim]`` at positions ``0 .. P-1``."""
+    """The shared system prefix (``P`` tokens) and the encoding lead (``D`` tokens), encoded once.
+
+    ``keys``/``values``: ``[layers, kv_heads, P + D, head_dim]`` at positions ``0 .. P + D - 1``. Only the first
+    ``P`` entries enter an assembled cache; memories are encoded after all ``P + D``.
+    """
 
     keys: torch.Tensor
     values: torch.Tensor
-    token_ids: tuple[int, ...]
+    token_ids: tuple[int, ...]  # prefix then lead
+    prefix_tokens: int
     fingerprint: str
 
     @property
     def tokens(self) -> int:
+        """``P``: prefix entries placed in every assembled cache."""
+        return self.prefix_tokens
+
+    @property
+    def lead_tokens(self) -> int:
+        """``D``: the encoding lead's length (an empty gap in the assembled cache)."""
+        return len(self.token_ids) - self.prefix_tokens
+
+    @property
+    def memory_start(self) -> int:
+        """Canonical position of a memory's first token: ``P + D``."""
         return len(self.token_ids)
 
 
@@ -52,16 +74,16 @@ class AssembledCache:
     memory_spans: list[tuple[int, int]]  # RoPE [start, end) of each memory
 
 
-def memory_targets(prefix_tokens: int, lengths: Sequence[int], layout: BaseLayout) -> tuple[list[int], int]:
-    """Target start position of each memory and the next free position, for ``layout``."""
+def memory_targets(first: int, lengths: Sequence[int], layout: BaseLayout) -> tuple[list[int], int]:
+    """Target start position of each memory (the first one at ``first``) and the next free position."""
     if layout == "contiguous":
-        starts, pos = [], prefix_tokens
+        starts, pos = [], first
         for n in lengths:
             starts.append(pos)
             pos += n
         return starts, pos
     if layout == "shared":
-        return [prefix_tokens] * len(lengths), prefix_tokens + max(lengths, default=0)
+        return [first] * len(lengths), first + max(lengths, default=0)
     raise ValueError(f"unknown layout {layout!r}")
 
 
@@ -79,9 +101,9 @@ def assemble(
     """Build a fresh ``DynamicCache`` holding the prefix then ``memories`` placed by ``layout``."""
     p = prefix.tokens
     lengths = [m.tokens for m in memories]
-    starts, next_position = memory_targets(p, lengths, layout)
-    keys = prefix.keys.to(device=device, dtype=dtype)
-    values = prefix.values.to(device=device, dtype=dtype)
+    starts, next_position = memory_targets(prefix.memory_start, lengths, layout)
+    keys = prefix.keys[:, :, :p].to(device=device, dtype=dtype)
+    values = prefix.values[:, :, :p].to(device=device, dtype=dtype)
     if memories:
         src = torch.cat([torch.arange(m.start, m.start + m.tokens) for m in memories])
         dst = torch.cat([torch.arange(s, s + m.tokens) for m, s in zip(memories, starts, strict=True)])

@@ -223,13 +223,14 @@ class KVEngine:
 
     # --------------------------------------------------------------- encoding
     def prefix_kv(self, prefix: str) -> PrefixKV:
-        """The shared prefix's keys/values (memoised per distinct prefix)."""
-        ids = tuple(self.tokenize(prefix))
-        if not ids:
+        """The shared prefix's (and the encoding lead's) keys/values, memoised per distinct prefix."""
+        prefix_ids = self.tokenize(prefix)
+        if not prefix_ids:
             raise ValueError("the shared prefix must not be empty (it is the attention sink)")
+        ids = tuple(prefix_ids + (self.tokenize(self.settings.encode_lead) if self.settings.encode_lead else []))
         with self._lock:
             hit = self._prefixes.get(ids)
-            if hit is not None:
+            if hit is not None and hit.prefix_tokens == len(prefix_ids):
                 self._prefixes.move_to_end(ids)
                 return hit
         with torch.inference_mode():
@@ -237,8 +238,8 @@ class KVEngine:
         layers = out.cache.layers
         keys = torch.stack([layer.keys[0] for layer in layers]).to(self.storage_dtype).contiguous()
         values = torch.stack([layer.values[0] for layer in layers]).to(self.storage_dtype).contiguous()
-        fp = hashlib.sha256(repr(ids).encode()).hexdigest()[:16]
-        entry = PrefixKV(keys=keys, values=values, token_ids=ids, fingerprint=fp)
+        fp = hashlib.sha256(repr((len(prefix_ids), ids)).encode()).hexdigest()[:16]
+        entry = PrefixKV(keys=keys, values=values, token_ids=ids, prefix_tokens=len(prefix_ids), fingerprint=fp)
         with self._lock:
             self._prefixes[ids] = entry
             while len(self._prefixes) > self.settings.prefix_cache_entries:
@@ -249,15 +250,15 @@ class KVEngine:
         return EncodingContext(self.fingerprint, prefix.fingerprint, str(self.storage_dtype).removeprefix("torch."))
 
     def encode_texts(self, prefix: PrefixKV, texts: Sequence[str]) -> list[EncodedMemory]:
-        """Encode ``texts`` independently, each after ``prefix`` (batched, right-padded: causal attention
-        means a real token never sees the padding after it)."""
+        """Encode ``texts`` independently, each after the prefix and encoding lead (batched, right-padded:
+        causal attention means a real token never sees the padding after it)."""
         token_lists = [self.tokenize(t) for t in texts]
         if any(not ids for ids in token_lists):
             raise ValueError("a memory text tokenizes to nothing")
         out: list[EncodedMemory | None] = [None] * len(texts)
         order = sorted(range(len(texts)), key=lambda i: len(token_lists[i]))
         bs = self.settings.encode_batch_size
-        p = prefix.tokens
+        p = prefix.memory_start
         pk = prefix.keys.to(self.device, self.dtype)
         pv = prefix.values.to(self.device, self.dtype)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 Layout = Literal["contiguous", "shared", "hybrid"]
 BaseLayout = Literal["contiguous", "shared"]
 StorageDtype = Literal["model", "bfloat16", "float16", "float32"]
+DEFAULT_ENCODE_LEAD = "- This is something I told you before.\n- This is another thing I told you.\n"
 
 
 class KVSettings(BaseSettings):
@@ -30,6 +31,14 @@ class KVSettings(BaseSettings):
     storage_dtype: StorageDtype = Field(
         default="model",
         description="dtype of stored keys/values: 'model' keeps the model's (exact); bfloat16 halves fp32 RAM.",
+    )
+    encode_lead: str = Field(
+        default=DEFAULT_ENCODE_LEAD,
+        description=(
+            "Neutral list items every memory is encoded after (then dropped), so that independently encoded "
+            "memories read like later list items rather than all being the first; match the caller's memory "
+            "format. '' disables it (then one memory is exactly equivalent to prompt injection)."
+        ),
     )
     layout: Layout = Field(default="hybrid", description="Default layout of the injected memories.")
     shared_temperature: float = Field(
