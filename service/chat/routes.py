@@ -53,13 +53,16 @@ from service.chat.service import (
 )
 from service.chat.writeback import Caller
 from service.deps import ServicesDep, current_principal
-from service.errors import ERROR_RESPONSES, ApiError, request_id_of
+from service.errors import ERROR_RESPONSES, ApiError, ErrorBody, request_id_of
 from service.llm.backend import ChatMessage, GenerationParams, GenerationStats, LLMBusyError, LLMError
 from service.routes.common import actor_of
 from service.schemas import IDENTIFIER_PATTERN
 
 log = logging.getLogger("sealmem.chat")
-router = APIRouter(tags=["chat"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    tags=["chat"],
+    responses={**ERROR_RESPONSES, 503: {"model": ErrorBody, "description": "Chat is disabled, or the model loads."}},
+)
 
 _KEYS_ALL = frozenset({"admin", "app", "reader"})
 _KEYS_WRITE = frozenset({"admin", "app"})
@@ -131,6 +134,18 @@ async def _audit(
         outcome=outcome,
     )
     await asyncio.to_thread(services.auditor.log.append, tenant_id=principal.tenant_id, event=event)
+
+
+async def _subject(
+    services: ServicesDep, request: Request, principal: Principal, requested: str | None, action: str
+) -> str:
+    """:func:`subject_for`, with a refusal (another subject than a token's: 404) audited as the memory routes
+    audit theirs, so probing other subjects through chat or sessions leaves a trace."""
+    try:
+        return subject_for(principal, requested)
+    except ApiError as exc:
+        await _audit(services, request, principal, action, subject=principal.subject, outcome=outcome_of(exc))
+        raise
 
 
 def _api_error(exc: BaseException) -> ApiError:
@@ -286,16 +301,16 @@ def _k(chat: ChatRuntime, k: int | None, services: ServicesDep) -> int:
     "(or an `error` event).",
     responses={
         200: {"content": {"text/event-stream": {}}},
-        501: {"description": "The requested injection mode is not available."},
-        502: {"description": "The LLM server failed or cannot be reached."},
-        503: {"description": "The model is loading or too many requests are waiting."},
-        504: {"description": "The LLM server timed out."},
+        501: {"model": ErrorBody, "description": "The requested injection mode is not available."},
+        502: {"model": ErrorBody, "description": "The LLM server failed or cannot be reached."},
+        503: {"model": ErrorBody, "description": "The model is loading or too many requests are waiting."},
+        504: {"model": ErrorBody, "description": "The LLM server timed out."},
     },
 )
 async def chat_endpoint(
     body: ChatBody, principal: Chatter, chat: ChatDep, services: ServicesDep, request: Request
 ) -> Any:
-    subject = subject_for(principal, body.subject)
+    subject = await _subject(services, request, principal, body.subject, "chat.retrieve")
     services.limits.text(body.message, field="message")
     req = ChatRequest(
         tenant_id=principal.tenant_id,
@@ -358,9 +373,9 @@ def _conversation_session(subject: str, messages: Sequence[ChatMessage]) -> str:
 
 
 def _completion_request(
-    body: CompletionBody, principal: Principal, chat: ChatRuntime, services: ServicesDep, request: Request
+    body: CompletionBody, principal: Principal, chat: ChatRuntime, services: ServicesDep, request: Request,
+    subject: str,
 ) -> ChatRequest:
-    subject = subject_for(principal, body.user)
     system: list[str] = []
     turns: list[ChatMessage] = []
     for message in body.messages:
@@ -420,13 +435,16 @@ def _finish_reason(stats: GenerationStats) -> str:
     "request's `user` field with an app or admin key. The session comes from the `X-Session-ID` header, a "
     "`session_id` field, or the conversation itself (its first user message). Earlier messages of the request "
     "are the working memory; with none, the session's stored turns are. Streams in OpenAI's chunk format.",
-    responses={502: {"description": "LLM failure."}, 503: {"description": "Busy or loading."},
-               504: {"description": "LLM timeout."}},
+    responses={501: {"model": ErrorBody, "description": "The requested injection mode is not available."},
+               502: {"model": ErrorBody, "description": "LLM failure."},
+               503: {"model": ErrorBody, "description": "Busy, loading, or chat disabled."},
+               504: {"model": ErrorBody, "description": "LLM timeout."}},
 )
 async def chat_completions(
     body: CompletionBody, principal: Chatter, chat: ChatDep, services: ServicesDep, request: Request
 ) -> Any:
-    req = _completion_request(body, principal, chat, services, request)
+    subject = await _subject(services, request, principal, body.user, "chat.retrieve")
+    req = _completion_request(body, principal, chat, services, request, subject)
     prepared = await _prepare(chat, services, request, principal, req)
     stats = GenerationStats()
     cancel = threading.Event()
@@ -533,7 +551,7 @@ async def list_sessions(
     subject: SubjectQuery = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> SessionList:
-    subject = subject_for(principal, subject)
+    subject = await _subject(services, request, principal, subject, "session.list")
     services.limits.page_size(limit)
     sessions = await asyncio.to_thread(
         chat.service.sessions.list_sessions, tenant_id=principal.tenant_id, subject=subject, limit=limit
@@ -560,7 +578,7 @@ async def get_session(
     subject: SubjectQuery = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Most recent turns returned.")] = 200,
 ) -> SessionDetail:
-    subject = subject_for(principal, subject)
+    subject = await _subject(services, request, principal, subject, "session.read")
     services.limits.page_size(limit)
     try:
         turns = await asyncio.to_thread(
@@ -593,7 +611,7 @@ async def delete_session(
     subject: SubjectQuery = None,
     include_derived: bool = False,
 ) -> Response:
-    subject = subject_for(principal, subject)
+    subject = await _subject(services, request, principal, subject, "session.delete")
     try:
         deleted = await asyncio.to_thread(
             chat.service.sessions.delete_session,
