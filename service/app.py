@@ -9,13 +9,14 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from memory_store.embedder import Embedder, embedder_from_settings
 from memory_store.keysource import master_key_from_settings
 from memory_store.store import MemoryStore
 from service.chat.mount import mount_chat
+from service.deps import reject_unknown_query
 from service.errors import install_error_handlers
 from service.keyfiles import resolve_secret_files
 from service.metrics import Metrics
@@ -117,6 +118,7 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None, embedder
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        dependencies=[Depends(reject_unknown_query)],
     )
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)

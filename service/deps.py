@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.auth import Principal, unauthorized
@@ -63,3 +64,31 @@ Minter = Annotated[Principal, Depends(permit(roles=_WRITERS, scope=None))]
 """An admin or app key (subject tokens cannot mint tokens)."""
 Admin = Annotated[Principal, Depends(permit(roles=frozenset({"admin"}), scope=None))]
 """An admin key of the tenant."""
+
+
+_declared_queries: dict[int, frozenset[str]] = {}
+
+
+def _query_names(route: APIRoute) -> frozenset[str]:
+    names = _declared_queries.get(id(route))
+    if names is None:
+        found: set[str] = set()
+        pending = [route.dependant]
+        while pending:
+            dependant = pending.pop()
+            found.update(param.alias for param in dependant.query_params)
+            pending.extend(dependant.dependencies)
+        names = _declared_queries[id(route)] = frozenset(found)
+    return names
+
+
+def reject_unknown_query(request: Request) -> None:
+    """Query parameters an operation does not declare are a 422, as unknown body fields are: a misspelt
+    filter (``/v1/admin/memories?subjet=...``) must fail, not silently widen the result."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    unknown = sorted(set(request.query_params.keys()) - _query_names(route))
+    if unknown:
+        shown = ", ".join(repr(name[:40]) for name in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
+        raise ApiError(422, f"unknown query parameter(s): {shown}")

@@ -216,6 +216,15 @@ def test_unknown_fields_are_422_and_named(probe: Probe) -> None:
         assert name in probe.refused(method, path, json=body, status=422)["message"]
 
 
+def test_unknown_query_parameters_are_422(probe: Probe) -> None:
+    """A misspelt filter must fail rather than widen the result (``subjet`` would list every subject)."""
+    for path in ("/v1/admin/memories?subjet=user-1", "/v1/memories?subject=user-1&tenant=x", "/healthz?verbose=1"):
+        error = probe.refused("GET", path, status=422)
+        assert "unknown query parameter" in error["message"]
+    probe.refused("POST", "/v1/memories/search?tenant_id=x", json={"subject": "user-1", "query": "q"}, status=422)
+    probe.refused("DELETE", f"/v1/memories/{probe.memory_id}?force=1", status=422)
+
+
 def test_openai_endpoint_ignores_unknown_fields_but_not_the_credential(probe: Probe) -> None:
     """Unknown fields on /v1/chat/completions are tolerated for compatibility, yet cannot name a tenant or a
     subject other than the credential's: a subject token's ``user`` must be its own subject."""
