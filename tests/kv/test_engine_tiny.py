@@ -237,3 +237,14 @@ def test_split_chat_prompt_round_trips() -> None:
     assert prefix == "<|im_start|>system\nFacts:\n"
     assert suffix.startswith("Be brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>")
     assert suffix.endswith("<|im_start|>assistant\n")
+
+
+def test_changed_text_under_the_same_version_is_re_encoded() -> None:
+    engine = KVEngine(tiny_model("llama"), KVSettings())
+    engine.generate(_request(MEMS[:1]), layout="contiguous", max_new_tokens=1)
+    edited = [MemoryText("m1", "- My dog is called Pretzel.\n", MEMS[0].version)]
+    assert engine.generate(_request(edited), layout="contiguous", max_new_tokens=1).encoded_memories == 1
+    engine.invalidate_memory("tenant", "subject", "m1")
+    assert engine.generate(_request(edited), layout="contiguous", max_new_tokens=1).encoded_memories == 1
+    engine.forget_subject("tenant", "subject")
+    assert len(engine.cache) == 0

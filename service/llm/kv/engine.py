@@ -296,19 +296,21 @@ class KVEngine:
     def encoded_memories(
         self, request: KVRequest, prefix: PrefixKV, memories: Sequence[MemoryText]
     ) -> tuple[list[EncodedMemory], int]:
-        """Look ``memories`` up in the cache and encode the misses; returns them in order and the miss count."""
+        """Look ``memories`` up in the cache and encode the misses; returns them in order and the miss count.
+
+        The cache version is the caller's ``version`` plus a hash of the exact text, so a changed text can never
+        be served stale keys/values even if the caller forgot to bump the version or to invalidate.
+        """
         ctx = self.context(prefix)
-        found: list[EncodedMemory | None] = []
-        for m in memories:
-            key = MemoryKey(request.tenant_id, request.subject_id, m.id)
-            found.append(self.cache.get(key, m.version, ctx, request.data_key))
+        versions = [f"{m.version}/{hashlib.sha256(m.text.encode()).hexdigest()[:16]}" for m in memories]
+        keys = [MemoryKey(request.tenant_id, request.subject_id, m.id) for m in memories]
+        found = [self.cache.get(k, v, ctx, request.data_key) for k, v in zip(keys, versions, strict=True)]
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
             fresh = self.encode_texts(prefix, [memories[i].text for i in missing])
             for i, enc in zip(missing, fresh, strict=True):
                 found[i] = enc
-                key = MemoryKey(request.tenant_id, request.subject_id, memories[i].id)
-                self.cache.put(key, memories[i].version, ctx, enc, request.data_key)
+                self.cache.put(keys[i], versions[i], ctx, enc, request.data_key)
         return [f for f in found if f is not None], len(missing)
 
     def warm(self, request: KVRequest) -> tuple[int, float]:
@@ -433,7 +435,11 @@ class KVEngine:
             for step in range(max_new_tokens):
                 positions = torch.arange(pos, pos + len(step_ids), device=self.device).unsqueeze(0)
                 out = self.model(
-                    torch.tensor([step_ids], device=self.device), cache=cache, position_ids=positions, use_cache=True
+                    torch.tensor([step_ids], device=self.device),
+                    cache=cache,
+                    position_ids=positions,
+                    use_cache=True,
+                    logits_to_keep=1,  # only the last position's logits: no vocab projection of the whole prefill
                 )
                 logits = out.logits[0, -1].float()
                 cache = out.cache
