@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,11 +24,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def pg_server() -> Iterator[Any]:
+    """One private PostgreSQL 16 + pgvector for the session.
+
+    Its data directory is deliberately outside pytest's basetemp: pytest prunes old basetemp folders when a
+    newer session starts, which would delete a live cluster under a concurrent run.
+    """
     pgserver = pytest.importorskip("pgserver")
-    server = pgserver.get_server(str(tmp_path_factory.mktemp("pg")), cleanup_mode="stop")
+    folder = tempfile.mkdtemp(prefix="sealmem-pg-")
+    server = pgserver.get_server(folder, cleanup_mode="stop")
     yield server
     server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _pg_url(server: Any, database: str) -> str:
