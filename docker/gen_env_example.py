@@ -8,6 +8,8 @@ tests/deploy/test_settings_names.py checks that .env.example names every setting
 
 from __future__ import annotations
 
+import json
+
 import importlib
 import inspect
 import re
@@ -105,7 +107,10 @@ def render_default(value: Any) -> str:
         return ""
     if isinstance(value, Enum):
         return str(value.value)
-    return str(value)
+    text = str(value)
+    if "\n" in text or text != text.strip():
+        return json.dumps(text)  # double-quoted with escapes, as .env files (python-dotenv) read them
+    return text
 
 
 def describe(name: str, field: FieldInfo) -> str:

@@ -3,6 +3,8 @@ and .env.example documents every setting with its real default."""
 
 from __future__ import annotations
 
+import json
+
 from typing import Any
 
 import pytest
@@ -54,6 +56,8 @@ def _same(value: str, default: Any, annotation: Any) -> bool:
         return default is None or default == "" or isinstance(default, SecretStr)
     if default is None:
         return False
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = json.loads(value)  # quoted (multi-line or space-padded) defaults
     try:
         return bool(TypeAdapter(annotation).validate_python(value) == default)
     except ValidationError:
