@@ -8,10 +8,9 @@ tests/deploy/test_settings_names.py checks that .env.example names every setting
 
 from __future__ import annotations
 
-import json
-
 import importlib
 import inspect
+import json
 import re
 import sys
 from enum import Enum

@@ -4,7 +4,6 @@ and .env.example documents every setting with its real default."""
 from __future__ import annotations
 
 import json
-
 from typing import Any
 
 import pytest
