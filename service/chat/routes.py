@@ -435,7 +435,9 @@ def _finish_reason(stats: GenerationStats) -> str:
     "request's `user` field with an app or admin key. The session comes from the `X-Session-ID` header, a "
     "`session_id` field, or the conversation itself (its first user message). Earlier messages of the request "
     "are the working memory; with none, the session's stored turns are. Streams in OpenAI's chunk format.",
-    responses={501: {"model": ErrorBody, "description": "The requested injection mode is not available."},
+    responses={200: {"content": {"text/event-stream": {}},
+                     "description": "OpenAI's chat.completion, or with `stream: true` its chunk events."},
+               501: {"model": ErrorBody, "description": "The requested injection mode is not available."},
                502: {"model": ErrorBody, "description": "LLM failure."},
                503: {"model": ErrorBody, "description": "Busy, loading, or chat disabled."},
                504: {"model": ErrorBody, "description": "LLM timeout."}},
