@@ -60,9 +60,7 @@ class IndexRegistry:
         with self._lock:
             return dict(self._indexes)
 
-    def get(
-        self, tenant_id: str, *, known: Mapping[int, npt.NDArray[np.float32]] | None = None
-    ) -> TenantIndex:
+    def get(self, tenant_id: str, *, known: Mapping[int, npt.NDArray[np.float32]] | None = None) -> TenantIndex:
         """The tenant's index, loaded or rebuilt on first use and caught up with SQL."""
         with self._tenant_lock(tenant_id):
             index = self._indexes.get(tenant_id)
@@ -71,7 +69,9 @@ class IndexRegistry:
                 self._indexes[tenant_id] = index
             index = self._catch_up(tenant_id, index, known or {})
             self._indexes[tenant_id] = index
-            if index.changes_since_save >= self._persist_every:
+            # Saving rewrites the whole file: wait for a quarter of the index to change (or persist_every) so
+            # the cost per memory stays constant as the index grows; the change log covers the rest on a crash.
+            if index.changes_since_save >= max(self._persist_every, index.ntotal // 4):
                 self._save(tenant_id, index)
             return index
 
@@ -104,9 +104,7 @@ class IndexRegistry:
         index = TenantIndex(tenant.embedding_dim, exact_max=self._exact_max, nprobe=self._nprobe)
         index.synced_seq = tenant.change_seq
         rows = session.execute(
-            select(Memory.id, Memory.uid, Memory.subject_id, Memory.embedding_ct).where(
-                Memory.tenant_id == tenant.id
-            )
+            select(Memory.id, Memory.uid, Memory.subject_id, Memory.embedding_ct).where(Memory.tenant_id == tenant.id)
         ).all()
         ids, vectors = self._decrypt(session, tenant.id, rows)
         index.upsert(ids, vectors)
@@ -124,9 +122,7 @@ class IndexRegistry:
             if subject_ids
             else {}
         )
-        sealers = {
-            sid: MemorySealer(self._keys.subject_key(s), tenant_id, sid) for sid, s in subjects.items()
-        }
+        sealers = {sid: MemorySealer(self._keys.subject_key(s), tenant_id, sid) for sid, s in subjects.items()}
         ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
         if not rows:
             return ids, np.zeros((0, 0), dtype=np.float32)

@@ -66,10 +66,15 @@ def metadata_matches(metadata: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return all(key in metadata and metadata[key] == value for key, value in wanted.items())
 
 
-def candidate_query(tenant_id: str, subject_ids: Sequence[str] | None) -> Select[*tuple[Any, ...]]:
-    query: Select[*tuple[Any, ...]] = select(
-        Memory.id, Memory.uid, Memory.subject_id, Memory.metadata_ct
-    ).where(Memory.tenant_id == tenant_id)
+def candidate_query(
+    tenant_id: str, subject_ids: Sequence[str] | None, *, with_metadata: bool = False
+) -> Select[*tuple[Any, ...]]:
+    """Ids of candidate memories; ``(id, uid, metadata_ct)`` when a metadata filter must decrypt them.
+
+    Selecting the id alone keeps the scan on the (tenant_id, subject_id, id) index's rows narrow.
+    """
+    columns = (Memory.id, Memory.uid, Memory.metadata_ct) if with_metadata else (Memory.id,)
+    query: Select[*tuple[Any, ...]] = select(*columns).where(Memory.tenant_id == tenant_id)
     if subject_ids is not None:
         query = query.where(Memory.subject_id.in_(subject_ids))
     return query

@@ -104,7 +104,7 @@ class HybridSearcher:
         rows = session.execute(
             select(Memory.id, Memory.uid, Memory.text_ct, Memory.session_id, Memory.occurred_at)
             .add_columns(Memory.created_at, Memory.kind)
-            .where(Memory.subject_id == subject.id)
+            .where(Memory.tenant_id == subject.tenant_id, Memory.subject_id == subject.id)  # uses the index
             .order_by(Memory.id)
         ).all()
         sources = [
@@ -143,10 +143,11 @@ class HybridSearcher:
             if owner is None:
                 raise NotFoundError("subject not found")
             sealer = MemorySealer(self._keys.subject_key(owner), tenant_id, owner.id)
-            rows = session.execute(apply_filters(candidate_query(tenant_id, [owner.id]), filters, now)).all()
+            base = candidate_query(tenant_id, [owner.id], with_metadata=bool(filters.metadata))
+            rows = session.execute(apply_filters(base, filters, now)).all()
             if filters.metadata:
                 wanted = filters.metadata
-                rows = [r for r in rows if metadata_matches(sealer.open_metadata(r[1], r[3]), wanted)]
+                rows = [r for r in rows if metadata_matches(sealer.open_metadata(r[1], r[2]), wanted)]
             candidates = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             if len(candidates) == 0:
                 return [], []

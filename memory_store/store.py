@@ -97,9 +97,7 @@ class MemoryStore:
         if settings.vector_backend == "faiss":
             return FaissBackend(self.indexes)
         if engine.dialect.name != "postgresql":
-            raise ConfigurationError(
-                "SEALMEM_VECTOR_BACKEND=pgvector needs a PostgreSQL SEALMEM_DATABASE_URL"
-            )
+            raise ConfigurationError("SEALMEM_VECTOR_BACKEND=pgvector needs a PostgreSQL SEALMEM_DATABASE_URL")
         return PgVectorBackend(self._sessions, self._keys, dim=self._embedder.dim)
 
     @classmethod
@@ -162,17 +160,13 @@ class MemoryStore:
             ]
 
     def _subject(self, session: Session, tenant_id: str, subject: str) -> Subject:
-        row = session.scalar(
-            select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject)
-        )
+        row = session.scalar(select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject))
         if row is None:
             raise NotFoundError("subject not found")
         return row
 
     def _subject_or_create(self, session: Session, tenant_id: str, subject: str) -> Subject:
-        row = session.scalar(
-            select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject)
-        )
+        row = session.scalar(select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject))
         if row is None:
             subject_id = str(uuid.uuid4())
             row = Subject(
@@ -207,9 +201,7 @@ class MemoryStore:
         return self.add_batch(tenant_id=tenant_id, items=[item], actor=actor)[0]
 
     @retry_write
-    def add_batch(
-        self, *, tenant_id: str, items: Sequence[NewMemory], actor: str = "system"
-    ) -> list[MemoryRecord]:
+    def add_batch(self, *, tenant_id: str, items: Sequence[NewMemory], actor: str = "system") -> list[MemoryRecord]:
         """Store ``items`` atomically (all or nothing), embedding them in batches."""
         if not items:
             return []
@@ -222,12 +214,16 @@ class MemoryStore:
         with self._sessions.begin() as session:
             last_seq = self._bump(session, tenant_id, len(items))
             first_seq = last_seq - len(items) + 1
-            subjects: dict[str, Subject] = {}
+            wanted = {item.subject for item in items}
+            subjects: dict[str, Subject] = {
+                row.external_id: row
+                for row in session.scalars(
+                    select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id.in_(wanted))
+                )
+            }
             rows: list[Memory] = []
             for item, vector in zip(items, vectors, strict=True):
-                subject = subjects.get(item.subject) or self._subject_or_create(
-                    session, tenant_id, item.subject
-                )
+                subject = subjects.get(item.subject) or self._subject_or_create(session, tenant_id, item.subject)
                 subjects[item.subject] = subject
                 sealer = self._sealer(subject)
                 uid = str(uuid.uuid4())
@@ -256,9 +252,7 @@ class MemoryStore:
             session.flush()
             for offset, (row, vector) in enumerate(zip(rows, vectors, strict=True)):
                 known[row.id] = vector
-                session.add(
-                    VectorChange(tenant_id=tenant_id, seq=first_seq + offset, memory_id=row.id, op="upsert")
-                )
+                session.add(VectorChange(tenant_id=tenant_id, seq=first_seq + offset, memory_id=row.id, op="upsert"))
                 session.add(
                     MemoryEvent(
                         tenant_id=tenant_id,
@@ -383,15 +377,11 @@ class MemoryStore:
             return decode(row, owner, self._sealer(owner))
 
     @retry_write
-    def delete(
-        self, *, tenant_id: str, memory_id: str, subject: str | None = None, actor: str = "system"
-    ) -> None:
+    def delete(self, *, tenant_id: str, memory_id: str, subject: str | None = None, actor: str = "system") -> None:
         now = utcnow()
         with self._sessions.begin() as session:
             seq = self._bump(session, tenant_id, 1)
-            row, owner = self._memory_row(
-                session, tenant_id, memory_id, subject, include_expired=actor == "expiry"
-            )
+            row, owner = self._memory_row(session, tenant_id, memory_id, subject, include_expired=actor == "expiry")
             session.add(VectorChange(tenant_id=tenant_id, seq=seq, memory_id=row.id, op="delete"))
             session.add(
                 MemoryEvent(
@@ -419,7 +409,8 @@ class MemoryStore:
         with self._sessions.begin() as session:
             self._bump(session, tenant_id, 0)  # write lock first
             owner = self._subject(session, tenant_id, subject)
-            ids = list(session.scalars(select(Memory.id).where(Memory.subject_id == owner.id)))
+            mine = (Memory.tenant_id == tenant_id, Memory.subject_id == owner.id)  # (tenant, subject, id) index
+            ids = list(session.scalars(select(Memory.id).where(*mine)))
             last_seq = self._bump(session, tenant_id, max(len(ids), 1))
             first_seq = last_seq - max(len(ids), 1) + 1
             if ids:
@@ -432,15 +423,13 @@ class MemoryStore:
                 )
             else:
                 session.add(VectorChange(tenant_id=tenant_id, seq=first_seq, memory_id=-1, op="delete"))
-            session.execute(delete(Memory).where(Memory.subject_id == owner.id))
+            session.execute(delete(Memory).where(*mine))
             session.execute(delete(MemoryEvent).where(MemoryEvent.subject_id == owner.id))
             session.delete(owner)
             tenant = session.get(Tenant, tenant_id)
             assert tenant is not None
             tenant.index_key_version += 1
-            tenant.wrapped_index_key = self._keys.wrap_index_key(
-                tenant_id, tenant.index_key_version, generate_key()
-            )
+            tenant.wrapped_index_key = self._keys.wrap_index_key(tenant_id, tenant.index_key_version, generate_key())
             subject_id = owner.id
         self._keys.forget(subject_id)
         self._lexical.drop(subject_id)
@@ -457,9 +446,7 @@ class MemoryStore:
         with self._sessions.begin() as session:
             moved = self._keys.rotate(session, new_master_key)
         self._keys.use(new_master_key)
-        log.info(
-            "master key rotated to fingerprint %s: %d data keys re-wrapped", new_master_key.fingerprint, moved
-        )
+        log.info("master key rotated to fingerprint %s: %d data keys re-wrapped", new_master_key.fingerprint, moved)
         return moved
 
     def reindex_tenant(self, *, tenant_id: str) -> int:
@@ -469,9 +456,7 @@ class MemoryStore:
         now = utcnow()
         with self._sessions() as session:
             expired = list(
-                session.scalars(
-                    select(Memory.uid).where(Memory.tenant_id == tenant_id, Memory.expires_at <= now)
-                )
+                session.scalars(select(Memory.uid).where(Memory.tenant_id == tenant_id, Memory.expires_at <= now))
             )
         for uid in expired:
             self.delete(tenant_id=tenant_id, memory_id=uid, actor="expiry")
@@ -587,13 +572,9 @@ class MemoryStore:
         return hits
 
     @retry_read
-    def history(
-        self, *, tenant_id: str, memory_id: str, subject: str | None = None
-    ) -> builtins.list[HistoryEntry]:
+    def history(self, *, tenant_id: str, memory_id: str, subject: str | None = None) -> builtins.list[HistoryEntry]:
         with self._sessions() as session:
-            query = select(MemoryEvent).where(
-                MemoryEvent.tenant_id == tenant_id, MemoryEvent.memory_uid == memory_id
-            )
+            query = select(MemoryEvent).where(MemoryEvent.tenant_id == tenant_id, MemoryEvent.memory_uid == memory_id)
             if subject is not None:
                 owner = session.scalar(
                     select(Subject.id).where(Subject.tenant_id == tenant_id, Subject.external_id == subject)
@@ -608,9 +589,7 @@ class MemoryStore:
         ]
 
     @retry_read
-    def list_subjects(
-        self, *, tenant_id: str, limit: int = 100, offset: int = 0
-    ) -> builtins.list[SubjectInfo]:
+    def list_subjects(self, *, tenant_id: str, limit: int = 100, offset: int = 0) -> builtins.list[SubjectInfo]:
         with self._sessions() as session:
             counts = (
                 select(Memory.subject_id, func.count(Memory.id).label("n"))
@@ -649,9 +628,7 @@ class MemoryStore:
         with self._sessions() as session:
             owner = self._subject(session, tenant_id, subject)
             events = list(
-                session.scalars(
-                    select(MemoryEvent).where(MemoryEvent.subject_id == owner.id).order_by(MemoryEvent.id)
-                )
+                session.scalars(select(MemoryEvent).where(MemoryEvent.subject_id == owner.id).order_by(MemoryEvent.id))
             )
             info = {"subject": owner.external_id, "created_at": owner.created_at}
         return {
@@ -670,9 +647,7 @@ class MemoryStore:
                 raise NotFoundError("tenant not found")
             by_kind = dict(
                 session.execute(
-                    select(Memory.kind, func.count())
-                    .where(Memory.tenant_id == tenant_id)
-                    .group_by(Memory.kind)
+                    select(Memory.kind, func.count()).where(Memory.tenant_id == tenant_id).group_by(Memory.kind)
                 ).all()
             )
             per_subject = dict(

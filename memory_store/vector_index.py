@@ -52,6 +52,7 @@ class TenantIndex:
         self.synced_seq = 0
         self.changes_since_save = 0
         self.lock = threading.RLock()
+        self._max_id = -1
         self._index: Any = self._flat()  # faiss's SWIG classes are only partly typed
 
     def _flat(self) -> Any:
@@ -74,7 +75,11 @@ class TenantIndex:
             return
         with self.lock:
             ids = np.ascontiguousarray(ids, dtype=np.int64)
-            self._remove(ids)
+            # Row ids only grow: ids above every id seen are new and need no removal (a full scan).
+            existing = ids[ids <= self._max_id]
+            if len(existing):
+                self._remove(existing)
+            self._max_id = max(self._max_id, int(ids.max()))
             self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
             self.changes_since_save += len(ids)
             if self.kind == "flat" and self.ntotal > self.exact_max:
@@ -204,6 +209,8 @@ class TenantIndex:
         out = cls(header.dim, exact_max=exact_max, nprobe=nprobe)
         out._index = index
         out.synced_seq = header.synced_seq
+        ids = out.all_ids()
+        out._max_id = int(ids.max()) if len(ids) else -1
         return out
 
 
