@@ -30,7 +30,6 @@ from memory_store.embedder import Embedder, HashingEmbedder
 from memory_store.migrate import upgrade
 from service.app import create_app
 from service.chat.mount import mount_chat
-from service.chat.settings import ChatSettings
 from service.services import Services
 from service.settings import Settings
 from tests.chat.fakes import FakeBackend, serve
@@ -70,6 +69,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "token_secret": SecretStr(secrets.token_urlsafe(32)),
         "rate_limit_per_minute": 0,
         "persist_interval_seconds": 3600,
+        "chat_default_k": 5,
     }
     values.update(overrides)
     return Settings(**values)
@@ -81,13 +81,10 @@ def build_app(
     backend: FakeBackend | None = None,
     embedder: Embedder | None = None,
     on_ready: Callable[[Any], None] | None = None,
-    **chat: Any,
 ) -> FastAPI:
-    """The service app exactly as the factory builds it, plus the chat loop on a fake LLM."""
+    """The service app exactly as the factory builds it (chat mounted), the LLM swapped for the fake."""
     app = create_app(settings, embedder=embedder or HashingEmbedder(EMBED_DIM))
-    chat_values: dict[str, Any] = {"llm_backend": "local", "chat_default_k": 5}
-    chat_values.update(chat)
-    mount_chat(app, ChatSettings(**chat_values), backend=backend or FakeBackend(), on_ready=on_ready)
+    mount_chat(app, settings, backend=backend or FakeBackend(), on_ready=on_ready)
     return app
 
 
@@ -188,12 +185,12 @@ def make_harness(tmp_path: Path, proofs_db: Path) -> Iterator[Callable[..., Harn
     stack = ExitStack()
     counter = iter(range(10_000))
 
-    def factory(*, backend: FakeBackend | None = None, chat: dict[str, Any] | None = None, **overrides: Any) -> Harness:
+    def factory(*, backend: FakeBackend | None = None, **overrides: Any) -> Harness:
         data_dir = tmp_path / f"data-{next(counter)}"
         data_dir.mkdir()
         shutil.copyfile(proofs_db, data_dir / "sealmem.db")
         settings = make_settings(data_dir, **overrides)
-        app = build_app(settings, backend=backend, **(chat or {}))
+        app = build_app(settings, backend=backend)
         client = stack.enter_context(TestClient(app, raise_server_exceptions=False))
         return Harness(client, settings)
 
@@ -227,15 +224,13 @@ def make_served(tmp_path: Path, proofs_db: Path) -> Iterator[Callable[..., Serve
     stack = ExitStack()
     counter = iter(range(10_000))
 
-    def factory(*, backend: FakeBackend | None = None, chat: dict[str, Any] | None = None, **overrides: Any) -> Served:
+    def factory(*, backend: FakeBackend | None = None, **overrides: Any) -> Served:
         data_dir = tmp_path / f"served-{next(counter)}"
         data_dir.mkdir()
         shutil.copyfile(proofs_db, data_dir / "sealmem.db")
         settings = make_settings(data_dir, **overrides)
         loops: list[asyncio.AbstractEventLoop] = []
-        app = build_app(
-            settings, backend=backend, on_ready=lambda _: loops.append(asyncio.get_running_loop()), **(chat or {})
-        )
+        app = build_app(settings, backend=backend, on_ready=lambda _: loops.append(asyncio.get_running_loop()))
         url = stack.enter_context(serve(app))
         served = Served(app, settings, url, loops[0])
         stack.callback(served.client.close)
