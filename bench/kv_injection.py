@@ -325,7 +325,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     def settings(**kw: Any) -> KVSettings:
-        return KVSettings(ram_max_bytes=4 * 1024**3, hybrid_text_memories=2, hybrid_kv_layout=args.hybrid_base, **kw)
+        base: dict[str, Any] = dict(
+            ram_max_bytes=4 * 1024**3, hybrid_text_memories=2, hybrid_kv_layout=args.hybrid_base, shared_temperature=1.0
+        )
+        return KVSettings(**{**base, **kw})  # kv:shared is plain (T = 1); kv:shared@T sets --temperature
 
     main_engine = KVEngine(loaded, settings())
     # The temperature arm shares the encoded memories (T is applied at assembly, never stored); the no-lead

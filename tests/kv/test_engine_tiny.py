@@ -105,7 +105,7 @@ def _contiguous_native_logits(engine: KVEngine, memories, lead: str = "") -> tor
 @pytest.mark.parametrize("lead", ["", LEAD])
 @pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2"])
 def test_shared_layout_matches_the_block_masked_reference(model_type: str, lead: str) -> None:
-    engine = KVEngine(tiny_model(model_type), KVSettings(encode_lead=lead))
+    engine = KVEngine(tiny_model(model_type), KVSettings(encode_lead=lead, shared_temperature=1.0))
     result = engine.generate(_request(), layout="shared", max_new_tokens=1, return_first_logits=True)
     assert result.injection == "kv" and result.layout == "shared"
     ref = _reference_logits(engine, MEMS, "shared", lead=lead)
@@ -116,7 +116,7 @@ def test_shared_layout_matches_the_block_masked_reference(model_type: str, lead:
 @pytest.mark.parametrize("lead", ["", LEAD])
 @pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2"])
 def test_contiguous_layout_matches_memories_encoded_at_their_positions(model_type: str, lead: str) -> None:
-    engine = KVEngine(tiny_model(model_type), KVSettings(encode_lead=lead))
+    engine = KVEngine(tiny_model(model_type), KVSettings(encode_lead=lead, shared_temperature=1.0))
     result = engine.generate(_request(), layout="contiguous", max_new_tokens=1, return_first_logits=True)
     assert result.injection == "kv" and result.layout == "contiguous"
     ref = _contiguous_native_logits(engine, MEMS, lead=lead)
@@ -128,7 +128,8 @@ def test_contiguous_layout_matches_memories_encoded_at_their_positions(model_typ
 
 def test_hybrid_keeps_the_top_memories_as_text() -> None:
     engine = KVEngine(
-        tiny_model("llama"), KVSettings(hybrid_text_memories=1, hybrid_kv_layout="shared", encode_lead=LEAD)
+        tiny_model("llama"),
+        KVSettings(hybrid_text_memories=1, hybrid_kv_layout="shared", encode_lead=LEAD, shared_temperature=1.0),
     )
     result = engine.generate(_request(), layout="hybrid", max_new_tokens=1, return_first_logits=True)
     ref = _reference_logits(engine, MEMS[1:], "shared", text_memories=MEMS[:1], lead=LEAD)
@@ -139,7 +140,7 @@ def test_hybrid_keeps_the_top_memories_as_text() -> None:
 
 @pytest.mark.parametrize("layout", ["contiguous", "shared", "hybrid"])
 def test_one_memory_kv_equals_prompt_and_generation_is_identical(layout: Layout) -> None:
-    engine = KVEngine(tiny_model("llama", seed=3), KVSettings(encode_lead=""))
+    engine = KVEngine(tiny_model("llama", seed=3), KVSettings(encode_lead="", shared_temperature=1.0))
     req = _request(MEMS[:1])
     kv = engine.generate(req, layout=layout, max_new_tokens=12, return_first_logits=True)
     prompt = engine.generate(req, injection="prompt", max_new_tokens=12, return_first_logits=True)

@@ -20,7 +20,7 @@ OTHERS = [
 @pytest.fixture(scope="module")
 def engine(smollm2) -> KVEngine:
     # No encoding lead: one memory encoded after the same prefix must be exactly the prompt path.
-    return KVEngine(smollm2, KVSettings(encode_lead=""))
+    return KVEngine(smollm2, KVSettings(encode_lead="", shared_temperature=1.0))
 
 
 def _request(tokenizer, memories) -> KVRequest:

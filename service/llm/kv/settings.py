@@ -42,10 +42,13 @@ class KVSettings(BaseSettings):
     )
     layout: Layout = Field(default="hybrid", description="Default layout of the injected memories.")
     shared_temperature: float = Field(
-        default=1.0,
+        default=0.8,
         gt=0.0,
         le=4.0,
-        description="Attention temperature on memory tokens in the 'shared' layout (APE); 1.0 is off.",
+        description=(
+            "Attention temperature on memory tokens in the 'shared' layout (APE); 1.0 is off. 0.8 raised the "
+            "bench's shared-layout accuracy from 32% to 40% (only value tried)."
+        ),
     )
     hybrid_text_memories: int = Field(
         default=2, ge=1, le=2, description="How many top memories 'hybrid' keeps as prompt text."
