@@ -7,9 +7,10 @@ queued write-backs and releases the backend.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memory_store import MemoryStore
 from service.chat.distill import Distiller, LLMDistiller, RuleDistiller
@@ -18,6 +19,9 @@ from service.chat.settings import ChatSettings
 from service.chat.writeback import AuditSink, WriteBackWorker
 from service.llm.backend import LLMBackend, TokenCounter, TokenizerCounter
 from service.llm.loader import BUNDLED_SMOLLM2, bundled_gguf_path
+
+if TYPE_CHECKING:
+    from service.llm.kv import KVEngine
 
 log = logging.getLogger("sealmem.chat")
 
@@ -78,6 +82,7 @@ class ChatRuntime:
     ) -> None:
         self.settings = settings
         self.backend = backend
+        self.kv_engine: KVEngine | None = None
         if distiller is None:
             distiller = LLMDistiller(backend) if settings.chat_distiller == "llm" else RuleDistiller()
         self.worker = WriteBackWorker(
@@ -110,7 +115,34 @@ class ChatRuntime:
 
     async def start(self) -> None:
         await self.backend.start()
+        await self._register_kv()
         self.worker.start()
+
+    async def _register_kv(self) -> None:
+        """``injection: "kv"`` on the local backend: one KV engine on the loaded model, built at start.
+
+        Other backends keep answering 501 for "kv". A model the engine does not support still gets the
+        injector: the engine falls back to prompt injection and says so in the response's warnings.
+        """
+        from service.llm.local import LocalBackend
+
+        if not isinstance(self.backend, LocalBackend) or "kv" in self.service.injectors:
+            return
+        from service.chat.kv_injector import KVInjector, build_engine
+
+        try:
+            engine = await asyncio.to_thread(build_engine, self.backend)
+        except Exception:
+            log.exception("KV injection unavailable: building the KV engine failed")
+            return
+        if not engine.supported:
+            log.warning("KV injection will fall back to prompt injection: %s", engine.unsupported_reason)
+        self.kv_engine = engine
+        self.service.register_injector("kv", KVInjector(self.backend, engine))
+        log.info(
+            "KV injection ready (layout %s, %d bytes per memory token)", engine.settings.layout,
+            engine.bytes_per_token,
+        )
 
     async def stop(self, *, drain_timeout: float = 10.0) -> None:
         await self.worker.stop(drain_timeout=drain_timeout)
