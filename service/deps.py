@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from typing import Annotated
 
@@ -66,29 +67,45 @@ Admin = Annotated[Principal, Depends(permit(roles=frozenset({"admin"}), scope=No
 """An admin key of the tenant."""
 
 
-_declared_queries: dict[int, frozenset[str]] = {}
+_declared_queries: dict[int, tuple[frozenset[str], frozenset[str]]] = {}
 
 
-def _query_names(route: APIRoute) -> frozenset[str]:
+def _query_names(route: APIRoute) -> tuple[frozenset[str], frozenset[str]]:
+    """All query parameter names of the route, and those that take several values (lists)."""
     names = _declared_queries.get(id(route))
     if names is None:
         found: set[str] = set()
+        repeatable: set[str] = set()
         pending = [route.dependant]
         while pending:
             dependant = pending.pop()
-            found.update(param.alias for param in dependant.query_params)
+            for param in dependant.query_params:
+                found.add(param.alias)
+                if _is_sequence(param.field_info.annotation):
+                    repeatable.add(param.alias)
             pending.extend(dependant.dependencies)
-        names = _declared_queries[id(route)] = frozenset(found)
+        names = _declared_queries[id(route)] = (frozenset(found), frozenset(repeatable))
     return names
+
+
+def _is_sequence(annotation: object) -> bool:
+    origins = {typing.get_origin(annotation), *(typing.get_origin(a) for a in typing.get_args(annotation))}
+    return bool(origins & {list, tuple, set, frozenset})
 
 
 def reject_unknown_query(request: Request) -> None:
     """Query parameters an operation does not declare are a 422, as unknown body fields are: a misspelt
-    filter (``/v1/admin/memories?subjet=...``) must fail, not silently widen the result."""
+    filter (``/v1/admin/memories?subjet=...``) must fail, not silently widen the result. So is a single-valued
+    parameter given twice (``?action=a&action=b``), which would otherwise silently mean the last one."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
-    unknown = sorted(set(request.query_params.keys()) - _query_names(route))
+    declared, repeatable = _query_names(route)
+    keys = [key for key, _ in request.query_params.multi_items()]
+    unknown = sorted(set(keys) - declared)
     if unknown:
         shown = ", ".join(repr(name[:40]) for name in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
         raise ApiError(422, f"unknown query parameter(s): {shown}")
+    repeated = sorted({key for key in keys if keys.count(key) > 1} - repeatable)
+    if repeated:
+        raise ApiError(422, f"query parameter {repeated[0]!r} given more than once")

@@ -223,6 +223,10 @@ def test_unknown_query_parameters_are_422(probe: Probe) -> None:
         assert "unknown query parameter" in error["message"]
     probe.refused("POST", "/v1/memories/search?tenant_id=x", json={"subject": "user-1", "query": "q"}, status=422)
     probe.refused("DELETE", f"/v1/memories/{probe.memory_id}?force=1", status=422)
+    # A single-valued parameter given twice is ambiguous: refused rather than silently taking the last one.
+    error = probe.refused("GET", "/v1/memories?subject=user-1&subject=user-2", status=422)
+    assert "more than once" in error["message"]
+    probe.refused("GET", "/v1/admin/audit?action=memory.add&action=memory.get", status=422)
 
 
 def test_openai_endpoint_ignores_unknown_fields_but_not_the_credential(probe: Probe) -> None:
