@@ -96,8 +96,8 @@ def load_model(
         else:
             model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True)
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-    model.to(dev)
-    model.eval()
+    model.to(dev)  # type: ignore[arg-type]  # transformers' stubs type .to() for dtype-only calls
+    model.eval()  # type: ignore[no-untyped-call]
     return LoadedModel(model=model, tokenizer=tokenizer, device=dev, dtype=dtype, name=source.stem)
 
 

@@ -101,6 +101,10 @@ def forget_subject(subject: SubjectPath, principal: Admin, services: ServicesDep
             tenant_id=principal.tenant_id, subject=subject, actor=f"admin-key:{principal.key_id}"
         )
         note.detail = {"memories_deleted": removed}
+    chat = getattr(request.app.state, "chat", None)
+    engine = getattr(chat, "kv_engine", None) if chat is not None else None
+    if engine is not None:  # keys/values derived from the subject's memories leave RAM at once, too
+        engine.forget_subject(principal.tenant_id, subject)
     return ForgetResult(subject=subject, memories_deleted=removed)
 
 

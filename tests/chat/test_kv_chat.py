@@ -93,6 +93,13 @@ def test_kv_chat_on_a_tiny_model_names_the_layout_and_reuses_the_cache(
         text = streamed.read().decode()
     assert streamed.status_code == 200 and "event: done" in text and '"layout":"contiguous"' in text
 
+    # Forgetting the subject also drops its keys/values from the engine's RAM cache at once.
+    engine = harness.runtime.kv_engine
+    assert engine is not None and len(engine.cache) > 0
+    forgot = harness.client.delete("/v1/admin/subjects/ana", headers=bearer(keys.admin))
+    assert forgot.status_code == 200, forgot.text
+    assert len(engine.cache) == 0
+
 
 def test_kv_without_memories_is_the_prompt_path(make_chat: Callable[..., ChatHarness]) -> None:
     harness = make_chat(backend=tiny_backend())
