@@ -1,0 +1,385 @@
+"""Load test of a real ``sealmem serve`` process: N concurrent httpx clients over a mixed workload for a fixed
+duration, JSON on stdout.
+
+    python bench/load.py [--clients 64] [--duration 300] [--mix search=0.6,add=0.3,chat=0.1]
+                         [--real-llm-duration 30] [--real-llm-clients 4] [--embedder minilm|hashing]
+                         [--out result.json]
+
+Phase ``fake_llm``: the server's chat uses its ``openai`` backend pointed at ``bench/fake_openai.py`` (started
+here as its own process), so chat runs the whole real path — auth, retrieval, prompt, HTTP to the LLM,
+streaming, turns stored, background distillation — with generation costing nothing. Phase ``real_llm``
+(shorter, fewer clients; ``--real-llm-duration 0`` skips it): the server restarted on the same data with the
+bundled SmolLM2 in process (``local`` backend; converted weights cached in ``--llm-cache``).
+
+Before each phase the store is seeded (``--subjects`` x ``--memories``) and warmed up for ``--warmup`` s. Reported
+per phase: requests/s (all, and search+add), p50/p95/p99 latency per operation in ms, errors (non-2xx or
+transport errors, by kind), the server's RSS after warm-up and at the end (growth in %), and the targets of
+issue 7 (64 clients, >= 200 req/s on search+add, p99 <= 250 ms, 0 errors, RSS growth < 10 % over a 5-minute
+soak) with pass/fail. The load generator runs on the same machine and takes CPU from the server: the
+``load_generator_cpu_s`` field says how much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import resource
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+WORDS = [
+    "dog",
+    "cat",
+    "Lisbon",
+    "Porto",
+    "jazz",
+    "chess",
+    "sushi",
+    "hiking",
+    "poetry",
+    "tennis",
+    "baking",
+    "cycling",
+    "opera",
+    "pottery",
+    "nurse",
+    "teacher",
+    "garden",
+    "river",
+    "mountain",
+    "coffee",
+    "tea",
+    "bicycle",
+    "guitar",
+    "piano",
+    "sister",
+    "brother",
+    "friend",
+    "birthday",
+    "holiday",
+    "winter",
+    "summer",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def sentence(rng: random.Random) -> str:
+    return f"I like {rng.choice(WORDS)} and {rng.choice(WORDS)}; my {rng.choice(WORDS)} is {rng.choice(WORDS)}."
+
+
+class Server:
+    def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.command, self.env, self.log = command, env, log
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 600) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [*self.command, "serve", "--port", str(self.port)], env=self.env, stdout=out, stderr=out, cwd=ROOT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None:
+                raise SystemExit(f"sealmem serve exited:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        raise SystemExit("sealmem serve did not become ready")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    @property
+    def rss(self) -> int:
+        assert self.process is not None
+        return rss_of(self.process.pid)
+
+
+async def seed(url: str, key: str, subjects: list[str], per_subject: int, rng: random.Random) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=120, headers={"Authorization": f"Bearer {key}"}) as client:
+        for subject in subjects:
+            items = [{"subject": subject, "text": sentence(rng)} for _ in range(per_subject)]
+            for start in range(0, len(items), 100):
+                response = await client.post("/v1/memories", json={"memories": items[start : start + 100]})
+                response.raise_for_status()
+
+
+async def run_phase(
+    url: str, key: str, *, clients: int, duration: float, mix: dict[str, float], subjects: list[str], seed_: int
+) -> dict[str, Any]:
+    latencies: dict[str, list[float]] = defaultdict(list)
+    errors: Counter[str] = Counter()
+    ops, weights = list(mix), list(mix.values())
+    deadline = time.monotonic() + duration
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def one_client(n: int, client: httpx.AsyncClient) -> None:
+        rng = random.Random(seed_ * 1000 + n)
+        session = f"bench-{n}"
+        while time.monotonic() < deadline:
+            op = rng.choices(ops, weights)[0]
+            subject = rng.choice(subjects)
+            if op == "search":
+                request = ("POST", "/v1/memories/search", {"subject": subject, "query": sentence(rng), "k": 10})
+            elif op == "add":
+                request = ("POST", "/v1/memories", {"subject": subject, "text": sentence(rng)})
+            else:
+                body = {"subject": subject, "session_id": session, "message": sentence(rng), "k": 5}
+                request = ("POST", "/v1/chat", body)
+            started = time.perf_counter()
+            try:
+                response = await client.request(request[0], request[1], json=request[2])
+                ok = response.is_success
+                kind = f"{op} {response.status_code}"
+            except httpx.HTTPError as exc:
+                ok, kind = False, f"{op} {type(exc).__name__}"
+            if ok:
+                latencies[op].append((time.perf_counter() - started) * 1000)
+            else:
+                errors[kind] += 1
+
+    started = time.monotonic()
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    async with httpx.AsyncClient(
+        base_url=url, timeout=60, limits=limits, headers={"Authorization": f"Bearer {key}"}
+    ) as client:
+        await asyncio.gather(*(one_client(n, client) for n in range(clients)))
+    elapsed = time.monotonic() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    per_op = {
+        op: {
+            "count": len(values),
+            "per_s": round(len(values) / elapsed, 1),
+            "p50_ms": round(percentile(values, 50), 1),
+            "p95_ms": round(percentile(values, 95), 1),
+            "p99_ms": round(percentile(values, 99), 1),
+        }
+        for op, values in sorted(latencies.items())
+    }
+    total = sum(len(v) for v in latencies.values())
+    search_add = [v for op in ("search", "add") for v in latencies.get(op, [])]
+    return {
+        "clients": clients,
+        "seconds": round(elapsed, 1),
+        "requests": total,
+        "requests_per_s": round(total / elapsed, 1),
+        "search_add_per_s": round(len(search_add) / elapsed, 1),
+        "search_add_p99_ms": round(percentile(search_add, 99), 1),
+        "operations": per_op,
+        "errors": sum(errors.values()),
+        "errors_by_kind": dict(errors),
+        "load_generator_cpu_s": round(
+            (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime), 1
+        ),
+    }
+
+
+def provision(command: list[str], env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [*command, "tenant", "create", "bench"], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+    if done.returncode != 0:
+        raise SystemExit(done.stderr)
+    admin: str = json.loads(done.stdout.strip().splitlines()[-1])["admin_key"]
+    return admin
+
+
+def app_key(url: str, admin: str) -> str:
+    response = httpx.post(
+        url + "/v1/admin/keys", json={"role": "app", "name": "bench"}, headers={"Authorization": f"Bearer {admin}"}
+    )
+    response.raise_for_status()
+    return str(response.json()["key"])
+
+
+def phase(
+    server: Server, key: str, args: argparse.Namespace, *, clients: int, duration: float, mix: dict[str, float]
+) -> dict[str, Any]:
+    subjects = [f"user-{i}" for i in range(args.subjects)]
+    asyncio.run(run_phase(server.url, key, clients=clients, duration=args.warmup, mix=mix, subjects=subjects, seed_=1))
+    rss_before = server.rss
+    result = asyncio.run(
+        run_phase(server.url, key, clients=clients, duration=duration, mix=mix, subjects=subjects, seed_=2)
+    )
+    rss_after = server.rss
+    result["server_rss_mb_before"] = round(rss_before / 2**20, 1)
+    result["server_rss_mb_after"] = round(rss_after / 2**20, 1)
+    result["server_rss_growth_pct"] = round(100 * (rss_after - rss_before) / rss_before, 2)
+    result["mix"] = mix
+    return result
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    mix = {}
+    for part in text.split(","):
+        name, _, weight = part.partition("=")
+        if name not in ("search", "add", "chat"):
+            raise SystemExit(f"unknown operation {name!r} in --mix")
+        mix[name] = float(weight)
+    return mix
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=300, help="Seconds of the measured fake-LLM phase.")
+    parser.add_argument("--warmup", type=float, default=10)
+    parser.add_argument("--mix", default="search=0.6,add=0.3,chat=0.1")
+    parser.add_argument("--subjects", type=int, default=50)
+    parser.add_argument("--memories", type=int, default=40, help="Seeded memories per subject.")
+    parser.add_argument(
+        "--embedder",
+        choices=["minilm", "hashing"],
+        default="minilm",
+        help="minilm: the bundled model (as deployed); hashing: isolates the service's own cost.",
+    )
+    parser.add_argument("--real-llm-duration", type=float, default=30, help="0 skips the SmolLM2 phase.")
+    parser.add_argument("--real-llm-clients", type=int, default=4)
+    parser.add_argument("--real-llm-mix", default="search=0.5,add=0.3,chat=0.2")
+    parser.add_argument("--llm-cache", default=os.environ.get("SEALMEM_TEST_LLM_CACHE", "/tmp/sealmem-llm-cache"))
+    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="sealmem-load-"))
+    data_dir, secrets_dir = work / "data", work / "secrets"
+    secrets_dir.mkdir()
+    from memory_store.crypto import encode_key, generate_key, write_secret_file
+
+    write_secret_file(secrets_dir / "master.key", encode_key(generate_key()))
+    write_secret_file(secrets_dir / "token.secret", secrets.token_urlsafe(48))
+    llm_port = free_port()
+    llm = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "fake_openai.py"), "--port", str(llm_port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEALMEM_")}
+    env.update(
+        {
+            "SEALMEM_DATA_DIR": str(data_dir),
+            "SEALMEM_MASTER_KEY_FILE": str(secrets_dir / "master.key"),
+            "SEALMEM_TOKEN_SECRET_FILE": str(secrets_dir / "token.secret"),
+            "SEALMEM_RATE_LIMIT_PER_MINUTE": "0",
+            "SEALMEM_LOG_LEVEL": args.log_level,
+            "SEALMEM_TORCH_THREADS": str(args.torch_threads),
+            "SEALMEM_LLM_BACKEND": "openai",
+            "SEALMEM_OPENAI_BASE_URL": f"http://127.0.0.1:{llm_port}/v1",
+            "SEALMEM_OPENAI_MODEL": "bench-fake",
+            "SEALMEM_LLM_CONCURRENCY": "16",
+            "SEALMEM_LLM_MAX_NEW_TOKENS": "32",
+            "PYTHONPATH": str(ROOT),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
+    )
+    command = (
+        [sys.executable, "-m", "tests.proofs.sealmem_hashing"]
+        if args.embedder == "hashing"
+        else [sys.executable, "-c", "from service.cli import main; main()"]
+    )
+    report: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "python": platform.python_version()},
+        "embedder": args.embedder,
+        "seeded": {"subjects": args.subjects, "memories_per_subject": args.memories},
+    }
+    server = Server(command, env, work / "serve.log")
+    try:
+        admin = provision(command, env)
+        server.start()
+        key = app_key(server.url, admin)
+        asyncio.run(seed(server.url, key, [f"user-{i}" for i in range(args.subjects)], args.memories, random.Random(0)))
+        fake = phase(server, key, args, clients=args.clients, duration=args.duration, mix=parse_mix(args.mix))
+        report["fake_llm"] = fake
+        report["targets"] = {
+            "clients_64": args.clients >= 64,
+            "search_add_200_per_s": fake["search_add_per_s"] >= 200,
+            "p99_250_ms": all(op["p99_ms"] <= 250 for op in fake["operations"].values()),
+            "zero_errors": fake["errors"] == 0,
+            "rss_growth_under_10_pct": fake["server_rss_growth_pct"] < 10,
+            "soak_5_min": args.duration >= 300,
+        }
+        if args.real_llm_duration > 0:
+            server.stop()
+            server.env = {
+                **env,
+                "SEALMEM_LLM_BACKEND": "local",
+                "SEALMEM_LLM_CACHE_DIR": args.llm_cache,
+                "SEALMEM_LLM_CONCURRENCY": "1",
+                "SEALMEM_LLM_MAX_NEW_TOKENS": "16",
+            }
+            Path(args.llm_cache).mkdir(parents=True, exist_ok=True)
+            started = time.monotonic()
+            server.start()
+            report["real_llm_start_s"] = round(time.monotonic() - started, 1)
+            report["real_llm"] = phase(
+                server,
+                key,
+                args,
+                clients=args.real_llm_clients,
+                duration=args.real_llm_duration,
+                mix=parse_mix(args.real_llm_mix),
+            )
+    finally:
+        server.stop()
+        llm.terminate()
+        llm.wait(timeout=30)
+    report["machine"]["load_avg_at_end"] = os.getloadavg()
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
