@@ -4,11 +4,14 @@ lifespan opens the store (master key from settings), starts the periodic persist
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
@@ -62,6 +65,29 @@ def open_store(settings: Settings, embedder: Embedder | None = None) -> MemorySt
     return store
 
 
+def bound_worker_threads(store: MemoryStore) -> tuple[int, int]:
+    """Cap the threads that run store calls so they cannot exhaust the connection pool.
+
+    A store call may hold two pooled connections at once (a search keeps its session while the vector index
+    catches up in another), so more threads than half the pool can all hold one connection and wait for a
+    second: every request then stalls for the pool timeout and fails. Found under load with 64 clients
+    (bench/load.py): AnyIO's default of 40 threads against SQLite's pool of 15. Requests beyond the cap wait
+    on the event loop instead. Returns (threads for sync routes, threads for ``asyncio.to_thread``).
+    """
+    pool = store.engine.pool
+    size_of = getattr(pool, "size", None)
+    size = int(size_of()) if callable(size_of) else 5
+    capacity = size + max(0, int(getattr(pool, "_max_overflow", 0)))
+    usable = max(2, capacity // 2)
+    for_asyncio = max(1, usable // 3)  # the chat loop's retrieval, audit and write-back
+    for_routes = max(1, usable - for_asyncio)
+    anyio.to_thread.current_default_thread_limiter().total_tokens = for_routes
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=for_asyncio, thread_name_prefix="sealmem-io")
+    )
+    return for_routes, for_asyncio
+
+
 class Persister:
     """Calls ``store.persist()`` every ``interval`` seconds in a daemon thread until stopped."""
 
@@ -103,6 +129,7 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None, embedder
         try:
             app.state.services = build_services(resolved, active, metrics)
             metrics.attach_store(active)
+            bound_worker_threads(active)
             persister.start()
             log.info("sealmem ready")
             yield
