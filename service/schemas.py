@@ -9,6 +9,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -55,7 +56,19 @@ Metadata = dict[str, Any]
 
 
 class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict types: "10" is not a number, 1 not a boolean, 0 not a date (lax mode read it as 1970-01-01, so
+    # {"expires_at": 0} stored an already-expired memory); found by schemathesis negative-data checks.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _iso_text(value: Any) -> Any:
+    if isinstance(value, str | datetime):
+        return value
+    raise ValueError("must be an ISO 8601 date-time string with a timezone")
+
+
+Timestamp = Annotated[AwareDatetime, Field(strict=False), BeforeValidator(_iso_text)]
+"""A request datetime: an ISO 8601 string with a timezone (strict models would refuse strings altogether)."""
 
 
 # ---- memories ---------------------------------------------------------------------------------------------
@@ -87,8 +100,8 @@ class MemoryCreate(Request):
     kind: Kind = Field(default="fact", description="fact, turn, summary, preference, event, note, ...")
     importance: float = Field(default=0.5, ge=0.0, le=1.0)
     source_ref: Identifier | None = None
-    occurred_at: AwareDatetime | None = None
-    expires_at: AwareDatetime | None = None
+    occurred_at: Timestamp | None = None
+    expires_at: Timestamp | None = None
 
 
 class MemoryBatchCreate(Request):
@@ -127,7 +140,7 @@ class MemoryUpdate(Request):
     metadata: Metadata | None = None
     kind: Kind | None = None
     importance: float | None = Field(default=None, ge=0.0, le=1.0)
-    expires_at: AwareDatetime | None = Field(default=None, description="Send null to clear an expiry.")
+    expires_at: Timestamp | None = Field(default=None, description="Send null to clear an expiry.")
 
 
 class MemoryOut(BaseModel):
@@ -167,10 +180,10 @@ class SearchFilters(Request):
     agent_id: Identifier | None = None
     session_id: Identifier | None = None
     kinds: list[Kind] | None = Field(default=None, max_length=32)
-    created_after: AwareDatetime | None = None
-    created_before: AwareDatetime | None = None
-    occurred_after: AwareDatetime | None = None
-    occurred_before: AwareDatetime | None = None
+    created_after: Timestamp | None = None
+    created_before: Timestamp | None = None
+    occurred_after: Timestamp | None = None
+    occurred_before: Timestamp | None = None
     metadata: Metadata | None = Field(default=None, description="Exact matches on top-level metadata keys.")
     include_superseded: bool = False
 

@@ -18,6 +18,7 @@ Message = Annotated[Utf8Str, StringConstraints(min_length=1, max_length=validati
 class ChatBody(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,  # as the service's request models: "5" is not a k, 1 not a boolean
         json_schema_extra={
             "examples": [
                 {"subject": "user-42", "session_id": "s-2024-06-01", "message": "What is my dog's name?"},
@@ -152,8 +153,8 @@ class CompletionBody(BaseModel):
     # Sealmem extensions (the openai client sends them with extra_body=...)
     session_id: Identifier | None = None
     injection: InjectionMode | None = None
-    k: int | None = Field(default=None, ge=0, le=1000)
-    write_back: bool | None = None
+    k: int | None = Field(default=None, ge=0, le=1000, strict=True)
+    write_back: bool | None = Field(default=None, strict=True)
 
 
 # ---- sessions -------------------------------------------------------------------------------------------

@@ -236,8 +236,7 @@ def test_openai_endpoint_ignores_unknown_fields_but_not_the_credential(probe: Pr
     probe.refused("POST", "/v1/chat/completions", key=probe.token, json=body, status=404)
 
 
-# Not here: "10" and true, which pydantic's lax mode reads as 10 and 1 (well-formed values, deliberately accepted).
-@pytest.mark.parametrize("k", [10**9, 10**30, -1, 0, 1.5, "ten", [5], None])
+@pytest.mark.parametrize("k", [10**9, 10**30, -1, 0, 1.5, "ten", "10", True, [5], None])
 def test_huge_or_invalid_k(probe: Probe, k: Any) -> None:
     searches = [
         ("/v1/memories/search", {"subject": "user-1", "query": "hello", "k": k}),
@@ -245,9 +244,26 @@ def test_huge_or_invalid_k(probe: Probe, k: Any) -> None:
         ("/v1/chat/completions", {"user": "user-1", "messages": [{"role": "user", "content": "hi"}], "k": k}),
     ]
     for path, body in searches:
-        if k is None or (k == 0 and path != "/v1/memories/search"):
+        if k is None or (k == 0 and k is not True and path != "/v1/memories/search"):
             continue  # null means the default; k=0 is a valid "no memories" for chat
         probe.refused("POST", path, json=body, status=422)
+
+
+def test_loose_types_are_not_coerced(probe: Probe) -> None:
+    """Strict request types: a number is not a string, a date not a number (0 was read as 1970-01-01, so
+    ``{"expires_at": 0}`` stored an already-expired memory), a boolean not 1 or "yes"."""
+    memory = {"subject": "user-1", "text": "t"}
+    for field, value in (("expires_at", 0), ("occurred_at", 1700000000), ("importance", "0.5"), ("kind", 5)):
+        assert field in probe.refused("POST", "/v1/memories", json={**memory, field: value}, status=422)["message"]
+    probe.refused("POST", "/v1/memories", json={"memories": [{**memory, "expires_at": 0}]}, status=422)
+    probe.refused("PATCH", f"/v1/memories/{probe.memory_id}", json={"expires_at": 0}, status=422)
+    search = {"subject": "user-1", "query": "q"}
+    probe.refused("POST", "/v1/memories/search", json={**search, "filters": {"created_after": 0}}, status=422)
+    probe.refused("POST", "/v1/memories/search", json={**search, "filters": {"include_superseded": "yes"}}, status=422)
+    probe.refused("POST", "/v1/tokens", json={"subject": "user-1", "ttl_seconds": "60"}, status=422)
+    probe.refused("POST", "/v1/chat", json={"subject": "user-1", "message": "hi", "stream": 1}, status=422)
+    ok = probe.send("POST", "/v1/memories", json={**memory, "expires_at": "2099-01-01T00:00:00Z", "importance": 1})
+    assert ok.status_code == 201, ok.text  # ISO strings and integral floats stay fine
 
 
 LISTINGS = [

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import hypothesis
 import pytest
@@ -144,6 +145,13 @@ def check_role(operation: Any, role: str, status: int) -> None:
         assert status >= 400, f"a reader key wrote ({status})"
 
 
+def vanished_in_serialization(case: Any, response: Any) -> bool:
+    """A negative query value that cannot be sent at all (null, [], {}) leaves the parameter out of the URL: the
+    request on the wire is then valid, and its acceptance is no finding."""
+    sent = parse_qs(urlsplit(str(response.request.url)).query, keep_blank_values=True)
+    return any(name not in sent and value in (None, [], {}) for name, value in (case.query or {}).items())
+
+
 def has_inputs(operation: Any) -> bool:
     """Whether a request can violate the schema at all (negative mode needs a parameter or a body)."""
     definition = operation.definition.raw
@@ -154,6 +162,13 @@ def fuzz_operation(world: World, operation: Any, role: str, mode: GenerationMode
     served = world.served
     credential = world.credential(role)
     headers = bearer(credential) if credential else {}
+    # The credential is given to the strategy, so negative cases do not "violate" it by leaving it out only for
+    # this test to add it back (which made valid requests count as accepted negative data).
+    strategy = (
+        operation.as_strategy(generation_mode=mode, headers=headers)
+        if headers
+        else operation.as_strategy(generation_mode=mode)
+    )
 
     @hypothesis.settings(
         max_examples=examples,
@@ -163,7 +178,7 @@ def fuzz_operation(world: World, operation: Any, role: str, mode: GenerationMode
         suppress_health_check=list(HealthCheck),
         phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate, hypothesis.Phase.shrink],
     )
-    @given(case=operation.as_strategy(generation_mode=mode))
+    @given(case=strategy)
     def run(case: Any) -> None:
         served.drain()
         before, vectors_before = served.snapshot(), served.index_vectors()
@@ -173,7 +188,8 @@ def fuzz_operation(world: World, operation: Any, role: str, mode: GenerationMode
         if status >= 500:
             code = _error_code(response)
             assert (operation.label, status, code) in DELIBERATE_5XX, f"{status}: {response.text[:500]}"
-        case.validate_response(response, checks=CHECKS, headers=headers)
+        checks = CHECKS if not vanished_in_serialization(case, response) else CHECKS[:-1]
+        case.validate_response(response, checks=checks, headers=headers)
         check_error_contract(response)
         check_role(operation, role, status)
         if role == "anonymous" and status == 404:
