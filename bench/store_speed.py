@@ -58,7 +58,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import faiss
 import numpy as np
-from sqlalchemy import select, text
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
@@ -669,7 +669,9 @@ def open_store(
 
     The state file holds the benchmark's throw-away master key in plain text: benchmark data only.
     """
-    settings = StoreSettings(data_dir=work / backend, database_url=url, vector_backend="faiss")
+    settings = StoreSettings(
+        data_dir=work / backend, database_url=url, vector_backend="pgvector" if backend == "pgvector" else "faiss"
+    )
     engine = make_engine(settings)
     if engine.dialect.name == "postgresql":
         with contextlib.suppress(Exception), engine.connect() as conn:
@@ -1060,7 +1062,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--embed-batch-size", type=int, default=64, help="sentence-transformers batch size")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--postgres", action="store_true", help="also run on PostgreSQL (pgserver)")
+    parser.add_argument(
+        "--postgres", action="store_true", help="also run on PostgreSQL (pgserver): FAISS and pgvector backends"
+    )
     parser.add_argument("--profile-queries", type=int, default=300, help="searches profiled at the largest size")
     parser.add_argument("--profile-all", action="store_true", help="profile every backend, not only SQLite")
     parser.add_argument("--profile-out", type=Path, default=None, help="folder for the .prof files")
@@ -1125,14 +1129,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             url = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
             log("postgres run (adds replay the SQLite run's embeddings)")
             result["postgres"] = run_backend("postgres", corpus, embedder, args, work, url, args.profile_out)
-            pg = result["postgres"]["add_overall"]
+            log("pgvector run (PostgreSQL metadata + pgvector HNSW vectors, same replayed embeddings)")
+            admin = create_engine(url, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:  # its own database: a database is bound to one master key
+                conn.execute(text("DROP DATABASE IF EXISTS bench_pgvector"))
+                conn.execute(text("CREATE DATABASE bench_pgvector"))
+            admin.dispose()
+            pgv_url = url.replace("/postgres?", "/bench_pgvector?", 1)
+            result["pgvector"] = run_backend("pgvector", corpus, embedder, args, work, pgv_url, args.profile_out)
             sq = result["sqlite"]["add_overall"]
-            if sq["embedding_per_s"] and pg["store_only_per_s"]:
-                pg["estimated_memories_per_s_with_real_embedding"] = round(
-                    1.0 / (1.0 / sq["embedding_per_s"] + 1.0 / pg["store_only_per_s"]), 1
-                )
-            if embedder.replay_misses:
-                pg["replay_misses"] = embedder.replay_misses
+            for name in ("postgres", "pgvector"):
+                pg = result[name]["add_overall"]
+                if sq["embedding_per_s"] and pg["store_only_per_s"]:
+                    pg["estimated_memories_per_s_with_real_embedding"] = round(
+                        1.0 / (1.0 / sq["embedding_per_s"] + 1.0 / pg["store_only_per_s"]), 1
+                    )
+                if embedder.replay_misses:
+                    pg["replay_misses"] = embedder.replay_misses
     finally:
         if server is not None:
             server.cleanup()
@@ -1152,7 +1165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def summarize(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    for backend in ("sqlite", "postgres"):
+    for backend in ("sqlite", "postgres", "pgvector"):
         if backend not in result:
             continue
         data = result[backend]
