@@ -8,7 +8,15 @@ and schema-violating (negative) requests over real HTTP. For every response:
 - it conforms to the OpenAPI document: status code declared, content type, headers, body schema (error bodies
   included: every 4xx an operation can give is declared with the one error schema);
 - a request that failed (4xx) changed no data: a digest of every data table (all but the audit trail) and the
-  index vector counts are the same before and after it.
+  index vector counts are the same before and after it;
+- a schema-violating request is refused (schemathesis' negative-data check), every response has an
+  X-Request-ID and every error the one error body naming it;
+- what the credential may do at all: nothing but 401 without one, nothing under /v1/admin/ without an admin
+  key, no writes with a reader key.
+
+The one 5xx allowed is the documented 501 for KV injection on a server without the KV injector.
+``test_enough_requests_were_generated`` checks that every operation was reached and >= 1,000 requests were sent
+by the default (non-slow) run; the slow variant sends five times as many.
 
 The seed is fixed (``derandomize``) so CI is reproducible; ``SEALMEM_FUZZ_RANDOM=1`` explores new inputs and
 ``SEALMEM_FUZZ_EXAMPLES`` changes the number of examples per operation, role and mode.
