@@ -19,11 +19,21 @@ _Q = TypeVar("_Q", bound="Select[*tuple[Any, ...]]")
 
 
 def decode(row: Memory, subject: Subject, sealer: MemorySealer) -> MemoryRecord:
-    return MemoryRecord(
-        id=row.uid,
-        subject=subject.external_id,
+    return record(
+        row,
+        subject.external_id,
         text=sealer.open_text(row.uid, row.text_ct),
         metadata=sealer.open_metadata(row.uid, row.metadata_ct),
+    )
+
+
+def record(row: Memory, subject: str, *, text: str, metadata: dict[str, Any]) -> MemoryRecord:
+    """The public view of a row whose content is already in plaintext (decrypted, or just written)."""
+    return MemoryRecord(
+        id=row.uid,
+        subject=subject,
+        text=text,
+        metadata=metadata,
         agent_id=row.agent_id,
         session_id=row.session_id,
         kind=row.kind,

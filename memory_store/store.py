@@ -28,7 +28,7 @@ from memory_store.lexical import LexicalCache
 from memory_store.migrate import require_head
 from memory_store.models import Memory, MemoryEvent, Subject, Tenant, VectorChange, utcnow
 from memory_store.pgvector_backend import PgVectorBackend
-from memory_store.records import apply_filters, decode, decode_cursor, encode_cursor, metadata_matches
+from memory_store.records import apply_filters, decode, decode_cursor, encode_cursor, metadata_matches, record
 from memory_store.retry import retry_read, retry_write
 from memory_store.sealing import MemorySealer
 from memory_store.search import HybridSearcher
@@ -270,7 +270,10 @@ class MemoryStore:
             for subject in subjects.values():
                 subject.change_seq = last_seq
                 subject.last_activity_at = now
-            records = [_record_from_new(row, item) for row, item in zip(rows, items, strict=True)]
+            records = [
+                record(row, item.subject, text=item.text, metadata=item.metadata)
+                for row, item in zip(rows, items, strict=True)
+            ]
         self.vectors.after_commit(tenant_id, known)
         return records
 
@@ -687,25 +690,3 @@ class MemoryStore:
             for stamp in set(touched.values()):
                 ids = [i for i, s in touched.items() if s == stamp]
                 session.execute(update(Memory).where(Memory.id.in_(ids)).values(last_accessed_at=stamp))
-
-
-def _record_from_new(row: Memory, item: NewMemory) -> MemoryRecord:
-    return MemoryRecord(
-        id=row.uid,
-        subject=item.subject,
-        text=item.text,
-        metadata=item.metadata,
-        agent_id=row.agent_id,
-        session_id=row.session_id,
-        kind=row.kind,
-        status=row.status,
-        superseded_by=None,
-        importance=row.importance,
-        source=row.source,
-        source_ref=row.source_ref,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        last_accessed_at=None,
-        occurred_at=row.occurred_at,
-        expires_at=row.expires_at,
-    )
