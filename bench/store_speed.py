@@ -12,9 +12,10 @@ measures, interleaved query by query so machine noise hits every variant alike:
   answers from a dict of query vectors computed beforehand (a real measurement, no store edits);
 * ``faiss_flat_all`` / ``faiss_flat_subject_selector``: ``TenantIndex.search`` over every vector, and
   restricted to the subject's candidate ids with the FAISS ID selector (as the store does);
-* ``stages``: a stage-timed mirror of ``HybridSearcher.search`` built from the same public pieces (subject
-  lookup SQL, candidate SQL, embedding, registry catch-up, FAISS, BM25, fusion, row fetch, decrypt); it checks
-  it returns the same hits as the store, so a drift of ``memory_store/search.py`` shows up as a mismatch.
+* ``store_search_instrumented``: the same ``MemoryStore.search`` call with its building blocks wrapped by a
+  stage timer (see ``search_targets`` and ``STAGE_LEGEND``): exclusive time per stage (embedding, registry
+  catch-up, FAISS, BM25, session neighbours, fusion, SQL, decryption), summing to the call's total. A target
+  missing from the code is listed in ``stage_targets_missing``.
 
 The first query of each subject after a fill is reported separately (``first_query_per_subject``): it builds
 the subject's BM25 index from decrypted rows. At the largest size the real search path is also profiled with
@@ -456,7 +457,7 @@ class StageTimer:
 
     Each wrapped callable adds its own time minus that of wrapped callables it calls, so the stages of one
     call sum to its total. Wrappers are installed on classes/modules for the duration of the ``with`` block
-    and cost ~0.2 us when disabled. Targets that no longer exist are skipped and listed in ``missing``.
+    and cost ~0.2 us when disabled. Targets not found in the code are skipped and listed in ``missing``.
     """
 
     def __init__(self, targets: Sequence[tuple[Any, str, str]]) -> None:
@@ -479,7 +480,7 @@ class StageTimer:
             stack = timer._stack
             parent = stack[-1][0] if stack else "-"
             key = f"{label}@{parent}" if attributed else label
-            frame = [label, 0.0]
+            frame: list[Any] = [label, 0.0]
             stack.append(frame)
             start = clock()
             try:
@@ -535,6 +536,8 @@ STAGE_LEGEND = {
     "searcher": "HybridSearcher.search itself: numpy on candidate arrays, row iteration, ORM objects",
     "embed": "SentenceTransformerEmbedder.embed (MiniLM on CPU)",
     "keys.subject_key": "KeyManager.subject_key (LRU-cached unwrap of the subject data key)",
+    "dense": "HybridSearcher._dense_search and the vector backend's search (python part; FAISS is faiss.search, "
+             "pgvector's SQL is sql.*@dense)",
     "index.registry_get": "IndexRegistry.get: lock + tenant change_seq check / change-log catch-up (python part)",
     "faiss.search": "TenantIndex.search: FAISS flat search with the IDSelectorBatch of the candidates",
     "faiss.upsert": "TenantIndex.upsert (remove + add_with_ids)",
@@ -543,7 +546,7 @@ STAGE_LEGEND = {
     "bm25.build_documents": "lexical.build_documents (document text with session context and dates)",
     "bm25.build_index": "LexicalIndex.__init__ (bm25s tokenize + index)",
     "bm25.score": "LexicalIndex.scores / scores_of (query tokenize + BM25 scores)",
-    "neighbours": "HybridSearcher._neighbours (python part; its SQL is sql.*@neighbours)",
+    "neighbours": "SessionLinks.neighbours: previous/next candidate in the session (cached order, no SQL)",
     "timestamps": "HybridSearcher._timestamps (python part)",
     "fusion": "score_fusion / reciprocal_rank_fusion",
     "decode": "records.decode of the hits (python part; AES-GCM is 'decrypt')",
@@ -560,7 +563,7 @@ def search_targets() -> list[tuple[Any, str, str]]:
     """What a search is made of (label per building block); anything unwrapped counts to its caller."""
     from memory_store import search as search_mod
     from memory_store.index_registry import IndexRegistry
-    from memory_store.lexical import LexicalIndex
+    from memory_store.lexical import LexicalIndex, SessionLinks
     from memory_store.search import HybridSearcher
 
     return [
@@ -568,6 +571,7 @@ def search_targets() -> list[tuple[Any, str, str]]:
         (HybridSearcher, "search", "searcher"),
         (SentenceTransformerEmbedder, "embed", "embed"),
         (KeyManager, "subject_key", "keys.subject_key"),
+        (HybridSearcher, "_dense_search", "dense"),
         (IndexRegistry, "get", "index.registry_get"),
         (TenantIndex, "search", "faiss.search"),
         (HybridSearcher, "_lexical_index", "bm25.lexical_index"),
@@ -575,7 +579,7 @@ def search_targets() -> list[tuple[Any, str, str]]:
         (search_mod, "build_documents", "bm25.build_documents"),
         (LexicalIndex, "scores", "bm25.score"),
         (LexicalIndex, "scores_of", "bm25.score"),
-        (HybridSearcher, "_neighbours", "neighbours"),
+        (SessionLinks, "neighbours", "neighbours"),
         (HybridSearcher, "_timestamps", "timestamps"),
         (search_mod, "score_fusion", "fusion"),
         (search_mod, "reciprocal_rank_fusion", "fusion"),
@@ -951,8 +955,8 @@ _COMPONENTS = [  # (label, file suffix, function name): cumulative time inside t
     ("TenantIndex.search (FAISS + selector)", "memory_store/vector_index.py", "search"),
     ("LexicalIndex.scores (BM25 incl. query tokenize)", "memory_store/lexical.py", "scores"),
     ("HybridSearcher._lexical_index (BM25 cache/build)", "memory_store/search.py", "_lexical_index"),
-    ("HybridSearcher._dense_search (registry get + FAISS)", "memory_store/search.py", "_dense_search"),
-    ("HybridSearcher._neighbours (session neighbours SQL)", "memory_store/search.py", "_neighbours"),
+    ("HybridSearcher._dense_search (vector backend search)", "memory_store/search.py", "_dense_search"),
+    ("SessionLinks.neighbours (session neighbours, cached order)", "memory_store/lexical.py", "neighbours"),
     ("score_fusion", "memory_store/fusion.py", "score_fusion"),
     ("reciprocal_rank_fusion", "memory_store/fusion.py", "reciprocal_rank_fusion"),
     ("records.decode (hit decryption)", "memory_store/records.py", "decode"),
@@ -1125,7 +1129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.postgres:
             import pgserver
 
-            server = pgserver.get_server(str(work / "pg"), cleanup_mode="stop")
+            server = pgserver.get_server(str(work / "pg"), cleanup_mode="stop")  # type: ignore[attr-defined]
             url = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
             log("postgres run (adds replay the SQLite run's embeddings)")
             result["postgres"] = run_backend("postgres", corpus, embedder, args, work, url, args.profile_out)

@@ -14,7 +14,17 @@ from memory_store.errors import (
 from memory_store.fusion import FusionConfig
 from memory_store.settings import StoreSettings
 from memory_store.store import MemoryStore
-from memory_store.types import Filters, HistoryEntry, MemoryRecord, NewMemory, Page, SearchHit, Stats
+from memory_store.types import (
+    Filters,
+    HistoryEntry,
+    MemoryRecord,
+    NewMemory,
+    Page,
+    SearchHit,
+    SessionSummary,
+    Stats,
+    StoreTotals,
+)
 
 __all__ = [
     "ConfigurationError",
@@ -33,9 +43,11 @@ __all__ = [
     "Page",
     "SearchHit",
     "SentenceTransformerEmbedder",
+    "SessionSummary",
     "Stats",
     "StoreError",
     "StoreSettings",
+    "StoreTotals",
     "ValidationError",
     "WrongMasterKeyError",
     "generate_key",

@@ -29,7 +29,7 @@ FusionMethod = Literal["score", "rrf"]
 
 @dataclass(frozen=True)
 class FusionConfig:
-    """How a search ranks candidates. All fields have defaults; older callers keep working.
+    """How a search ranks candidates. Every field has a default.
 
     ``rrf_k`` only matters for ``method="rrf"``. ``neighbour_weight`` is the share of a session neighbour's
     score a memory inherits (0 turns it off). ``lexical_context`` is how many preceding memories of the same

@@ -1,18 +1,19 @@
-"""Hybrid retrieval for one subject: dense (FAISS) + lexical (BM25), fused (see :mod:`memory_store.fusion`).
+"""Hybrid retrieval for one subject: dense (FAISS or pgvector) + lexical (BM25), fused (see
+:mod:`memory_store.fusion`).
 
 Steps of a search:
 
 1. the candidate set: the subject's memories that pass the filters (SQL, plus metadata after decryption);
-2. dense: the top ``max(4k, pool)`` candidates by cosine similarity (FAISS restricted to the candidates;
-   up to 4,096 candidates, all of them are scored in that one search);
+2. dense: the top ``max(4k, pool)`` candidates by cosine similarity (the vector backend's search restricted
+   to the candidates; up to 4,096 candidates, all of them are scored in that one search);
 3. lexical: BM25 over the subject's memories (document = text + preceding memory of its session + date;
    built from decrypted text, cached per subject version, never persisted), restricted to the candidates,
    top ``max(4k, pool)``;
 4. score fusion (default): the union of both lists plus each member's session neighbours (previous/next
    candidate in the same session, from the cached session order) is scored exactly - cosine (a second
-   FAISS search of just the ids still missing, if any) and BM25 - normalised, mixed, and each memory
+   vector search of just the ids still missing, if any) and BM25 - normalised, mixed, and each memory
    inherits a share of its better neighbour's score; or, with ``method="rrf"``, reciprocal rank fusion of
-   the two lists as before.
+   the two ranked lists alone.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from memory_store.embedder import Embedder
 from memory_store.errors import NotFoundError
 from memory_store.fusion import Fused, FusionConfig, Neighbours, reciprocal_rank_fusion, score_fusion
-from memory_store.index_registry import IndexRegistry
 from memory_store.keys import KeyManager
 from memory_store.lexical import LexicalCache, LexicalIndex, LexicalSource, SessionLinks, build_documents
 from memory_store.models import Memory, Subject, utcnow
@@ -63,29 +63,19 @@ class VectorSearch(Protocol):
         ...
 
 
-class _RegistrySearch:
-    """Adapts the FAISS :class:`IndexRegistry` to :class:`VectorSearch`."""
-
-    def __init__(self, registry: IndexRegistry) -> None:
-        self._registry = registry
-
-    def search(self, tenant_id: str, vector: Vector, k: int, candidates: IdArray) -> tuple[IdArray, Vector]:
-        return self._registry.get(tenant_id).search(vector, k, candidates)
-
-
 class HybridSearcher:
     def __init__(
         self,
         sessions: sessionmaker[Session],
         keys: KeyManager,
         embedder: Embedder,
-        vectors: VectorSearch | IndexRegistry,
+        vectors: VectorSearch,
         lexical: LexicalCache,
     ) -> None:
         self._sessions = sessions
         self._keys = keys
         self._embedder = embedder
-        self._vectors = _RegistrySearch(vectors) if isinstance(vectors, IndexRegistry) else vectors
+        self._vectors = vectors
         self._lexical = lexical
 
     def _dense_search(self, tenant_id: str, vector: Vector, k: int, candidates: IdArray) -> dict[int, float]:

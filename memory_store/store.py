@@ -7,8 +7,8 @@ import logging
 import threading
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
@@ -40,7 +40,9 @@ from memory_store.types import (
     NewMemory,
     Page,
     SearchHit,
+    SessionSummary,
     Stats,
+    StoreTotals,
     SubjectInfo,
     TenantInfo,
 )
@@ -48,6 +50,48 @@ from memory_store.vector_backend import FaissBackend, VectorBackend
 
 log = logging.getLogger("sealmem.store")
 _UNSET: Any = object()
+# Rows per statement when a write touches many memories (keeps ``IN (...)`` lists and executemany batches small).
+_CHUNK = 500
+
+
+def _memory_event(
+    *,
+    tenant_id: str,
+    subject_id: str,
+    memory_uid: str,
+    action: str,
+    actor: str,
+    at: datetime,
+    detail: dict[str, Any] | None = None,
+) -> MemoryEvent:
+    """The history row of one action on one memory: who did what and when, never the memory's content."""
+    return MemoryEvent(
+        tenant_id=tenant_id,
+        subject_id=subject_id,
+        memory_uid=memory_uid,
+        action=action,
+        actor=actor,
+        at=at,
+        detail={} if detail is None else detail,
+    )
+
+
+def _history_entry(event: MemoryEvent) -> HistoryEntry:
+    return HistoryEntry(
+        memory_id=event.memory_uid, action=event.action, actor=event.actor, at=event.at, detail=event.detail
+    )
+
+
+def _utc(stamp: datetime) -> datetime:
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp
+
+
+class _Doomed(NamedTuple):
+    """A memory about to be deleted: its row id, public id and owner."""
+
+    id: int
+    uid: str
+    owner: Subject
 
 
 class MemoryStore:
@@ -254,7 +298,7 @@ class MemoryStore:
                 known[row.id] = vector
                 session.add(VectorChange(tenant_id=tenant_id, seq=first_seq + offset, memory_id=row.id, op="upsert"))
                 session.add(
-                    MemoryEvent(
+                    _memory_event(
                         tenant_id=tenant_id,
                         subject_id=row.subject_id,
                         memory_uid=row.uid,
@@ -334,7 +378,7 @@ class MemoryStore:
             if vector is not None:
                 self.vectors.stage(session, tenant_id, [(row.id, vector)])
             session.add(
-                MemoryEvent(
+                _memory_event(
                     tenant_id=tenant_id,
                     subject_id=owner.id,
                     memory_uid=row.uid,
@@ -353,7 +397,7 @@ class MemoryStore:
     def supersede(
         self, *, tenant_id: str, memory_id: str, by: str, subject: str | None = None, actor: str = "system"
     ) -> MemoryRecord:
-        """Mark ``memory_id`` as replaced by memory ``by``: it stays in history but no longer ranks."""
+        """Mark ``memory_id`` as replaced by memory ``by``: it stays in history and is left out of rankings."""
         now = utcnow()
         with self._sessions.begin() as session:
             seq = self._bump(session, tenant_id, 1)
@@ -367,7 +411,7 @@ class MemoryStore:
             owner.change_seq = seq
             session.add(VectorChange(tenant_id=tenant_id, seq=seq, memory_id=row.id, op="upsert"))
             session.add(
-                MemoryEvent(
+                _memory_event(
                     tenant_id=tenant_id,
                     subject_id=owner.id,
                     memory_uid=row.uid,
@@ -379,35 +423,114 @@ class MemoryStore:
             )
             return decode(row, owner, self._sealer(owner))
 
+    def delete(
+        self,
+        *,
+        tenant_id: str,
+        memory_id: str,
+        subject: str | None = None,
+        actor: str = "system",
+        include_expired: bool = False,
+    ) -> None:
+        """Delete one memory (its history stays); see :meth:`delete_many`."""
+        self.delete_many(
+            tenant_id=tenant_id,
+            memory_ids=[memory_id],
+            subject=subject,
+            actor=actor,
+            include_expired=include_expired,
+        )
+
     @retry_write
-    def delete(self, *, tenant_id: str, memory_id: str, subject: str | None = None, actor: str = "system") -> None:
-        now = utcnow()
+    def delete_many(
+        self,
+        *,
+        tenant_id: str,
+        memory_ids: Sequence[str],
+        subject: str | None = None,
+        actor: str = "system",
+        include_expired: bool = False,
+    ) -> int:
+        """Delete memories in one transaction, all or nothing; returns how many were deleted.
+
+        NotFoundError, and nothing is deleted, when any of ``memory_ids`` does not exist in the tenant, belongs
+        to a subject other than ``subject`` (when given) or has expired (unless ``include_expired``). Each
+        memory's history records the deletion; its vector goes with it (FAISS through the change log,
+        pgvector rows by foreign-key cascade) and its subject's lexical index is rebuilt on the next search.
+        """
+        if isinstance(memory_ids, str):
+            raise ValidationError("memory_ids must be a sequence of memory ids, not one string")
+        wanted = list(dict.fromkeys(memory_ids))
+        if not wanted:
+            return 0
         with self._sessions.begin() as session:
-            seq = self._bump(session, tenant_id, 1)
-            row, owner = self._memory_row(session, tenant_id, memory_id, subject, include_expired=actor == "expiry")
-            session.add(VectorChange(tenant_id=tenant_id, seq=seq, memory_id=row.id, op="delete"))
-            session.add(
-                MemoryEvent(
-                    tenant_id=tenant_id,
-                    subject_id=owner.id,
-                    memory_uid=row.uid,
-                    action="delete",
-                    actor=actor,
-                    at=now,
-                    detail={},
+            # Write lock first (no SQLite read->write upgrade), reserving one change seq per memory.
+            last_seq = self._bump(session, tenant_id, len(wanted))
+            now = utcnow()
+            found: dict[str, _Doomed] = {}
+            for start in range(0, len(wanted), _CHUNK):
+                query = (
+                    select(Memory.id, Memory.uid, Memory.expires_at, Subject)
+                    .join(Subject, Subject.id == Memory.subject_id)
+                    .where(Memory.tenant_id == tenant_id, Memory.uid.in_(wanted[start : start + _CHUNK]))
                 )
+                if subject is not None:
+                    query = query.where(Subject.external_id == subject)
+                for row_id, uid, expires_at, owner in session.execute(query):
+                    if include_expired or expires_at is None or expires_at > now:
+                        found[uid] = _Doomed(row_id, uid, owner)
+            if len(found) != len(wanted):
+                raise NotFoundError("memory not found")
+            self._delete_rows(
+                session, tenant_id, [found[uid] for uid in wanted], last_seq=last_seq, actor=actor, at=now
             )
-            owner.change_seq = seq
-            owner.last_activity_at = now
-            session.delete(row)
         self.vectors.after_commit(tenant_id)
+        return len(wanted)
+
+    @staticmethod
+    def _delete_rows(
+        session: Session, tenant_id: str, rows: Sequence[_Doomed], *, last_seq: int, actor: str, at: datetime
+    ) -> None:
+        """Delete ``rows`` inside the caller's transaction, which holds the tenant's write lock and has reserved
+        the change seqs ``last_seq - len(rows) + 1 .. last_seq`` (one per row)."""
+        first_seq = last_seq - len(rows) + 1
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            session.execute(
+                insert(VectorChange),
+                [
+                    {"tenant_id": tenant_id, "seq": first_seq + start + i, "memory_id": row.id, "op": "delete"}
+                    for i, row in enumerate(chunk)
+                ],
+            )
+            session.add_all(
+                [
+                    _memory_event(
+                        tenant_id=tenant_id,
+                        subject_id=row.owner.id,
+                        memory_uid=row.uid,
+                        action="delete",
+                        actor=actor,
+                        at=at,
+                    )
+                    for row in chunk
+                ]
+            )
+            session.execute(
+                delete(Memory)
+                .where(Memory.id.in_([row.id for row in chunk]))
+                .execution_options(synchronize_session=False)
+            )
+        for owner in {row.owner.id: row.owner for row in rows}.values():
+            owner.change_seq = last_seq  # new lexical-cache version for the subject
+            owner.last_activity_at = at
 
     @retry_write
     def forget_subject(self, *, tenant_id: str, subject: str, actor: str = "system") -> int:
         """Crypto-shred a subject: destroy its data key, delete its rows and vectors; returns memories removed.
 
         The tenant's index key is replaced too, so an index file saved before the forget (a backup, a stray
-        copy) can no longer be decrypted.
+        copy) cannot be decrypted afterwards.
         """
         with self._sessions.begin() as session:
             self._bump(session, tenant_id, 0)  # write lock first
@@ -455,15 +578,44 @@ class MemoryStore:
     def reindex_tenant(self, *, tenant_id: str) -> int:
         return self.vectors.rebuild(tenant_id)
 
+    @retry_write
     def purge_expired(self, *, tenant_id: str) -> int:
+        """Delete every expired memory of the tenant in one transaction; returns how many.
+
+        Their history records the deletion with actor ``"expiry"``. With nothing expired no write lock is taken.
+        """
         now = utcnow()
+        expired = (Memory.tenant_id == tenant_id, Memory.expires_at <= now)
         with self._sessions() as session:
-            expired = list(
-                session.scalars(select(Memory.uid).where(Memory.tenant_id == tenant_id, Memory.expires_at <= now))
+            if session.scalar(select(Memory.id).where(*expired).limit(1)) is None:
+                return 0
+        with self._sessions.begin() as session:
+            self._bump(session, tenant_id, 0)  # write lock first
+            rows = [
+                _Doomed(row_id, uid, owner)
+                for row_id, uid, owner in session.execute(
+                    select(Memory.id, Memory.uid, Subject)
+                    .join(Subject, Subject.id == Memory.subject_id)
+                    .where(*expired)
+                    .order_by(Memory.id)
+                )
+            ]
+            if rows:
+                last_seq = self._bump(session, tenant_id, len(rows))
+                self._delete_rows(session, tenant_id, rows, last_seq=last_seq, actor="expiry", at=now)
+        self.vectors.after_commit(tenant_id)
+        if rows:
+            log.info("purged %d expired memories of tenant %s", len(rows), tenant_id)
+        return len(rows)
+
+    def purge_all_expired(self) -> int:
+        """:meth:`purge_expired` for every tenant holding expired memories (a transaction per tenant); returns
+        how many memories were deleted in all. Meant to run periodically."""
+        with self._sessions() as session:
+            tenants = list(
+                session.scalars(select(Memory.tenant_id).where(Memory.expires_at <= utcnow()).distinct())
             )
-        for uid in expired:
-            self.delete(tenant_id=tenant_id, memory_id=uid, actor="expiry")
-        return len(expired)
+        return sum(self.purge_expired(tenant_id=tenant_id) for tenant_id in tenants)
 
     # ---- reads -------------------------------------------------------------------------------------
 
@@ -473,8 +625,6 @@ class MemoryStore:
         tenant_id: str,
         memory_id: str,
         subject: str | None,
-        *,
-        include_expired: bool = False,
     ) -> tuple[Memory, Subject]:
         query = (
             select(Memory, Subject)
@@ -487,7 +637,7 @@ class MemoryStore:
         if found is None:
             raise NotFoundError("memory not found")
         row, owner = found
-        if not include_expired and row.expires_at is not None and row.expires_at <= utcnow():
+        if row.expires_at is not None and row.expires_at <= utcnow():
             raise NotFoundError("memory not found")
         return row, owner
 
@@ -586,10 +736,7 @@ class MemoryStore:
             events = list(session.scalars(query.order_by(MemoryEvent.id)))
         if not events:
             raise NotFoundError("memory not found")
-        return [
-            HistoryEntry(memory_id=e.memory_uid, action=e.action, actor=e.actor, at=e.at, detail=e.detail)
-            for e in events
-        ]
+        return [_history_entry(e) for e in events]
 
     @retry_read
     def list_subjects(self, *, tenant_id: str, limit: int = 100, offset: int = 0) -> builtins.list[SubjectInfo]:
@@ -618,6 +765,47 @@ class MemoryStore:
             for s, n in rows
         ]
 
+    @retry_read
+    def list_sessions(
+        self,
+        *,
+        tenant_id: str,
+        subject: str,
+        kinds: Sequence[str] | None = None,
+        limit: int = 100,
+    ) -> builtins.list[SessionSummary]:
+        """The subject's sessions, most recently written first: every ``session_id`` among its memories (of
+        ``kinds``, when given), with counts and times. Reads plaintext columns only, in one grouped query.
+        NotFoundError if the subject does not exist."""
+        if not 1 <= limit <= 1000:
+            raise ValidationError("limit must be between 1 and 1000")
+        with self._sessions() as session:
+            owner = self._subject(session, tenant_id, subject)
+            query = select(
+                Memory.session_id,
+                func.count(Memory.id),
+                func.min(Memory.created_at),
+                func.max(Memory.created_at),
+            ).where(
+                Memory.tenant_id == tenant_id,
+                Memory.subject_id == owner.id,
+                Memory.session_id.is_not(None),
+            )
+            if kinds is not None:
+                query = query.where(Memory.kind.in_(list(kinds)))
+            rows = session.execute(
+                query.group_by(Memory.session_id).order_by(func.max(Memory.created_at).desc()).limit(limit)
+            ).all()
+        return [
+            SessionSummary(
+                session_id=str(session_id),
+                memory_count=int(count),
+                first_created_at=_utc(first),
+                last_created_at=_utc(last),
+            )
+            for session_id, count, first, last in rows
+        ]
+
     def export_subject(self, *, tenant_id: str, subject: str) -> dict[str, Any]:
         """Everything held about a subject, decrypted, for data portability."""
         memories: builtins.list[MemoryRecord] = []
@@ -637,10 +825,7 @@ class MemoryStore:
         return {
             **info,
             "memories": memories,
-            "history": [
-                HistoryEntry(memory_id=e.memory_uid, action=e.action, actor=e.actor, at=e.at, detail=e.detail)
-                for e in events
-            ],
+            "history": [_history_entry(e) for e in events],
         }
 
     @retry_read
@@ -671,6 +856,23 @@ class MemoryStore:
             index_vectors=index.vectors,
             index_bytes=index.bytes,
             index_kind=index.kind,
+        )
+
+    @retry_read
+    def totals(self) -> StoreTotals:
+        """Memories, subjects and tenants across the database, and the vectors and approximate bytes of the
+        FAISS indexes loaded in this process (0 with the pgvector backend)."""
+        with self._sessions() as session:
+            memories = session.scalar(select(func.count()).select_from(Memory)) or 0
+            subjects = session.scalar(select(func.count()).select_from(Subject)) or 0
+            tenants = session.scalar(select(func.count()).select_from(Tenant)) or 0
+        loaded = self.indexes.loaded().values()
+        return StoreTotals(
+            memories=int(memories),
+            subjects=int(subjects),
+            tenants=int(tenants),
+            loaded_index_vectors=sum(index.ntotal for index in loaded),
+            loaded_index_bytes=sum(index.size_bytes for index in loaded),
         )
 
     # ---- access times ------------------------------------------------------------------------------

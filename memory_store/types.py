@@ -107,3 +107,24 @@ class Stats:
     index_vectors: int
     index_bytes: int
     index_kind: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionSummary:
+    """One session of a subject: how many memories carry its ``session_id`` and when they were written."""
+
+    session_id: str
+    memory_count: int
+    first_created_at: datetime
+    last_created_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreTotals:
+    """Counts across every tenant (for monitoring), and the size of the FAISS indexes loaded in this process."""
+
+    memories: int
+    subjects: int
+    tenants: int
+    loaded_index_vectors: int
+    loaded_index_bytes: int

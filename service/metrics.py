@@ -7,16 +7,15 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
-from memory_store.models import Memory, Subject, Tenant
 from memory_store.store import MemoryStore
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class StoreCollector(Collector):
-    """Memory, subject and tenant counts from SQL, and the size of the loaded FAISS indexes, at scrape time.
+    """Memory, subject and tenant counts and the size of the loaded FAISS indexes (``MemoryStore.totals``), at
+    scrape time.
 
     Totals only: per-tenant labels would expose tenant ids to anyone who can read /metrics."""
 
@@ -24,23 +23,21 @@ class StoreCollector(Collector):
         self._store = store
 
     def collect(self) -> Iterator[Metric]:
-        with self._store.engine.connect() as conn:
-            memories = conn.scalar(select(func.count()).select_from(Memory)) or 0
-            subjects = conn.scalar(select(func.count()).select_from(Subject)) or 0
-            tenants = conn.scalar(select(func.count()).select_from(Tenant)) or 0
-        indexes = self._store.indexes.loaded().values()
-        yield GaugeMetricFamily("sealmem_memories", "Memories stored (all tenants).", value=memories)
-        yield GaugeMetricFamily("sealmem_subjects", "Subjects with stored data (all tenants).", value=subjects)
-        yield GaugeMetricFamily("sealmem_tenants", "Tenants.", value=tenants)
+        totals = self._store.totals()
+        yield GaugeMetricFamily("sealmem_memories", "Memories stored (all tenants).", value=totals.memories)
+        yield GaugeMetricFamily(
+            "sealmem_subjects", "Subjects with stored data (all tenants).", value=totals.subjects
+        )
+        yield GaugeMetricFamily("sealmem_tenants", "Tenants.", value=totals.tenants)
         yield GaugeMetricFamily(
             "sealmem_index_vectors",
             "Vectors in the loaded FAISS indexes.",
-            value=sum(i.ntotal for i in indexes),
+            value=totals.loaded_index_vectors,
         )
         yield GaugeMetricFamily(
             "sealmem_index_bytes",
             "Approximate size of the loaded FAISS indexes.",
-            value=sum(i.size_bytes for i in indexes),
+            value=totals.loaded_index_bytes,
         )
 
 

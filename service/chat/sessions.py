@@ -2,24 +2,22 @@
 
 A turn is a memory with ``kind="turn"``, ``session_id`` and ``source="chat"`` (``source_ref`` = message id,
 metadata ``{"role", "message_id"}``), so the store encrypts it like any memory, and a turn that falls out of
-the prompt's working-memory budget is still in long-term memory. Listing sessions reads only plaintext
-columns (session id, kind, times) with one grouped query; turn text is decrypted only when read.
+the prompt's working-memory budget is still in long-term memory. Listing sessions
+(:meth:`MemoryStore.list_sessions`) reads only plaintext columns with one grouped query; turn text is
+decrypted only when read. Deleting a session (:meth:`MemoryStore.delete_many`) is one transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from datetime import UTC, datetime
 
 from memory_store import Filters, MemoryRecord, MemoryStore, NewMemory, NotFoundError
-from memory_store.models import Memory, Subject, utcnow
 
 TURN_KIND = "turn"
 CHAT_SOURCE = "chat"
+# Listing and deleting race with concurrent deletes of the same memories: list again this many times.
+_DELETE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -62,7 +60,7 @@ class SessionStore:
         actor: str,
         agent_id: str | None = None,
     ) -> list[MemoryRecord]:
-        now = utcnow()
+        now = datetime.now(UTC)
         items = [
             NewMemory(
                 subject=subject, text=user_text, kind=TURN_KIND, session_id=session_id, agent_id=agent_id,
@@ -81,35 +79,19 @@ class SessionStore:
         return self._store.add_batch(tenant_id=tenant_id, items=items, actor=actor)
 
     def list_sessions(self, *, tenant_id: str, subject: str, limit: int = 100) -> list[SessionInfo]:
-        with Session(self._store.engine) as session:
-            owner = session.scalar(
-                select(Subject.id).where(Subject.tenant_id == tenant_id, Subject.external_id == subject)
+        """The subject's chat sessions, most recently active first (empty for an unknown subject)."""
+        try:
+            sessions = self._store.list_sessions(
+                tenant_id=tenant_id, subject=subject, kinds=(TURN_KIND,), limit=limit
             )
-            if owner is None:
-                return []
-            rows = session.execute(
-                select(
-                    Memory.session_id,
-                    func.count(Memory.id),
-                    func.min(Memory.created_at),
-                    func.max(Memory.created_at),
-                )
-                .where(
-                    Memory.tenant_id == tenant_id,
-                    Memory.subject_id == owner,
-                    Memory.kind == TURN_KIND,
-                    Memory.session_id.is_not(None),
-                )
-                .group_by(Memory.session_id)
-                .order_by(func.max(Memory.created_at).desc())
-                .limit(limit)
-            ).all()
+        except NotFoundError:
+            return []
         return [
             SessionInfo(
-                session_id=str(sid), subject=subject, turns=int(n),
-                created_at=_aware(first), last_activity_at=_aware(last),
+                session_id=s.session_id, subject=subject, turns=s.memory_count,
+                created_at=s.first_created_at, last_activity_at=s.last_created_at,
             )
-            for sid, n, first, last in rows
+            for s in sessions
         ]
 
     def session_turns(
@@ -124,39 +106,41 @@ class SessionStore:
     def delete_session(
         self, *, tenant_id: str, subject: str, session_id: str, actor: str, include_derived: bool = False
     ) -> list[str]:
-        """Delete the session's turns (and, with ``include_derived``, every memory written from it)."""
-        kinds: Sequence[str] | None = None if include_derived else (TURN_KIND,)
-        deleted: list[str] = []
+        """Delete the session's turns (and, with ``include_derived``, every memory written from it) in one
+        transaction; returns their ids, newest first. NotFoundError if the session has none."""
+        filters = Filters(
+            session_id=session_id, kinds=None if include_derived else (TURN_KIND,), include_superseded=True
+        )
+        for attempt in range(_DELETE_ATTEMPTS):
+            ids = self._memory_ids(tenant_id=tenant_id, subject=subject, filters=filters)
+            if not ids:
+                break
+            try:
+                self._store.delete_many(tenant_id=tenant_id, memory_ids=ids, subject=subject, actor=actor)
+            except NotFoundError:
+                if attempt == _DELETE_ATTEMPTS - 1:
+                    raise
+                continue  # one of them was deleted since the listing: list again
+            return ids
+        raise NotFoundError("session not found")
+
+    def _memory_ids(self, *, tenant_id: str, subject: str, filters: Filters) -> list[str]:
+        """Ids of the subject's memories that pass ``filters``, newest first (empty for an unknown subject)."""
+        ids: list[str] = []
+        cursor: str | None = None
         try:
             while True:
                 page = self._store.list(
-                    tenant_id=tenant_id,
-                    subject=subject,
-                    filters=Filters(
-                        session_id=session_id,
-                        kinds=tuple(kinds) if kinds else None,
-                        include_superseded=True,
-                    ),
-                    limit=500,
+                    tenant_id=tenant_id, subject=subject, filters=filters, cursor=cursor, limit=1000
                 )
-                if not page.items:
-                    break
-                for record in page.items:
-                    self._store.delete(tenant_id=tenant_id, memory_id=record.id, subject=subject, actor=actor)
-                    deleted.append(record.id)
+                ids.extend(record.id for record in page.items)
+                if page.next_cursor is None:
+                    return ids
+                cursor = page.next_cursor
         except NotFoundError:
-            pass
-        if not deleted:
-            raise NotFoundError("session not found")
-        return deleted
+            return []
 
 
 def _turn_order(record: MemoryRecord) -> tuple[datetime, int]:
     seq = record.metadata.get("seq", 0)
     return (record.created_at, int(seq) if isinstance(seq, int) else 0)
-
-
-def _aware(stamp: datetime) -> datetime:
-    from datetime import UTC
-
-    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp
