@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from memory_store.credentials import KEY_SCHEME, ApiKeyStore
-from service.errors import ApiError
+from service.errors import InvalidInput, NotFound, RateLimited, Unauthorized
 from service.metrics import Metrics
 from service.ratelimit import RateLimiter
 from service.tokens import SCOPES, InvalidToken, TokenSigner
@@ -20,7 +20,6 @@ from service.tokens import SCOPES, InvalidToken, TokenSigner
 log = logging.getLogger("sealmem.auth")
 SUBJECT_TOKEN_ROLE = "subject"  # noqa: S105 (a role name, not a secret)
 _KEY_SCOPES = {"admin": frozenset(SCOPES), "app": frozenset(SCOPES), "reader": frozenset({"read"})}
-_UNAUTHORIZED_HEADERS = {"WWW-Authenticate": "Bearer"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,15 +42,11 @@ class Principal:
         # Tokens of one subject share a bucket, so minting new tokens does not reset a limit.
         return f"{self.key_id}/{self.subject}" if self.is_subject_token else self.key_id
 
-    def allows(self, *, roles: frozenset[str], scope: str | None) -> bool:
-        """Keys are judged by role, subject tokens by scope (``scope=None``: no token may do this)."""
+    def allows(self, *, roles: frozenset[str], scopes: frozenset[str]) -> bool:
+        """Keys are judged by role, subject tokens by holding any of ``scopes`` (none: no token may do this)."""
         if self.is_subject_token:
-            return scope is not None and scope in self.scopes
+            return bool(self.scopes & scopes)
         return self.role in roles
-
-
-def unauthorized(message: str = "missing or invalid credential") -> ApiError:
-    return ApiError(401, message, headers=_UNAUTHORIZED_HEADERS)
 
 
 class Authenticator:
@@ -62,21 +57,21 @@ class Authenticator:
         self._metrics = metrics
 
     def authenticate(self, credential: str) -> Principal:
-        """Resolve a bearer credential (API key or subject token); raises a 401 :class:`ApiError`."""
+        """Resolve a bearer credential (API key or subject token); raises :class:`Unauthorized` (401) or
+        :class:`RateLimited` (429)."""
         principal = self._from_key(credential) if credential.startswith(KEY_SCHEME) else self._from_token(credential)
         retry_after = self._limiter.acquire(principal.rate_key)
         if retry_after is not None:
             self._metrics.rate_limited.inc()
-            raise ApiError(
-                429,
+            raise RateLimited(
                 "rate limit exceeded for this credential",
                 headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
             )
         return principal
 
-    def _reject(self, reason: str) -> ApiError:
+    def _reject(self, reason: str) -> Unauthorized:
         self._metrics.auth_failures.labels(reason=reason).inc()
-        return unauthorized()
+        return Unauthorized()
 
     def _from_key(self, secret: str) -> Principal:
         info = self._keys.authenticate(secret)
@@ -107,8 +102,8 @@ def subject_for(principal: Principal, requested: str | None) -> str:
     if principal.is_subject_token:
         assert principal.subject is not None
         if requested is not None and requested != principal.subject:
-            raise ApiError(404, "subject not found")
+            raise NotFound("subject not found")
         return principal.subject
     if requested is None:
-        raise ApiError(422, "subject: required when calling with an API key")
+        raise InvalidInput("subject: required when calling with an API key")
     return requested

@@ -1,4 +1,8 @@
-"""FastAPI dependencies as ``Annotated`` aliases: the services, and a caller with the rights a route needs."""
+"""FastAPI dependencies as ``Annotated`` aliases: the services, and a caller with the rights a route needs.
+
+Every route, memory and chat alike, admits callers through :func:`permit`: API keys by role, subject tokens by
+scope.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ from fastapi import Depends, Request
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.auth import Principal, unauthorized
-from service.errors import ApiError
+from service.auth import Principal
+from service.errors import Forbidden, InvalidInput, Unauthorized
 from service.services import Services
 
 bearer = HTTPBearer(
@@ -35,20 +39,25 @@ def current_principal(
 ) -> Principal:
     if credentials is None or not credentials.credentials:
         services.metrics.auth_failures.labels(reason="missing").inc()
-        raise unauthorized()
+        raise Unauthorized()
     principal = services.auth.authenticate(credentials.credentials)
     request.state.credential_id = principal.key_id
     request.state.tenant_id = principal.tenant_id
     return principal
 
 
-def permit(*, roles: frozenset[str], scope: str | None) -> Callable[[Principal], Principal]:
-    """A dependency admitting API keys with one of ``roles`` and subject tokens holding ``scope``."""
+def permit(
+    *, roles: frozenset[str], scopes: frozenset[str] = frozenset(), quote_scopes: bool = False
+) -> Callable[[Principal], Principal]:
+    """A dependency admitting API keys with one of ``roles`` and subject tokens holding any of ``scopes``
+    (no scopes: no subject token). A refused token is told which scopes it lacks (names in quotes with
+    ``quote_scopes``); a refused key, or a token where no scope would do, that it lacks a role allowed here."""
+    names = " or ".join(f"'{s}'" if quote_scopes else s for s in sorted(scopes))
 
     def dependency(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
-        if not principal.allows(roles=roles, scope=scope):
-            what = f"the '{scope}' scope" if principal.is_subject_token and scope else "a role allowed here"
-            raise ApiError(403, f"this credential lacks {what}")
+        if not principal.allows(roles=roles, scopes=scopes):
+            what = f"the {names} scope" if principal.is_subject_token and scopes else "a role allowed here"
+            raise Forbidden(f"this credential lacks {what}")
         return principal
 
     return dependency
@@ -56,35 +65,47 @@ def permit(*, roles: frozenset[str], scope: str | None) -> Callable[[Principal],
 
 _ANY_KEY = frozenset({"admin", "app", "reader"})
 _WRITERS = frozenset({"admin", "app"})
+_NO_TOKEN: frozenset[str] = frozenset()
 
-Reader = Annotated[Principal, Depends(permit(roles=_ANY_KEY, scope="read"))]
+AnyCaller = Annotated[Principal, Depends(current_principal)]
+"""Any valid credential."""
+Reader = Annotated[Principal, Depends(permit(roles=_ANY_KEY, scopes=frozenset({"read"}), quote_scopes=True))]
 """Any API key, or a subject token with the ``read`` scope."""
-Writer = Annotated[Principal, Depends(permit(roles=_WRITERS, scope="write"))]
+Writer = Annotated[Principal, Depends(permit(roles=_WRITERS, scopes=frozenset({"write"}), quote_scopes=True))]
 """An admin or app key, or a subject token with the ``write`` scope."""
-Minter = Annotated[Principal, Depends(permit(roles=_WRITERS, scope=None))]
+Minter = Annotated[Principal, Depends(permit(roles=_WRITERS, scopes=_NO_TOKEN))]
 """An admin or app key (subject tokens cannot mint tokens)."""
-Admin = Annotated[Principal, Depends(permit(roles=frozenset({"admin"}), scope=None))]
+Admin = Annotated[Principal, Depends(permit(roles=frozenset({"admin"}), scopes=_NO_TOKEN))]
 """An admin key of the tenant."""
+Chatter = Annotated[Principal, Depends(permit(roles=_WRITERS, scopes=frozenset({"chat"})))]
+"""An admin or app key, or a subject token with the ``chat`` scope."""
+SessionReader = Annotated[Principal, Depends(permit(roles=_ANY_KEY, scopes=frozenset({"read", "chat"})))]
+"""Any API key, or a subject token with the ``read`` or the ``chat`` scope."""
+SessionWriter = Annotated[Principal, Depends(permit(roles=_WRITERS, scopes=frozenset({"write", "chat"})))]
+"""An admin or app key, or a subject token with the ``write`` or the ``chat`` scope."""
 
 
-_declared_queries: dict[int, tuple[frozenset[str], frozenset[str]]] = {}
+_QUERY_NAMES = "_sealmem_query_names"  # the attribute caching a route's query parameter names on the route
 
 
 def _query_names(route: APIRoute) -> tuple[frozenset[str], frozenset[str]]:
-    """All query parameter names of the route, and those that take several values (lists)."""
-    names = _declared_queries.get(id(route))
-    if names is None:
-        found: set[str] = set()
-        repeatable: set[str] = set()
-        pending = [route.dependant]
-        while pending:
-            dependant = pending.pop()
-            for param in dependant.query_params:
-                found.add(param.alias)
-                if _is_sequence(param.field_info.annotation):
-                    repeatable.add(param.alias)
-            pending.extend(dependant.dependencies)
-        names = _declared_queries[id(route)] = (frozenset(found), frozenset(repeatable))
+    """All query parameter names of the route, and those that take several values (lists); collected once
+    per route object and kept on it."""
+    cached: tuple[frozenset[str], frozenset[str]] | None = getattr(route, _QUERY_NAMES, None)
+    if cached is not None:
+        return cached
+    found: set[str] = set()
+    repeatable: set[str] = set()
+    pending = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        for param in dependant.query_params:
+            found.add(param.alias)
+            if _is_sequence(param.field_info.annotation):
+                repeatable.add(param.alias)
+        pending.extend(dependant.dependencies)
+    names = (frozenset(found), frozenset(repeatable))
+    setattr(route, _QUERY_NAMES, names)
     return names
 
 
@@ -105,7 +126,7 @@ def reject_unknown_query(request: Request) -> None:
     unknown = sorted(set(keys) - declared)
     if unknown:
         shown = ", ".join(repr(name[:40]) for name in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
-        raise ApiError(422, f"unknown query parameter(s): {shown}")
+        raise InvalidInput(f"unknown query parameter(s): {shown}")
     repeated = sorted({key for key in keys if keys.count(key) > 1} - repeatable)
     if repeated:
-        raise ApiError(422, f"query parameter {repeated[0]!r} given more than once")
+        raise InvalidInput(f"query parameter {repeated[0]!r} given more than once")

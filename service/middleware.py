@@ -23,6 +23,9 @@ _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 class BodyTooLarge(HTTPException):
+    """413 from inside ``receive``: a Starlette ``HTTPException`` (not a :mod:`service.errors` class), because
+    FastAPI turns any other exception raised while it reads a body into a 400."""
+
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body larger than {limit} bytes")
 

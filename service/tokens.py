@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args
 import jwt
 
 from memory_store.models import utcnow
+from service.errors import Unauthorized
 
 Scope = Literal["read", "write", "chat"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
@@ -25,11 +26,12 @@ _REQUIRED = ["exp", "iat", "jti", "iss", "aud", "tenant", "subject", "scopes", "
 _LEEWAY_SECONDS = 5
 
 
-class InvalidToken(Exception):
-    """The token is not one this service issued and still honours; ``reason`` is for logs and metrics."""
+class InvalidToken(Unauthorized):
+    """The token is not one this service issued and still honours (401); ``reason`` is for logs and metrics
+    only, never for the caller."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+        super().__init__()
         self.reason = reason
 
 

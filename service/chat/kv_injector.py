@@ -20,24 +20,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from service.chat.service import InjectionRequest
-from service.llm.backend import GenerationParams, GenerationStats, LLMError
-from service.llm.kv import KVContextTooLongError, KVEngine, KVRequest, KVSettings, Layout, MemoryText
+from service.llm.backend import GenerationParams, GenerationStats
+from service.llm.kv import KVEngine, KVRequest, KVResult, KVSettings, Layout, MemoryText
 from service.llm.kv import split_chat_prompt as _split_chat_prompt
 from service.llm.loader import LoadedModel
 from service.llm.local import LocalBackend
 
 log = logging.getLogger("sealmem.chat.kv")
-
-
-class KVContextError(LLMError):
-    """The assembled KV context plus the reply would exceed the model's positions."""
-
-    status = 422
-    code = "message_too_long"
 
 
 class LockedTokenizer:
@@ -131,13 +124,13 @@ class KVInjector:
         *,
         cancel: threading.Event,
     ) -> AsyncIterator[str]:
-        warnings: list[str] = []
         if not request.prompt.memory_lines:
             # Nothing to inject: exactly the prompt path (same messages, same sampling).
             stats.info.update(layout=None, injected_as="prompt", warnings=["no memories to inject"])
             async for delta in self.backend.stream(request.prompt.messages(), params, stats, cancel=cancel):
                 yield delta
             return
+        warnings: list[str] = []
         if params.temperature > 0:
             warnings.append("KV injection decodes greedily; temperature and top_p are ignored")
         kv_request = self.kv_request(request)
@@ -146,59 +139,79 @@ class KVInjector:
         stats.info.update(layout=layout, injected_as="kv", warnings=warnings)
 
         def run(inner: threading.Event) -> Iterator[str]:
-            state = {"stop": False}
-
-            def should_stop(_text: str) -> bool:
-                return state["stop"] or cancel.is_set() or inner.is_set()
-
-            kv = self.engine.stream(
-                kv_request, injection="kv", layout=layout, max_new_tokens=params.max_new_tokens,
-                should_stop=should_stop,
-            )
-            text, emitted = "", 0
-            deltas = iter(kv)
-            try:
-                for delta in deltas:
-                    text += delta
-                    end = len(text)
-                    for stop in params.stop:
-                        at = text.find(stop)
-                        if at >= 0:
-                            end = min(end, at)
-                            state["stop"] = True
-                    if end > emitted:
-                        yield text[emitted:end]
-                        emitted = end
-                    if state["stop"]:
-                        break
-            except KVContextTooLongError as exc:
-                raise KVContextError(str(exc)) from exc
-            finally:
-                close = getattr(deltas, "close", None)
-                if close is not None:
-                    close()  # a stop string or a cancel: end the engine's generation (and its inference mode) now
-            if state["stop"] or cancel.is_set() or inner.is_set():
-                stats.finish_reason = "stop" if state["stop"] else "cancelled"
-                stats.completion_tokens = len(self.engine.tokenize(text)) if text else 0
-                return
-            result = kv.result
-            stats.prompt_tokens = result.cache_tokens + result.prefill_tokens
-            stats.completion_tokens = len(result.token_ids)
-            stats.finish_reason = result.finish_reason
-            stats.info.update(
-                layout=result.layout,
-                injected_as=result.injection,
-                warnings=warnings + list(result.warnings),
-                kv={
-                    "cache_tokens": result.cache_tokens,
-                    "prefill_tokens": result.prefill_tokens,
-                    "memory_tokens": result.memory_tokens,
-                    "encoded_memories": result.encoded_memories,
-                    "encode_ms": round(result.timings.encode_s * 1000.0, 2),
-                    "assemble_ms": round(result.timings.assemble_s * 1000.0, 2),
-                    "prefill_ms": round(result.timings.prefill_s * 1000.0, 2),
-                },
+            return self._generate(
+                kv_request, layout, params, stats, warnings, cancelled=lambda: cancel.is_set() or inner.is_set()
             )
 
+        # stream_sync raises errors that carry a status (a context too long for the model: 422) as they are
         async for delta in self.backend.stream_sync(run, stats):
             yield delta
+
+    def _generate(
+        self,
+        kv_request: KVRequest,
+        layout: Layout,
+        params: GenerationParams,
+        stats: GenerationStats,
+        warnings: list[str],
+        *,
+        cancelled: Callable[[], bool],
+    ) -> Iterator[str]:
+        """The engine's text deltas up to the first stop string; runs in the backend's worker thread."""
+        state = {"stop": False}
+        kv = self.engine.stream(
+            kv_request, injection="kv", layout=layout, max_new_tokens=params.max_new_tokens,
+            should_stop=lambda _text: state["stop"] or cancelled(),
+        )
+        text, emitted = "", 0
+        deltas = iter(kv)
+        try:
+            for delta in deltas:
+                text += delta
+                end, state["stop"] = _cut_at_stop(text, params.stop, stopped=state["stop"])
+                if end > emitted:
+                    yield text[emitted:end]
+                    emitted = end
+                if state["stop"]:
+                    break
+        finally:
+            close = getattr(deltas, "close", None)
+            if close is not None:
+                close()  # a stop string or a cancel: end the engine's generation (and its inference mode) now
+        if state["stop"] or cancelled():
+            stats.finish_reason = "stop" if state["stop"] else "cancelled"
+            stats.completion_tokens = len(self.engine.tokenize(text)) if text else 0
+            return
+        _record(stats, kv.result, warnings)
+
+
+def _cut_at_stop(text: str, stops: Sequence[str], *, stopped: bool) -> tuple[int, bool]:
+    """Where ``text`` ends before the earliest stop string, and whether one was found (or ``stopped`` was)."""
+    end = len(text)
+    for stop in stops:
+        at = text.find(stop)
+        if at >= 0:
+            end = min(end, at)
+            stopped = True
+    return end, stopped
+
+
+def _record(stats: GenerationStats, result: KVResult, warnings: list[str]) -> None:
+    """What the engine ran, into ``stats`` (and its ``info``: layout, warnings, cache and timing figures)."""
+    stats.prompt_tokens = result.cache_tokens + result.prefill_tokens
+    stats.completion_tokens = len(result.token_ids)
+    stats.finish_reason = result.finish_reason
+    stats.info.update(
+        layout=result.layout,
+        injected_as=result.injection,
+        warnings=warnings + list(result.warnings),
+        kv={
+            "cache_tokens": result.cache_tokens,
+            "prefill_tokens": result.prefill_tokens,
+            "memory_tokens": result.memory_tokens,
+            "encoded_memories": result.encoded_memories,
+            "encode_ms": round(result.timings.encode_s * 1000.0, 2),
+            "assemble_ms": round(result.timings.assemble_s * 1000.0, 2),
+            "prefill_ms": round(result.timings.prefill_s * 1000.0, 2),
+        },
+    )

@@ -5,9 +5,10 @@
   pointing the official ``openai`` client's ``base_url`` at Sealmem;
 - ``GET /v1/sessions``, ``GET/DELETE /v1/sessions/{id}``: a subject's conversations (working memory).
 
-The app puts a :class:`~service.chat.runtime.ChatRuntime` on ``app.state.chat``. Authorisation follows the
-service's rules: chat needs an admin or app key (any subject of its tenant) or a subject token with the
-``chat`` scope (its own subject only; another subject is a 404). Every retrieval and write is audited.
+The app puts a :class:`~service.chat.runtime.ChatRuntime` on ``app.state.chat``. Authorisation uses the
+aliases of :mod:`service.deps`: chat needs an admin or app key (any subject of its tenant) or a subject token
+with the ``chat`` scope (its own subject only; another subject is a 404). Every retrieval and write is audited.
+Both chat endpoints stream through one driver (:func:`_drive`), each in its own event format.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -43,20 +45,23 @@ from service.chat.schemas import (
     WriteBackStatus,
     WrittenMemory,
 )
-from service.chat.service import (
-    ChatError,
-    ChatOutcome,
-    ChatRequest,
-    Prepared,
-    history_from,
-    new_session_id,
-)
+from service.chat.service import ChatOutcome, ChatRequest, Prepared, history_from, new_session_id
 from service.chat.writeback import Caller
-from service.deps import ServicesDep, current_principal
-from service.errors import ERROR_RESPONSES, ApiError, ErrorBody, request_id_of
-from service.llm.backend import ChatMessage, GenerationParams, GenerationStats, LLMBusyError, LLMError
+from service.deps import AnyCaller, Chatter, ServicesDep, SessionReader, SessionWriter
+from service.errors import (
+    ERROR_RESPONSES,
+    ApiError,
+    ErrorBody,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+    error_body,
+    request_id_of,
+)
+from service.llm.backend import ChatMessage, GenerationParams, GenerationStats
 from service.routes.common import actor_of
 from service.schemas import IDENTIFIER_PATTERN
+from service.services import Services
 
 log = logging.getLogger("sealmem.chat")
 router = APIRouter(
@@ -64,8 +69,6 @@ router = APIRouter(
     responses={**ERROR_RESPONSES, 503: {"model": ErrorBody, "description": "Chat is disabled, or the model loads."}},
 )
 
-_KEYS_ALL = frozenset({"admin", "app", "reader"})
-_KEYS_WRITE = frozenset({"admin", "app"})
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -75,35 +78,11 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 def get_chat(request: Request) -> ChatRuntime:
     chat: ChatRuntime | None = getattr(request.app.state, "chat", None)
     if chat is None:
-        raise ApiError(503, "chat is not enabled on this server", code="unavailable")
+        raise Unavailable("chat is not enabled on this server")
     return chat
 
 
 ChatDep = Annotated[ChatRuntime, Depends(get_chat)]
-
-
-def _permit_any(*, roles: frozenset[str], scopes: frozenset[str]) -> Callable[[Principal], Principal]:
-    """API keys with one of ``roles``; subject tokens holding any of ``scopes``."""
-
-    def dependency(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
-        allowed = (
-            bool(principal.scopes & scopes) if principal.is_subject_token else principal.role in roles
-        )
-        if not allowed:
-            what = f"the {' or '.join(sorted(scopes))} scope" if principal.is_subject_token else "a role allowed here"
-            raise ApiError(403, f"this credential lacks {what}")
-        return principal
-
-    return dependency
-
-
-Chatter = Annotated[Principal, Depends(_permit_any(roles=_KEYS_WRITE, scopes=frozenset({"chat"})))]
-"""An admin or app key, or a subject token with the ``chat`` scope."""
-SessionReader = Annotated[Principal, Depends(_permit_any(roles=_KEYS_ALL, scopes=frozenset({"read", "chat"})))]
-SessionWriter = Annotated[
-    Principal, Depends(_permit_any(roles=_KEYS_WRITE, scopes=frozenset({"write", "chat"})))
-]
-AnyCaller = Annotated[Principal, Depends(current_principal)]
 SessionId = Annotated[str, Path(min_length=1, max_length=256, pattern=IDENTIFIER_PATTERN)]
 SubjectQuery = Annotated[
     str | None, Query(min_length=1, max_length=256, pattern=IDENTIFIER_PATTERN, description="Subject id.")
@@ -118,7 +97,7 @@ def _caller(principal: Principal, request: Request) -> Caller:
 
 
 async def _audit(
-    services: ServicesDep,
+    services: Services,
     request: Request,
     principal: Principal,
     action: str,
@@ -137,7 +116,7 @@ async def _audit(
 
 
 async def _subject(
-    services: ServicesDep, request: Request, principal: Principal, requested: str | None, action: str
+    services: Services, request: Request, principal: Principal, requested: str | None, action: str
 ) -> str:
     """:func:`subject_for`, with a refusal (another subject than a token's: 404) audited as the memory routes
     audit theirs, so probing other subjects through chat or sessions leaves a trace."""
@@ -148,39 +127,21 @@ async def _subject(
         raise
 
 
-def _api_error(exc: BaseException) -> ApiError:
-    if isinstance(exc, ApiError):
-        return exc
-    if isinstance(exc, ChatError):
-        return ApiError(exc.status, exc.message, code=exc.code)
-    if isinstance(exc, LLMError):
-        headers = {"Retry-After": "2"} if isinstance(exc, LLMBusyError) else None
-        return ApiError(exc.status, str(exc) or "the language model failed", code=exc.code, headers=headers)
-    raise exc
-
-
-def _error_payload(exc: BaseException, request: Request) -> dict[str, Any]:
-    try:
-        err = _api_error(exc)
-        code, message = err.code, err.message
-    except BaseException:
-        code, message = "internal_error", "internal server error"
-    return {"error": {"code": code, "message": message, "request_id": request_id_of(request)}}
+# ---- one chat turn: prepare, generate, store -------------------------------------------------------------
 
 
 async def _prepare(
-    chat: ChatRuntime, services: ServicesDep, request: Request, principal: Principal, req: ChatRequest
+    chat: ChatRuntime, services: Services, request: Request, principal: Principal, req: ChatRequest
 ) -> Prepared:
     """Retrieval and prompt, audited as ``chat.retrieve`` (ids of every memory and turn decrypted)."""
     try:
         prepared = await chat.service.prepare(req)
     except Exception as exc:
-        err = _api_error(exc) if isinstance(exc, ChatError | LLMError | ApiError) else exc
         await _audit(
             services, request, principal, "chat.retrieve", subject=req.subject,
-            outcome=outcome_of(err), detail={"session_id": req.session_id},
+            outcome=outcome_of(exc), detail={"session_id": req.session_id},
         )
-        raise err from None
+        raise
     await _audit(
         services, request, principal, "chat.retrieve", subject=req.subject,
         memory_ids=prepared.retrieved_ids + list(prepared.history_ids),
@@ -192,57 +153,138 @@ async def _prepare(
     return prepared
 
 
-async def _finish(
-    chat: ChatRuntime,
-    services: ServicesDep,
-    request: Request,
-    principal: Principal,
-    prepared: Prepared,
-    reply: str,
-    stats: GenerationStats,
-) -> ChatOutcome:
-    outcome = await chat.service.finish(prepared, reply, stats)
-    written = [w["id"] for w in outcome.memories_written if w.get("id")]
-    if written:
-        await _audit(
-            services, request, principal, "chat.write", subject=prepared.request.subject, memory_ids=written,
-            detail={"session_id": prepared.request.session_id, "message_id": prepared.request.message_id},
-        )
-    return outcome
-
-
-async def _first_delta(stream: AsyncIterator[str]) -> str | None:
-    """Pull the first delta before the response starts, so LLM errors still get their HTTP status."""
-    try:
-        return await stream.__anext__()
-    except StopAsyncIteration:
-        return None
-    except (LLMError, ChatError) as exc:
-        raise _api_error(exc) from None
-
-
-def _finish_later(
-    chat: ChatRuntime, services: ServicesDep, request: Request, principal: Principal,
-    prepared: Prepared, parts: list[str], stats: GenerationStats,
-) -> None:
-    """The client went away mid-stream: still store what was said, without blocking the cancelled task."""
-
-    async def run() -> None:
-        try:
-            await _finish(chat, services, request, principal, prepared, "".join(parts).strip(), stats)
-        except Exception:
-            log.exception("storing the turns of an interrupted chat failed")
-
-    task = asyncio.get_running_loop().create_task(run())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
 _background: set[asyncio.Task[None]] = set()
+
+
+@dataclass
+class _Turn:
+    """One chat turn after :func:`_prepare`: its generation, and the write-back of what was said."""
+
+    chat: ChatRuntime
+    services: Services
+    request: Request
+    principal: Principal
+    prepared: Prepared
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    stream: AsyncIterator[str] = field(init=False)  # the reply's text deltas
+
+    def __post_init__(self) -> None:
+        self.stream = self.chat.service.stream(self.prepared, self.stats, cancel=self.cancel)
+
+    async def finish(self, reply: str) -> ChatOutcome:
+        """Store the turns and queue distillation; the memories written are audited as ``chat.write``."""
+        outcome = await self.chat.service.finish(self.prepared, reply, self.stats)
+        written = [w["id"] for w in outcome.memories_written if w.get("id")]
+        if written:
+            req = self.prepared.request
+            await _audit(
+                self.services, self.request, self.principal, "chat.write", subject=req.subject,
+                memory_ids=written, detail={"session_id": req.session_id, "message_id": req.message_id},
+            )
+        return outcome
+
+    async def complete(self) -> ChatOutcome:
+        """The whole reply, then :meth:`finish`; a generation error propagates to the error handler."""
+        reply = "".join([delta async for delta in self.stream]).strip()
+        return await self.finish(reply)
+
+    def finish_later(self, parts: list[str]) -> None:
+        """The client went away mid-stream: still store what was said, without blocking the cancelled task."""
+
+        async def run() -> None:
+            try:
+                await self.finish("".join(parts).strip())
+            except Exception:
+                log.exception("storing the turns of an interrupted chat failed")
+
+        task = asyncio.get_running_loop().create_task(run())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def streaming(self, fmt: _StreamFormat) -> StreamingResponse:
+        """Pull the first delta before the response starts, so a generation error still gets its HTTP status;
+        the rest streams through :func:`_drive` in ``fmt``'s format."""
+        try:
+            first: str | None = await anext(self.stream)
+        except StopAsyncIteration:
+            first = None
+        return StreamingResponse(_drive(self, first, fmt), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+class _StreamFormat(Protocol):
+    """How a streaming endpoint writes the events of :func:`_drive`."""
+
+    def opening(self) -> list[bytes]: ...
+
+    def delta(self, text: str) -> bytes: ...
+
+    def closing(self, outcome: ChatOutcome) -> list[bytes]: ...
+
+    def error(self, body: dict[str, Any]) -> bytes: ...
+
+
+async def _drive(turn: _Turn, first: str | None, fmt: _StreamFormat) -> AsyncIterator[bytes]:
+    """The one streaming loop: deltas as they come, then the stored turn's closing events.
+
+    An :class:`ApiError` of the generation becomes an error event (nothing is stored). Any other exception,
+    such as the client going away, cancels the generation; if it came before the end, what was said until
+    then is still stored.
+    """
+    parts: list[str] = []
+    done = False
+    try:
+        for event in fmt.opening():
+            yield event
+        if first is not None:
+            parts.append(first)
+            yield fmt.delta(first)
+            async for delta in turn.stream:
+                parts.append(delta)
+                yield fmt.delta(delta)
+        done = True
+        outcome = await turn.finish("".join(parts).strip())
+        for event in fmt.closing(outcome):
+            yield event
+    except ApiError as exc:
+        yield fmt.error(error_body(request_id_of(turn.request), exc.code, exc.message))
+    except BaseException:
+        turn.cancel.set()
+        if not done:
+            turn.finish_later(parts)
+        raise
+
+
+# ---- POST /v1/chat ------------------------------------------------------------------------------------
 
 
 def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n".encode()
+
+
+class _SealmemEvents:
+    """``/v1/chat`` streams: ``delta`` events, then one ``done`` event with the full response body (or one
+    ``error`` event)."""
+
+    def opening(self) -> list[bytes]:
+        return []
+
+    def delta(self, text: str) -> bytes:
+        return _sse("delta", {"text": text})
+
+    def closing(self, outcome: ChatOutcome) -> list[bytes]:
+        return [_sse("done", _chat_response(outcome).model_dump(mode="json"))]
+
+    def error(self, body: dict[str, Any]) -> bytes:
+        return _sse("error", body)
+
+
+def _usage(stats: GenerationStats) -> dict[str, int]:
+    return {
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.completion_tokens,
+        "total_tokens": stats.prompt_tokens + stats.completion_tokens,
+    }
 
 
 def _chat_response(outcome: ChatOutcome) -> ChatResponse:
@@ -261,11 +303,7 @@ def _chat_response(outcome: ChatOutcome) -> ChatResponse:
         memories_dropped=list(prepared.prompt.dropped_memory_ids),
         memories_written=written,
         write_back=WriteBackStatus(**outcome.write_back),
-        usage=Usage(
-            prompt_tokens=stats.prompt_tokens,
-            completion_tokens=stats.completion_tokens,
-            total_tokens=stats.prompt_tokens + stats.completion_tokens,
-        ),
+        usage=Usage(**_usage(stats)),
         timings=outcome.timings,
         info=dict(stats.info),
     )
@@ -280,15 +318,12 @@ def _params(chat: ChatRuntime, max_tokens: int | None, temperature: float | None
     )
 
 
-def _k(chat: ChatRuntime, k: int | None, services: ServicesDep) -> int:
+def _k(chat: ChatRuntime, k: int | None, services: Services) -> int:
     value = chat.settings.chat_default_k if k is None else k
     if value > chat.settings.chat_max_k:
-        raise ApiError(422, f"k: at most {chat.settings.chat_max_k}")
+        raise InvalidInput(f"k: at most {chat.settings.chat_max_k}")
     services.limits.k(max(value, 1))
     return value
-
-
-# ---- POST /v1/chat ------------------------------------------------------------------------------------
 
 
 @router.post(
@@ -324,42 +359,10 @@ async def chat_endpoint(
         params=_params(chat, body.max_tokens, body.temperature),
         agent_id=body.agent_id,
     )
-    prepared = await _prepare(chat, services, request, principal, req)
-    stats = GenerationStats()
-    cancel = threading.Event()
-    stream = chat.service.stream(prepared, stats, cancel=cancel)
+    turn = _Turn(chat, services, request, principal, await _prepare(chat, services, request, principal, req))
     if not body.stream:
-        try:
-            reply = "".join([delta async for delta in stream]).strip()
-        except (LLMError, ChatError) as exc:
-            raise _api_error(exc) from None
-        outcome = await _finish(chat, services, request, principal, prepared, reply, stats)
-        return _chat_response(outcome)
-
-    first = await _first_delta(stream)
-
-    async def events() -> AsyncIterator[bytes]:
-        parts: list[str] = []
-        done = False
-        try:
-            if first is not None:
-                parts.append(first)
-                yield _sse("delta", {"text": first})
-                async for delta in stream:
-                    parts.append(delta)
-                    yield _sse("delta", {"text": delta})
-            done = True
-            outcome = await _finish(chat, services, request, principal, prepared, "".join(parts).strip(), stats)
-            yield _sse("done", _chat_response(outcome).model_dump(mode="json"))
-        except (LLMError, ChatError) as exc:
-            yield _sse("error", _error_payload(exc, request))
-        except BaseException:
-            cancel.set()
-            if not done:
-                _finish_later(chat, services, request, principal, prepared, parts, stats)
-            raise
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+        return _chat_response(await turn.complete())
+    return await turn.streaming(_SealmemEvents())
 
 
 # ---- OpenAI-compatible ----------------------------------------------------------------------------------
@@ -373,7 +376,7 @@ def _conversation_session(subject: str, messages: Sequence[ChatMessage]) -> str:
 
 
 def _completion_request(
-    body: CompletionBody, principal: Principal, chat: ChatRuntime, services: ServicesDep, request: Request,
+    body: CompletionBody, principal: Principal, chat: ChatRuntime, services: Services, request: Request,
     subject: str,
 ) -> ChatRequest:
     system: list[str] = []
@@ -386,12 +389,12 @@ def _completion_request(
         elif message.role in ("user", "assistant") and text:
             turns.append(ChatMessage(message.role, text))
     if not turns or turns[-1].role != "user":
-        raise ApiError(422, "messages: the last message must be a non-empty user message")
+        raise InvalidInput("messages: the last message must be a non-empty user message")
     services.limits.text(turns[-1].content, field="messages[-1].content")
     header = request.headers.get(chat.settings.chat_session_header)
     session_id = body.session_id or header or _conversation_session(subject, turns)
     if len(session_id) > 256 or not session_id.isprintable():
-        raise ApiError(422, f"{chat.settings.chat_session_header}: 1-256 printable characters")
+        raise InvalidInput(f"{chat.settings.chat_session_header}: 1-256 printable characters")
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     prior = history_from(turns[:-1])
     return ChatRequest(
@@ -428,6 +431,62 @@ def _finish_reason(stats: GenerationStats) -> str:
     return "length" if stats.finish_reason == "length" else "stop"
 
 
+@dataclass(frozen=True)
+class _OpenAIFormat:
+    """OpenAI's ``chat.completion`` body, and its streaming form: ``chat.completion.chunk`` events (a role
+    chunk, content chunks, a finishing chunk, optionally a usage chunk), then ``[DONE]``."""
+
+    completion_id: str
+    created: int
+    model: str
+    include_usage: bool = False
+
+    def response(self, outcome: ChatOutcome) -> dict[str, Any]:
+        stats = outcome.stats
+        return {
+            "id": self.completion_id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": outcome.reply},
+                    "finish_reason": _finish_reason(stats),
+                    "logprobs": None,
+                }
+            ],
+            "usage": _usage(stats),
+            "sealmem": _sealmem_block(outcome),
+        }
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        payload = {
+            "id": self.completion_id, "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model, "choices": choices, **extra,
+        }
+        return f"data: {json.dumps(payload, separators=(',', ':'), default=str)}\n\n".encode()
+
+    def _choice(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        return self._chunk([{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra)
+
+    def opening(self) -> list[bytes]:
+        return [self._choice({"role": "assistant", "content": ""})]
+
+    def delta(self, text: str) -> bytes:
+        return self._choice({"content": text})
+
+    def closing(self, outcome: ChatOutcome) -> list[bytes]:
+        events = [self._choice({}, _finish_reason(outcome.stats), sealmem=_sealmem_block(outcome))]
+        if self.include_usage:
+            events.append(self._chunk([], usage=_usage(outcome.stats)))
+        events.append(b"data: [DONE]\n\n")
+        return events
+
+    def error(self, body: dict[str, Any]) -> bytes:
+        return f"data: {json.dumps(body)}\n\n".encode()
+
+
 @router.post(
     "/v1/chat/completions",
     summary="OpenAI-compatible chat completion, with memory",
@@ -447,86 +506,16 @@ async def chat_completions(
 ) -> Any:
     subject = await _subject(services, request, principal, body.user, "chat.retrieve")
     req = _completion_request(body, principal, chat, services, request, subject)
-    prepared = await _prepare(chat, services, request, principal, req)
-    stats = GenerationStats()
-    cancel = threading.Event()
-    stream = chat.service.stream(prepared, stats, cancel=cancel)
-    completion_id = "chatcmpl-" + req.message_id.removeprefix("msg_")
-    created = int(time.time())
-    model = chat.backend.model_name
-
+    turn = _Turn(chat, services, request, principal, await _prepare(chat, services, request, principal, req))
+    fmt = _OpenAIFormat(
+        completion_id="chatcmpl-" + req.message_id.removeprefix("msg_"),
+        created=int(time.time()),
+        model=chat.backend.model_name,
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+    )
     if not body.stream:
-        try:
-            reply = "".join([delta async for delta in stream]).strip()
-        except (LLMError, ChatError) as exc:
-            raise _api_error(exc) from None
-        outcome = await _finish(chat, services, request, principal, prepared, reply, stats)
-        return {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": reply},
-                    "finish_reason": _finish_reason(stats),
-                    "logprobs": None,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": stats.prompt_tokens,
-                "completion_tokens": stats.completion_tokens,
-                "total_tokens": stats.prompt_tokens + stats.completion_tokens,
-            },
-            "sealmem": _sealmem_block(outcome),
-        }
-
-    first = await _first_delta(stream)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-        payload = {
-            "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra,
-        }
-        return f"data: {json.dumps(payload, separators=(',', ':'), default=str)}\n\n".encode()
-
-    async def chunks() -> AsyncIterator[bytes]:
-        parts: list[str] = []
-        done = False
-        try:
-            yield chunk({"role": "assistant", "content": ""})
-            if first is not None:
-                parts.append(first)
-                yield chunk({"content": first})
-                async for delta in stream:
-                    parts.append(delta)
-                    yield chunk({"content": delta})
-            done = True
-            outcome = await _finish(chat, services, request, principal, prepared, "".join(parts).strip(), stats)
-            yield chunk({}, _finish_reason(stats), sealmem=_sealmem_block(outcome))
-            if include_usage:
-                usage = {
-                    "prompt_tokens": stats.prompt_tokens,
-                    "completion_tokens": stats.completion_tokens,
-                    "total_tokens": stats.prompt_tokens + stats.completion_tokens,
-                }
-                payload = {
-                    "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [], "usage": usage,
-                }
-                yield f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
-            yield b"data: [DONE]\n\n"
-        except (LLMError, ChatError) as exc:
-            yield f"data: {json.dumps(_error_payload(exc, request))}\n\n".encode()
-        except BaseException:
-            cancel.set()
-            if not done:
-                _finish_later(chat, services, request, principal, prepared, parts, stats)
-            raise
-
-    return StreamingResponse(chunks(), media_type="text/event-stream", headers=SSE_HEADERS)
+        return fmt.response(await turn.complete())
+    return await turn.streaming(fmt)
 
 
 @router.get("/v1/models", response_model=ModelList, summary="The configured model (OpenAI-compatible)")
@@ -537,7 +526,7 @@ def list_models(principal: AnyCaller, chat: ChatDep) -> ModelList:
 @router.get("/v1/models/{model_id}", response_model=ModelOut, summary="One model (OpenAI-compatible)")
 def get_model(model_id: Annotated[str, Path(max_length=256)], principal: AnyCaller, chat: ChatDep) -> ModelOut:
     if model_id != chat.backend.model_name:
-        raise ApiError(404, "model not found")
+        raise NotFound("model not found")
     return ModelOut(id=model_id)
 
 

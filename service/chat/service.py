@@ -2,7 +2,8 @@
 
 A request is served in three steps so the HTTP layer can stream: :meth:`ChatService.prepare` (retrieval and
 prompt; every input error surfaces here, before any byte is sent), :meth:`ChatService.stream` (text deltas)
-and :meth:`ChatService.finish` (turns stored, distillation queued; it never waits for distillation).
+and :meth:`ChatService.finish` (turns stored, distillation queued; it never waits for distillation). Its
+errors are members of :mod:`service.errors`' tree, so each carries the status the routes answer with.
 """
 
 from __future__ import annotations
@@ -19,18 +20,16 @@ from memory_store import Filters, MemoryRecord, MemoryStore, NotFoundError, Sear
 from service.chat.sessions import TURN_KIND, SessionStore
 from service.chat.settings import ChatSettings
 from service.chat.writeback import FACT_KINDS, Caller, WriteBackJob, WriteBackWorker
-from service.llm.backend import ChatMessage, GenerationParams, GenerationStats, LLMBackend
-from service.llm.prompt import BuiltPrompt, MemoryItem, PromptBuilder, PromptStyle, PromptTooLongError
+from service.errors import InvalidInput, ServiceError
+from service.llm.backend import ChatMessage, GenerationParams, GenerationStats, LLMBackend, LLMNotReadyError
+from service.llm.prompt import BuiltPrompt, MemoryItem, PromptBuilder, PromptStyle
 
 
-class ChatError(Exception):
-    """An error of the chat loop with the HTTP status and code it should be answered with."""
+class InjectionUnavailable(ServiceError):
+    """The requested injection mode is known but not available on this server."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+    status = 501
+    code = "not_implemented"
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,8 @@ class InjectionRequest:
 
 
 class Injector(Protocol):
-    """Generates the reply for one injection mode. Put layout, warnings etc. into ``stats.info``."""
+    """Generates the reply for one injection mode. Put layout, warnings etc. into ``stats.info``; refuse with
+    an :class:`~service.errors.ApiError` (its status and code reach the caller)."""
 
     def stream(
         self,
@@ -179,39 +179,33 @@ class ChatService:
     async def prepare(self, req: ChatRequest) -> Prepared:
         started = time.perf_counter()
         if not self.backend.ready:
-            raise ChatError(503, "llm_not_ready", "the language model is still loading; retry shortly")
+            raise LLMNotReadyError("the language model is still loading; retry shortly")
         if req.injection not in ("prompt", "none") and req.injection not in self.injectors:
             if req.injection == "kv":
-                raise ChatError(
-                    501, "not_implemented",
+                raise InjectionUnavailable(
                     "injection 'kv' (attention-level memory injection) is not available on this server; "
-                    "use 'prompt' or 'none'",
+                    "use 'prompt' or 'none'"
                 )
-            raise ChatError(422, "invalid_input", f"injection: unknown mode '{req.injection}'")
+            raise InvalidInput(f"injection: unknown mode '{req.injection}'")
         if len(req.message) > self.settings.chat_max_message_chars:
-            raise ChatError(
-                422, "invalid_input", f"message: longer than {self.settings.chat_max_message_chars} characters"
-            )
+            raise InvalidInput(f"message: longer than {self.settings.chat_max_message_chars} characters")
         if not req.message.strip():
-            raise ChatError(422, "invalid_input", "message: must not be empty")
+            raise InvalidInput("message: must not be empty")
         hits, (history, history_ids) = await asyncio.gather(
             asyncio.to_thread(self._retrieve, req), asyncio.to_thread(self._history, req)
         )
         retrieved = time.perf_counter()
         budget = self.backend.context_tokens - req.params.max_new_tokens
         builder = PromptBuilder(self.backend.counter, self.style)
-        try:
-            prompt = builder.build(
-                message=req.message,
-                memories=[_item(h) for h in hits],
-                history=history,
-                budget_tokens=budget,
-                working_memory_tokens=self.settings.chat_working_memory_tokens,
-                memory_tokens=self.settings.chat_memory_tokens,
-                extra_system=req.extra_system,
-            )
-        except PromptTooLongError as exc:
-            raise ChatError(422, "message_too_long", str(exc)) from None
+        prompt = builder.build(  # PromptTooLongError (422 message_too_long) when the message cannot fit
+            message=req.message,
+            memories=[_item(h) for h in hits],
+            history=history,
+            budget_tokens=budget,
+            working_memory_tokens=self.settings.chat_working_memory_tokens,
+            memory_tokens=self.settings.chat_memory_tokens,
+            extra_system=req.extra_system,
+        )
         built = time.perf_counter()
         return Prepared(
             request=req, prompt=prompt, hits=hits, started=started, history_ids=history_ids,

@@ -1,4 +1,4 @@
-"""The one interface every LLM backend implements, and the errors the HTTP layer maps to 502/503/504.
+"""The one interface every LLM backend implements, and its errors (502/503/504 in :mod:`service.errors`' tree).
 
 A backend streams text deltas for a list of chat messages. ``generate`` (the whole reply) is built on
 ``stream``. Token counting is part of the interface because the prompt builder budgets in real tokens.
@@ -12,6 +12,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+from service.errors import ServiceError
 
 Role = Literal["system", "user", "assistant"]
 
@@ -67,11 +69,12 @@ class Generation:
     stats: GenerationStats
 
 
-class LLMError(Exception):
-    """Base of backend failures; ``status`` and ``code`` are what the HTTP layer answers."""
+class LLMError(ServiceError):
+    """Base of backend failures (a 502 unless a subclass says otherwise)."""
 
     status = 502
     code = "llm_error"
+    default_message = "the language model failed"
 
 
 class LLMUnavailableError(LLMError):
@@ -98,6 +101,7 @@ class LLMBusyError(LLMError):
 
     status = 503
     code = "llm_busy"
+    default_headers = {"Retry-After": "2"}
 
 
 class LLMNotReadyError(LLMError):

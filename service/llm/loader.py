@@ -16,14 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.errors import InternalError
+
 log = logging.getLogger("sealmem.llm")
 
 BUNDLED_SMOLLM2 = "bundled:SmolLM2-135M-Instruct"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelLoadError(RuntimeError):
-    """The configured model cannot be found or loaded."""
+class ModelLoadError(InternalError):
+    """The configured model cannot be found or loaded; raised while starting, never during a request."""
 
 
 @dataclass

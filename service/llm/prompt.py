@@ -16,11 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from service.errors import MessageTooLong
 from service.llm.backend import ChatMessage, TokenCounter
 
 
-class PromptTooLongError(ValueError):
-    """The new message alone (with the fixed instructions) does not fit the context budget."""
+class PromptTooLongError(MessageTooLong):
+    """The new message alone (with the fixed instructions) does not fit the context budget (422)."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from service.deps import Admin, ServicesDep
-from service.errors import ERROR_RESPONSES, ApiError
+from service.errors import ERROR_RESPONSES, InvalidInput
 from service.routes.common import CursorQuery, LimitQuery, ListParams, list_params
 from service.schemas import (
     IDENTIFIER_PATTERN,
@@ -157,7 +157,7 @@ def audit_records(
     before: int | None = None
     if cursor is not None:
         if not cursor.isdigit() or len(cursor) > 18:
-            raise ApiError(422, "cursor: malformed")
+            raise InvalidInput("cursor: malformed")
         before = int(cursor)
     entries = services.auditor.log.entries(
         tenant_id=principal.tenant_id, before_seq=before, limit=limit, action=action, subject=subject

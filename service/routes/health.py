@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from memory_store.migrate import require_head
-from service.errors import ApiError, ErrorBody
+from service.errors import ErrorBody, NotReady
 from service.schemas import Health
 from service.services import Services
 
@@ -32,21 +32,21 @@ def healthz() -> Health:
 def readyz(request: Request) -> Health:
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None:
-        raise ApiError(503, "not ready: starting", code="not_ready")
+        raise NotReady("not ready: starting")
     store = services.store
     try:
         with store.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         require_head(store.engine)
     except Exception:
-        raise ApiError(503, "not ready: database unreachable or not migrated", code="not_ready") from None
+        raise NotReady("not ready: database unreachable or not migrated") from None
     index_dir = services.settings.index_dir
     try:
         index_dir.mkdir(parents=True, exist_ok=True)
     except OSError:
-        raise ApiError(503, "not ready: index directory cannot be created", code="not_ready") from None
+        raise NotReady("not ready: index directory cannot be created") from None
     if not os.access(index_dir, os.W_OK):
-        raise ApiError(503, "not ready: index directory is not writable", code="not_ready")
+        raise NotReady("not ready: index directory is not writable")
     return Health(
         status="ready",
         checks={"database": "ok", "index": "ok", "embedder": store.embedder.model_id},

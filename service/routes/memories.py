@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 
 from service.auth import subject_for
 from service.deps import Reader, ServicesDep, Writer
-from service.errors import ERROR_RESPONSES, ApiError
+from service.errors import ERROR_RESPONSES, InvalidInput
 from service.routes.common import ListParams, actor_of, list_params, new_memory, to_filters
 from service.schemas import (
     HistoryEntryOut,
@@ -106,12 +106,12 @@ def update_memory(
 ) -> MemoryOut:
     given = body.model_fields_set
     if not given:
-        raise ApiError(422, "nothing to update: send at least one of text, metadata, kind, importance, expires_at")
+        raise InvalidInput("nothing to update: send at least one of text, metadata, kind, importance, expires_at")
     changes: dict[str, Any] = {}
     for name in ("text", "metadata", "kind", "importance"):
         if name in given:
             if getattr(body, name) is None:
-                raise ApiError(422, f"{name}: must not be null")
+                raise InvalidInput(f"{name}: must not be null")
             changes[name] = getattr(body, name)
     if "expires_at" in given:
         changes["expires_at"] = body.expires_at

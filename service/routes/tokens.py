@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from service.deps import Minter, ServicesDep
-from service.errors import ERROR_RESPONSES, ApiError
+from service.errors import ERROR_RESPONSES, InvalidInput
 from service.schemas import TokenRequest, TokenResponse
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"], responses=ERROR_RESPONSES)
@@ -23,7 +23,7 @@ def mint_token(body: TokenRequest, principal: Minter, services: ServicesDep, req
     settings = services.settings
     ttl = body.ttl_seconds or settings.token_default_ttl_seconds
     if ttl > settings.token_max_ttl_seconds:
-        raise ApiError(422, f"ttl_seconds: at most {settings.token_max_ttl_seconds}")
+        raise InvalidInput(f"ttl_seconds: at most {settings.token_max_ttl_seconds}")
     scopes = sorted(set(body.scopes))
     with services.auditor.record(request, principal, "token.mint", subject=body.subject) as note:
         token, claims = services.signer.mint(

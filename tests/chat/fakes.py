@@ -14,6 +14,8 @@ from typing import Any
 import uvicorn
 
 from service.chat.distill import RuleDistiller, Statement
+from service.chat.service import InjectionRequest as InjectionRequest  # for tests that write an injector
+from service.errors import ApiError
 from service.llm.backend import (
     ChatMessage,
     GenerationParams,
@@ -29,6 +31,14 @@ _STOP = {"what", "is", "my", "the", "a", "do", "i", "where", "who", "you", "me",
 def _stems(text: str) -> set[str]:
     words = (w.removesuffix("'s") for w in _WORD.findall(text.lower()))
     return {w[:4] for w in words if w not in _STOP}
+
+
+class ChatError(ApiError):
+    """What a test's plug-in injector raises: an :class:`ApiError` with the status and code the test picks,
+    ``ChatError(422, "kv_context_too_long", "...")``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(status, message, code=code)
 
 
 class WordCounter:

@@ -14,12 +14,14 @@ from typing import Any
 
 import torch
 
+from service.errors import InternalError
+
 # Architectures whose attention is plain HF "rotate_half" RoPE on every layer (post-RoPE keys in the cache).
 # Each one is exercised by tests/kv/test_rotary.py on a small random-init model.
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(InternalError):
     """The model's attention or RoPE variant is not one KV injection supports; use prompt injection."""
 
 
