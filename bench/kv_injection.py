@@ -407,7 +407,7 @@ def main() -> None:
         if arm == "none":
             return main_engine.generate(req, injection="none", **kw)
         if arm == "prompt:top2":  # control: only the two memories hybrid keeps as text, nothing else
-            top2 = KVRequest(req.tenant_id, req.subject_id, req.prefix, list(req.memories)[:2], req.suffix)
+            top2 = KVRequest(req.tenant_id, req.subject, req.prefix, list(req.memories)[:2], req.suffix)
             return main_engine.generate(top2, injection="prompt", **kw)
         layout: Layout = "hybrid" if arm == "hybrid" else "shared" if arm.startswith("kv:shared") else "contiguous"
         return engines[arm].generate(req, layout=layout, **kw)

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -56,34 +57,31 @@ def _write_private(path: Path, lines: Iterator[str]) -> None:
             handle.write(line + "\n")
 
 
-def make_cli(*, embedder: Embedder | None = None, settings: Settings | None = None) -> typer.Typer:
-    """Build the CLI. ``embedder`` and ``settings`` are injected by tests; by default both come from the
-    environment (``SEALMEM_*``), exactly as for ``sealmem serve``."""
-    cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Sealmem operator commands.")
-    tenant_cli = typer.Typer(no_args_is_help=True, help="Tenants.")
-    cli.add_typer(tenant_cli, name="tenant")
+@dataclass(frozen=True)
+class _CliEnv:
+    """What the commands share: the injected ``settings`` and ``embedder`` (``None``: from the environment, the
+    default embedder). It travels as the click context's ``obj``."""
 
-    def load_settings() -> Settings:
-        if settings is not None:
-            return settings
+    embedder: Embedder | None
+    settings: Settings | None
+
+    def load_settings(self) -> Settings:
+        if self.settings is not None:
+            return self.settings
         try:
             return Settings()
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             raise _fail(f"invalid settings: {exc}") from exc
 
     @contextmanager
-    def opened(*, create_secrets: bool = False) -> Iterator[tuple[Settings, MemoryStore]]:
+    def opened(self, *, create_secrets: bool = False) -> Iterator[tuple[Settings, MemoryStore]]:
         """Migrate, then open the store; any storage error becomes a clean exit 1."""
         from service.app import open_store  # the app module pulls in FastAPI: only when needed
 
-        resolved = resolve_secret_files(load_settings(), create=create_secrets)
+        resolved = resolve_secret_files(self.load_settings(), create=create_secrets)
         try:
-            engine = make_engine(resolved)
-            try:
-                upgrade(engine)
-            finally:
-                engine.dispose()
-            store = open_store(resolved, embedder)
+            _upgrade(resolved)
+            store = open_store(resolved, self.embedder)
         except StoreError as exc:
             raise _fail(str(exc)) from exc
         try:
@@ -93,181 +91,220 @@ def make_cli(*, embedder: Embedder | None = None, settings: Settings | None = No
         finally:
             store.close()
 
-    def tenant_id_of(store: MemoryStore, tenant: str) -> str:
-        for info in store.list_tenants():
-            if tenant in (info.id, info.name):
-                return info.id
-        raise _fail(f"no tenant with id or name {tenant!r}")
 
-    @cli.command()
-    def keygen() -> None:
-        """Print a new random 32-byte key, base64-encoded (for SEALMEM_MASTER_KEY or SEALMEM_TOKEN_SECRET)."""
-        typer.echo(encode_key(generate_key()))
+def _env(ctx: typer.Context) -> _CliEnv:
+    env = ctx.obj
+    assert isinstance(env, _CliEnv), "commands run under make_cli()"
+    return env
 
-    @cli.command()
-    def migrate() -> None:
-        """Upgrade the database schema to the newest revision."""
-        engine = make_engine(load_settings())
-        try:
-            upgrade(engine)
-            typer.echo(f"database schema at revision {current_revision(engine)}")
-        except StoreError as exc:
-            raise _fail(str(exc)) from exc
-        finally:
-            engine.dispose()
 
-    @cli.command()
-    def serve(
-        host: Annotated[str | None, typer.Option(help="Bind address (default: SEALMEM_HOST).")] = None,
-        port: Annotated[int | None, typer.Option(help="Port (default: SEALMEM_PORT).")] = None,
-    ) -> None:
-        """Run migrations, then serve the API with uvicorn.
+def _upgrade(settings: Settings) -> None:
+    """Bring the database schema to the newest revision (a short-lived engine)."""
+    engine = make_engine(settings)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
 
-        On a first start with the embedded database, creates the master key and token secret files in the
-        data directory (mode 0600)."""
-        import uvicorn
 
-        from service.app import create_app
+def _tenant_id_of(store: MemoryStore, tenant: str) -> str:
+    for info in store.list_tenants():
+        if tenant in (info.id, info.name):
+            return info.id
+    raise _fail(f"no tenant with id or name {tenant!r}")
 
-        base = load_settings()
-        configure_logging(base.log_level)
-        resolved = resolve_secret_files(base, create=True)
-        engine = make_engine(resolved)
-        try:
-            upgrade(engine)
-        except StoreError as exc:
-            raise _fail(str(exc)) from exc
-        finally:
-            engine.dispose()
-        app = create_app(resolved, embedder=embedder)
-        uvicorn.run(app, host=host or resolved.host, port=port or resolved.port, log_config=None, access_log=False)
 
-    @tenant_cli.command("create")
-    def tenant_create(name: Annotated[str, typer.Argument(help="Unique tenant name.")]) -> None:
-        """Create a tenant and its first admin key; prints {"tenant_id", "admin_key"} (key shown once)."""
-        with opened(create_secrets=True) as (_, store):
-            tenant = store.create_tenant(name=name)
-            issued = ApiKeyStore(make_sessionmaker(store.engine)).create(
-                tenant_id=tenant.id, role="admin", name="admin", created_by=OPERATOR
-            )
-        typer.echo(json.dumps({"tenant_id": tenant.id, "admin_key": issued.secret}))
+def keygen() -> None:
+    """Print a new random 32-byte key, base64-encoded (for SEALMEM_MASTER_KEY or SEALMEM_TOKEN_SECRET)."""
+    typer.echo(encode_key(generate_key()))
 
-    @cli.command("rotate-master-key")
-    def rotate_master_key() -> None:
-        """Re-wrap every data key under a new master key.
 
-        A key file is replaced atomically (the old one is kept as a backup); a key that came from
-        SEALMEM_MASTER_KEY is printed for you to store."""
-        new_key = MasterKey(generate_key())
-        with opened() as (resolved, store):
-            key_file = resolved.master_key_file
-            staged = key_file.with_name(key_file.name + ".new") if key_file is not None else None
-            if staged is not None:
-                # Written before the database changes: whatever happens next, the new key is on disk.
-                staged.unlink(missing_ok=True)
-                write_secret_file(staged, encode_key(new_key.material))
-            try:
-                moved = store.rotate_master_key(new_master_key=new_key)
-            except BaseException:
-                if staged is not None:
-                    staged.unlink(missing_ok=True)
-                raise
-        if key_file is None or staged is None:
-            typer.echo(f"re-wrapped {moved} data keys; new master key (set SEALMEM_MASTER_KEY to it now):")
-            typer.echo(encode_key(new_key.material))
-            return
-        backup = key_file.with_name(f"{key_file.name}.{datetime.now(UTC):%Y%m%dT%H%M%SZ}.bak")
-        os.link(key_file, backup)
-        os.replace(staged, key_file)
-        typer.echo(
-            f"re-wrapped {moved} data keys; {key_file} now holds the new key "
-            f"(fingerprint {new_key.fingerprint}); the old key is in {backup}"
+def migrate(ctx: typer.Context) -> None:
+    """Upgrade the database schema to the newest revision."""
+    engine = make_engine(_env(ctx).load_settings())
+    try:
+        upgrade(engine)
+        typer.echo(f"database schema at revision {current_revision(engine)}")
+    except StoreError as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        engine.dispose()
+
+
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Bind address (default: SEALMEM_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: SEALMEM_PORT).")] = None,
+) -> None:
+    """Run migrations, then serve the API with uvicorn.
+
+    On a first start with the embedded database, creates the master key and token secret files in the
+    data directory (mode 0600)."""
+    import uvicorn
+
+    from service.app import create_app
+
+    env = _env(ctx)
+    base = env.load_settings()
+    configure_logging(base.log_level)
+    resolved = resolve_secret_files(base, create=True)
+    try:
+        _upgrade(resolved)
+    except StoreError as exc:
+        raise _fail(str(exc)) from exc
+    app = create_app(resolved, embedder=env.embedder)
+    uvicorn.run(app, host=host or resolved.host, port=port or resolved.port, log_config=None, access_log=False)
+
+
+def tenant_create(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Unique tenant name.")]) -> None:
+    """Create a tenant and its first admin key; prints {"tenant_id", "admin_key"} (key shown once)."""
+    with _env(ctx).opened(create_secrets=True) as (_, store):
+        tenant = store.create_tenant(name=name)
+        issued = ApiKeyStore(make_sessionmaker(store.engine)).create(
+            tenant_id=tenant.id, role="admin", name="admin", created_by=OPERATOR
         )
+    typer.echo(json.dumps({"tenant_id": tenant.id, "admin_key": issued.secret}))
 
-    @cli.command()
-    def reindex(
-        tenant: Annotated[str | None, typer.Option(help="Tenant id or name (default: every tenant).")] = None,
-    ) -> None:
-        """Rebuild vector indexes from the encrypted embeddings in SQL."""
-        with opened() as (_, store):
-            ids = [tenant_id_of(store, tenant)] if tenant else [t.id for t in store.list_tenants()]
-            with _progress() as progress:
-                task = progress.add_task("reindexing tenants", total=len(ids))
-                for tenant_id in ids:
-                    vectors = store.reindex_tenant(tenant_id=tenant_id)
-                    progress.console.print(f"{tenant_id}: {vectors} vectors")
-                    progress.advance(task)
 
-    @cli.command()
-    def export(
-        tenant: Annotated[str, typer.Option(help="Tenant id or name.")],
-        subject: Annotated[str, typer.Option(help="Subject to export.")],
-        out: Annotated[Path, typer.Argument(help="New JSONL file to write (mode 0600; holds plaintext).")],
-    ) -> None:
-        """Export everything held about a subject as JSON lines: a subject line, memories, history."""
-        if out.exists():
-            raise _fail(f"{out} already exists")
-        with opened() as (_, store):
-            tenant_id = tenant_id_of(store, tenant)
-            try:
-                data = store.export_subject(tenant_id=tenant_id, subject=subject)
-            except NotFoundError as exc:
-                raise _fail(str(exc)) from exc
-            memories, history = data["memories"], data["history"]
-            AuditLog(make_sessionmaker(store.engine)).append(
-                tenant_id=tenant_id,
-                event=AuditEvent(
-                    credential_id=OPERATOR,
-                    role="operator",
-                    action="subject.export",
-                    subject=subject,
-                    memory_ids=[m.id for m in memories],
-                ),
-            )
+def rotate_master_key(ctx: typer.Context) -> None:
+    """Re-wrap every data key under a new master key.
 
-        def lines() -> Iterator[str]:
-            created = data["created_at"].isoformat()
-            yield json.dumps({"type": "subject", "subject": data["subject"], "created_at": created})
-            with _progress() as progress:
-                task = progress.add_task("exporting memories", total=len(memories))
-                for memory in memories:
-                    yield json.dumps({"type": "memory", **MemoryOut.of(memory).model_dump(mode="json")})
-                    progress.advance(task)
-            for event in history:
-                yield json.dumps({"type": "event", **HistoryEntryOut.of(event).model_dump(mode="json")})
+    A key file is replaced atomically (the old one is kept as a backup); a key that came from
+    SEALMEM_MASTER_KEY is printed for you to store."""
+    new_key = MasterKey(generate_key())
+    with _env(ctx).opened() as (resolved, store):
+        key_file = resolved.master_key_file
+        staged = key_file.with_name(key_file.name + ".new") if key_file is not None else None
+        if staged is not None:
+            # Written before the database changes: whatever happens next, the new key is on disk.
+            staged.unlink(missing_ok=True)
+            write_secret_file(staged, encode_key(new_key.material))
+        try:
+            moved = store.rotate_master_key(new_master_key=new_key)
+        except BaseException:
+            if staged is not None:
+                staged.unlink(missing_ok=True)
+            raise
+    if key_file is None or staged is None:
+        typer.echo(f"re-wrapped {moved} data keys; new master key (set SEALMEM_MASTER_KEY to it now):")
+        typer.echo(encode_key(new_key.material))
+        return
+    backup = key_file.with_name(f"{key_file.name}.{datetime.now(UTC):%Y%m%dT%H%M%SZ}.bak")
+    os.link(key_file, backup)
+    os.replace(staged, key_file)
+    typer.echo(
+        f"re-wrapped {moved} data keys; {key_file} now holds the new key "
+        f"(fingerprint {new_key.fingerprint}); the old key is in {backup}"
+    )
 
-        _write_private(out, lines())
-        typer.echo(f"exported {len(memories)} memories and {len(history)} history events to {out}")
 
-    @cli.command("import")
-    def import_(
-        tenant: Annotated[str, typer.Option(help="Tenant id or name.")],
-        source: Annotated[Path, typer.Argument(help="JSONL file written by `sealmem export`.")],
-        subject: Annotated[str | None, typer.Option(help="Import under this subject instead.")] = None,
-    ) -> None:
-        """Import the memories of an export file (validated completely before anything is written)."""
-        items = _read_export(source, subject)
-        with opened() as (_, store):
-            tenant_id = tenant_id_of(store, tenant)
-            audit = AuditLog(make_sessionmaker(store.engine))
-            with _progress() as progress:
-                task = progress.add_task("importing memories", total=len(items))
-                for start in range(0, len(items), IMPORT_BATCH):
-                    batch = items[start : start + IMPORT_BATCH]
-                    records = store.add_batch(tenant_id=tenant_id, items=batch, actor="cli-import")
-                    audit.append(
-                        tenant_id=tenant_id,
-                        event=AuditEvent(
-                            credential_id=OPERATOR,
-                            role="operator",
-                            action="memory.import",
-                            subject=batch[0].subject if len({m.subject for m in batch}) == 1 else None,
-                            memory_ids=[r.id for r in records],
-                        ),
-                    )
-                    progress.advance(task, len(batch))
-        typer.echo(f"imported {len(items)} memories")
+def reindex(
+    ctx: typer.Context,
+    tenant: Annotated[str | None, typer.Option(help="Tenant id or name (default: every tenant).")] = None,
+) -> None:
+    """Rebuild vector indexes from the encrypted embeddings in SQL."""
+    with _env(ctx).opened() as (_, store):
+        ids = [_tenant_id_of(store, tenant)] if tenant else [t.id for t in store.list_tenants()]
+        with _progress() as progress:
+            task = progress.add_task("reindexing tenants", total=len(ids))
+            for tenant_id in ids:
+                vectors = store.reindex_tenant(tenant_id=tenant_id)
+                progress.console.print(f"{tenant_id}: {vectors} vectors")
+                progress.advance(task)
 
+
+def export(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Option(help="Tenant id or name.")],
+    subject: Annotated[str, typer.Option(help="Subject to export.")],
+    out: Annotated[Path, typer.Argument(help="New JSONL file to write (mode 0600; holds plaintext).")],
+) -> None:
+    """Export everything held about a subject as JSON lines: a subject line, memories, history."""
+    if out.exists():
+        raise _fail(f"{out} already exists")
+    with _env(ctx).opened() as (_, store):
+        tenant_id = _tenant_id_of(store, tenant)
+        try:
+            data = store.export_subject(tenant_id=tenant_id, subject=subject)
+        except NotFoundError as exc:
+            raise _fail(str(exc)) from exc
+        AuditLog(make_sessionmaker(store.engine)).append(
+            tenant_id=tenant_id,
+            event=AuditEvent(
+                credential_id=OPERATOR,
+                role="operator",
+                action="subject.export",
+                subject=subject,
+                memory_ids=[m.id for m in data["memories"]],
+            ),
+        )
+    _write_private(out, _export_lines(data))
+    typer.echo(f"exported {len(data['memories'])} memories and {len(data['history'])} history events to {out}")
+
+
+def _export_lines(data: dict[str, Any]) -> Iterator[str]:
+    """The JSON lines of an export: the subject, then its memories (with a progress bar), then its history."""
+    memories, history = data["memories"], data["history"]
+    created = data["created_at"].isoformat()
+    yield json.dumps({"type": "subject", "subject": data["subject"], "created_at": created})
+    with _progress() as progress:
+        task = progress.add_task("exporting memories", total=len(memories))
+        for memory in memories:
+            yield json.dumps({"type": "memory", **MemoryOut.of(memory).model_dump(mode="json")})
+            progress.advance(task)
+    for event in history:
+        yield json.dumps({"type": "event", **HistoryEntryOut.of(event).model_dump(mode="json")})
+
+
+def import_(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Option(help="Tenant id or name.")],
+    source: Annotated[Path, typer.Argument(help="JSONL file written by `sealmem export`.")],
+    subject: Annotated[str | None, typer.Option(help="Import under this subject instead.")] = None,
+) -> None:
+    """Import the memories of an export file (validated completely before anything is written)."""
+    items = _read_export(source, subject)
+    with _env(ctx).opened() as (_, store):
+        tenant_id = _tenant_id_of(store, tenant)
+        audit = AuditLog(make_sessionmaker(store.engine))
+        with _progress() as progress:
+            task = progress.add_task("importing memories", total=len(items))
+            for start in range(0, len(items), IMPORT_BATCH):
+                batch = items[start : start + IMPORT_BATCH]
+                records = store.add_batch(tenant_id=tenant_id, items=batch, actor="cli-import")
+                audit.append(
+                    tenant_id=tenant_id,
+                    event=AuditEvent(
+                        credential_id=OPERATOR,
+                        role="operator",
+                        action="memory.import",
+                        subject=batch[0].subject if len({m.subject for m in batch}) == 1 else None,
+                        memory_ids=[r.id for r in records],
+                    ),
+                )
+                progress.advance(task, len(batch))
+    typer.echo(f"imported {len(items)} memories")
+
+
+def make_cli(*, embedder: Embedder | None = None, settings: Settings | None = None) -> typer.Typer:
+    """Build the CLI. ``embedder`` and ``settings`` are injected by tests; by default both come from the
+    environment (``SEALMEM_*``), exactly as for ``sealmem serve``."""
+    cli = typer.Typer(
+        no_args_is_help=True,
+        add_completion=False,
+        help="Sealmem operator commands.",
+        context_settings={"obj": _CliEnv(embedder=embedder, settings=settings)},
+    )
+    tenant_cli = typer.Typer(no_args_is_help=True, help="Tenants.")
+    cli.add_typer(tenant_cli, name="tenant")
+    tenant_cli.command("create")(tenant_create)
+    cli.command()(keygen)
+    cli.command()(migrate)
+    cli.command()(serve)
+    cli.command("rotate-master-key")(rotate_master_key)
+    cli.command()(reindex)
+    cli.command()(export)
+    cli.command("import")(import_)
     return cli
 
 

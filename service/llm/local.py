@@ -12,10 +12,11 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from service.errors import ApiError
 from service.llm.backend import (
     ChatMessage,
     GenerationParams,
@@ -126,47 +127,16 @@ class LocalBackend(LLMBackend):
     ) -> AsyncIterator[str]:
         """Stream the continuation of ``input_ids``; ``generate_kwargs`` go to ``model.generate``."""
         loaded = self.loaded
-        cancel = cancel or threading.Event()
-        queued = time.perf_counter()
-        await self.gate.acquire()
-        stats.queued_s = time.perf_counter() - queued
-        stats.prompt_tokens = len(input_ids)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
+        ids = list(input_ids)
+        cancel_event = cancel or threading.Event()
 
-        def release() -> None:
-            # The slot is freed when the thread ends, not when the caller stops reading: a cancelled
-            # request (client gone) must not let another generation start while this one still runs.
-            with contextlib.suppress(RuntimeError):  # the loop is closed (shutdown): nobody waits any more
-                loop.call_soon_threadsafe(self.gate.release)
+        def produce(emit: Callable[[str], None]) -> None:
+            stats.prompt_tokens = len(ids)
+            _generate(loaded, ids, params, stats, cancel_event, emit, generate_kwargs, self.tokenizer_lock)
 
-        worker = threading.Thread(
-            target=_generate,
-            args=(
-                loaded, list(input_ids), params, stats, cancel, loop, queue, generate_kwargs, release,
-                self.tokenizer_lock,
-            ),
-            name="sealmem-generate",
-            daemon=True,
-        )
-        try:
-            worker.start()
-        except BaseException:
-            self.gate.release()
-            raise
-        try:
-            while True:
-                item = await queue.get()
-                if item is _END:
-                    break
-                if isinstance(item, BaseException):
-                    raise LLMError("generation failed") from item
-                assert isinstance(item, str)
-                if item:
-                    yield item
-        finally:
-            cancel.set()  # a client that went away stops the generation at the next token
-            stats.mark_finished()
+        async with contextlib.aclosing(self._stream_in_worker(produce, stats, cancel_event)) as chunks:
+            async for text in chunks:
+                yield text
 
     async def stream_sync(
         self, make_iterator: Callable[[threading.Event], Iterator[str]], stats: GenerationStats
@@ -176,28 +146,57 @@ class LocalBackend(LLMBackend):
         ``make_iterator(cancel)`` is called in the worker thread; it should stop when ``cancel`` is set.
         """
         cancel = threading.Event()
+
+        def produce(emit: Callable[[str], None]) -> None:
+            for text in make_iterator(cancel):
+                stats.mark_first_token()
+                emit(text)
+                if cancel.is_set():
+                    break
+
+        async with contextlib.aclosing(self._stream_in_worker(produce, stats, cancel)) as chunks:
+            async for text in chunks:
+                yield text
+
+    async def _stream_in_worker(
+        self, produce: Callable[[Callable[[str], None]], None], stats: GenerationStats, cancel: threading.Event
+    ) -> AsyncGenerator[str, None]:
+        """Once the gate admits the request, run ``produce(emit)`` in a worker thread and yield what it emits.
+
+        The gate slot is freed when the thread ends, not when the caller stops reading: a cancelled request
+        (client gone) must not let another generation start while this one still runs. The caller leaving sets
+        ``cancel``; ``produce`` checks it to stop at the next token. A failure in ``produce`` is raised here: an
+        :class:`~service.errors.ApiError` (an ``LLMError``, a context too long for the model, ...) as it is, since
+        it carries its own status and code; anything else is unexpected: logged with its traceback and raised as
+        ``LLMError("generation failed")`` chained to it.
+        """
         queued = time.perf_counter()
         await self.gate.acquire()
         stats.queued_s = time.perf_counter() - queued
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
 
-        def pump() -> None:
+        def post(callback: Callable[..., object], *args: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed (shutdown): nobody waits any more
+                loop.call_soon_threadsafe(callback, *args)
+
+        def emit(text: str) -> None:
+            # Raises RuntimeError once the loop is closed, which ends a generation nobody reads any more.
+            loop.call_soon_threadsafe(queue.put_nowait, text)
+
+        def work() -> None:
             try:
-                for text in make_iterator(cancel):
-                    stats.mark_first_token()
-                    loop.call_soon_threadsafe(queue.put_nowait, text)
-                    if cancel.is_set():
-                        break
-            except BaseException as exc:
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                produce(emit)
+            except BaseException as exc:  # handed to the event loop, which raises it
+                if not isinstance(exc, ApiError):
+                    log.exception("local generation failed")
+                post(queue.put_nowait, exc)
             finally:
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self.gate.release)
-                    loop.call_soon_threadsafe(queue.put_nowait, _END)
+                post(self.gate.release)  # before the end marker, so a caller that sees the end finds the slot free
+                post(queue.put_nowait, _END)
 
         try:
-            threading.Thread(target=pump, name="sealmem-generate", daemon=True).start()
+            threading.Thread(target=work, name="sealmem-generate", daemon=True).start()
         except BaseException:
             self.gate.release()
             raise
@@ -206,7 +205,7 @@ class LocalBackend(LLMBackend):
                 item = await queue.get()
                 if item is _END:
                     break
-                if isinstance(item, LLMError):
+                if isinstance(item, ApiError):
                     raise item
                 if isinstance(item, BaseException):
                     raise LLMError("generation failed") from item
@@ -214,7 +213,7 @@ class LocalBackend(LLMBackend):
                 if item:
                     yield item
         finally:
-            cancel.set()
+            cancel.set()  # a client that went away stops the generation at the next token
             stats.mark_finished()
 
 
@@ -224,12 +223,12 @@ def _generate(
     params: GenerationParams,
     stats: GenerationStats,
     cancel: threading.Event,
-    loop: asyncio.AbstractEventLoop,
-    queue: asyncio.Queue[object],
+    emit: Callable[[str], None],
     generate_kwargs: dict[str, Any],
-    release: Callable[[], None],
     tokenizer_lock: threading.Lock,
 ) -> None:
+    """Run ``model.generate`` on ``input_ids`` in the calling thread, handing each finalized text piece to
+    ``emit``; stops at the next token once ``cancel`` is set and records the finish reason in ``stats``."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
@@ -248,37 +247,29 @@ def _generate(
                 super().end()  # type: ignore[no-untyped-call]
 
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, text)
+            emit(text)
 
     class Cancelled(StoppingCriteria):
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
             return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
-    try:
-        ids = torch.tensor([input_ids], dtype=torch.long, device=loaded.device)
-        kwargs: dict[str, Any] = {
-            "attention_mask": torch.ones_like(ids),
-            "max_new_tokens": params.max_new_tokens,
-            "streamer": Streamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True),
-            "stopping_criteria": StoppingCriteriaList([Cancelled()]),
-            "pad_token_id": loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id,
-        }
-        if params.temperature > 0:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p or 1.0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if params.stop:
-            kwargs.update(stop_strings=list(params.stop), tokenizer=loaded.tokenizer)
-        kwargs.update(generate_kwargs)
-        with torch.inference_mode():
-            loaded.model.generate(ids, **kwargs)
-        stats.finish_reason = "length" if stats.completion_tokens >= params.max_new_tokens else "stop"
-        if cancel.is_set():
-            stats.finish_reason = "cancelled"
-    except BaseException as exc:  # handed to the event loop, which raises it as an LLMError
-        log.exception("local generation failed")
-        loop.call_soon_threadsafe(queue.put_nowait, exc)
-    finally:
-        release()  # before the end marker, so a caller that sees the end finds the slot free
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(queue.put_nowait, _END)
+    ids = torch.tensor([input_ids], dtype=torch.long, device=loaded.device)
+    kwargs: dict[str, Any] = {
+        "attention_mask": torch.ones_like(ids),
+        "max_new_tokens": params.max_new_tokens,
+        "streamer": Streamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True),
+        "stopping_criteria": StoppingCriteriaList([Cancelled()]),
+        "pad_token_id": loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id,
+    }
+    if params.temperature > 0:
+        kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p or 1.0)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if params.stop:
+        kwargs.update(stop_strings=list(params.stop), tokenizer=loaded.tokenizer)
+    kwargs.update(generate_kwargs)
+    with torch.inference_mode():
+        loaded.model.generate(ids, **kwargs)
+    stats.finish_reason = "length" if stats.completion_tokens >= params.max_new_tokens else "stop"
+    if cancel.is_set():
+        stats.finish_reason = "cancelled"

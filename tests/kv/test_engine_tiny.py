@@ -249,3 +249,35 @@ def test_changed_text_under_the_same_version_is_re_encoded() -> None:
     assert engine.generate(_request(edited), layout="contiguous", max_new_tokens=1).encoded_memories == 1
     engine.forget_subject("tenant", "subject")
     assert len(engine.cache) == 0
+
+
+def test_backend_worker_raises_a_too_long_context_as_itself_and_frees_the_gate() -> None:
+    """Run under ``LocalBackend.stream_sync`` (as the chat loop does), the engine's 422 error keeps its type."""
+    import asyncio
+    import threading
+    from collections.abc import Iterator
+
+    from service.llm.backend import GenerationStats, LLMError
+    from service.llm.local import LocalBackend
+
+    loaded = tiny_model("llama", max_position_embeddings=180)
+    engine = KVEngine(loaded, KVSettings(encode_lead=""))
+    backend = LocalBackend("unused", loaded=loaded, concurrency=1, queue_max=2)
+
+    def too_long(cancel: threading.Event) -> Iterator[str]:
+        yield from engine.stream(_request(), layout="contiguous", max_new_tokens=8)
+
+    def broken(cancel: threading.Event) -> Iterator[str]:
+        raise RuntimeError("engine failure")
+        yield ""
+
+    async def scenario() -> None:
+        with pytest.raises(KVContextTooLongError):
+            _ = [d async for d in backend.stream_sync(too_long, GenerationStats())]
+        with pytest.raises(LLMError, match="generation failed") as failed:
+            _ = [d async for d in backend.stream_sync(broken, GenerationStats())]
+        assert isinstance(failed.value.__cause__, RuntimeError)
+        await asyncio.sleep(0.05)
+        assert backend.gate.active == 0
+
+    asyncio.run(scenario())

@@ -22,13 +22,14 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from transformers import DynamicCache
 
+from service.errors import MessageTooLong
 from service.llm.kv.assemble import AssembledCache, BaseLayout, PrefixKV, assemble
 from service.llm.kv.memory_cache import EncodedMemory, EncodingContext, MemoryKey, MemoryKVCache
 from service.llm.kv.rotary import Rope, unsupported_reason
@@ -41,8 +42,8 @@ Injection = Literal["kv", "prompt", "none"]
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-class KVContextTooLongError(ValueError):
-    """The assembled context plus generation would exceed the model's position budget."""
+class KVContextTooLongError(MessageTooLong):
+    """The assembled context plus generation would exceed the model's position budget (422)."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class MemoryText:
 @dataclass(frozen=True)
 class KVRequest:
     tenant_id: str
-    subject_id: str
+    subject: str  # the subject's name, as API callers give it: part of every cache key
     prefix: str
     memories: Sequence[MemoryText]
     suffix: str
@@ -91,6 +92,36 @@ class KVResult:
     memory_tokens: int  # tokens of all injected memories (text or KV)
     encoded_memories: int  # cache misses encoded by this request
     first_logits: torch.Tensor | None = None  # float32 logits of the first generated token, when asked
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a request runs: the injection after any fallback, its layout (KV only) and the memories it injects."""
+
+    injection: Injection
+    layout: Layout | None
+    memories: list[MemoryText]
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class _Context:
+    """The model state before decoding: a cache, and the token ids still to prefill after it."""
+
+    cache: Any  # transformers DynamicCache (mutated by the forward passes)
+    start_pos: int  # RoPE position of feed[0]
+    feed: list[int]
+    cache_tokens: int  # tokens served from precomputed keys/values
+    memory_tokens: int  # tokens of all injected memories (text or KV)
+    encoded_memories: int  # cache misses encoded for this context
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    token_ids: list[int]
+    text: str
+    finish_reason: Literal["stop", "length"]
+    first_logits: torch.Tensor | None
 
 
 class KVStream:
@@ -213,13 +244,13 @@ class KVEngine:
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     # ------------------------------------------------------- invalidation API
-    def invalidate_memory(self, tenant_id: str, subject_id: str, memory_id: str) -> None:
-        """Call on memory update or delete."""
-        self.cache.invalidate(tenant_id, subject_id, memory_id)
+    def invalidate_memory(self, tenant_id: str, subject: str, memory_id: str) -> None:
+        """Call on memory update or delete (``subject``: the name used in ``KVRequest.subject``)."""
+        self.cache.invalidate(tenant_id, subject, memory_id)
 
-    def forget_subject(self, tenant_id: str, subject_id: str) -> None:
-        """Call when a subject is forgotten."""
-        self.cache.forget_subject(tenant_id, subject_id)
+    def forget_subject(self, tenant_id: str, subject: str) -> None:
+        """Call when a subject is forgotten (``subject``: the name used in ``KVRequest.subject``)."""
+        self.cache.forget_subject(tenant_id, subject)
 
     # --------------------------------------------------------------- encoding
     def prefix_kv(self, prefix: str) -> PrefixKV:
@@ -303,7 +334,7 @@ class KVEngine:
         """
         ctx = self.context(prefix)
         versions = [f"{m.version}/{hashlib.sha256(m.text.encode()).hexdigest()[:16]}" for m in memories]
-        keys = [MemoryKey(request.tenant_id, request.subject_id, m.id) for m in memories]
+        keys = [MemoryKey(request.tenant_id, request.subject, m.id) for m in memories]
         found = [self.cache.get(k, v, ctx, request.data_key) for k, v in zip(keys, versions, strict=True)]
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
@@ -369,68 +400,130 @@ class KVEngine:
         return_first_logits: bool,
         holder: list[KVResult],
     ) -> Iterator[str]:
-        warnings: list[str] = []
+        """Plan, build the model context, decode; yields text deltas and appends the result to ``holder``."""
+        plan = self._plan(request, injection, layout)
         timings = KVTimings()
+        context = self._build_context(request, plan, timings)
+        self._check_budget(context, max_new_tokens)
+        decoded = yield from self._decode(context, max_new_tokens, should_stop, return_first_logits, timings)
+        holder.append(
+            KVResult(
+                text=decoded.text,
+                token_ids=decoded.token_ids,
+                injection=plan.injection,
+                layout=plan.layout,
+                finish_reason=decoded.finish_reason,
+                warnings=plan.warnings,
+                timings=timings,
+                prefill_tokens=len(context.feed),
+                cache_tokens=context.cache_tokens,
+                memory_tokens=context.memory_tokens,
+                encoded_memories=context.encoded_memories,
+                first_logits=decoded.first_logits,
+            )
+        )
+
+    def _plan(self, request: KVRequest, injection: Injection, layout: Layout | None) -> _Plan:
+        """Resolve what runs: KV on an unsupported model falls back to prompt injection (with a warning); the
+        layout applies to KV injection only; "none" injects no memories."""
+        warnings: list[str] = []
         if injection == "kv" and not self.supported:
             warnings.append(f"KV injection unavailable, used prompt injection: {self.unsupported_reason}")
             log.warning("%s", warnings[-1])
             injection = "prompt"
-        layout_used: Layout | None = (layout or self.settings.layout) if injection == "kv" else None
-        memories = list(request.memories) if injection != "none" else []
-        memory_tokens = 0
-        encoded = 0
+        return _Plan(
+            injection=injection,
+            layout=(layout or self.settings.layout) if injection == "kv" else None,
+            memories=list(request.memories) if injection != "none" else [],
+            warnings=warnings,
+        )
 
+    def _build_context(self, request: KVRequest, plan: _Plan, timings: KVTimings) -> _Context:
+        """The cache and the token ids to prefill after it, for ``plan``'s injection and layout."""
+        if plan.layout is None:
+            return self._text_context(request, plan.memories)
+        return self._kv_context(request, plan.memories, plan.layout, timings)
+
+    def _text_context(self, request: KVRequest, memories: Sequence[MemoryText]) -> _Context:
+        """Prompt injection (or none): an empty cache; prefix, memory texts and suffix are all prefilled."""
+        mem_ids = [self.tokenize(m.text) for m in memories]
+        feed = self.tokenize(request.prefix) + [t for ids in mem_ids for t in ids] + self.tokenize(request.suffix)
+        return _Context(
+            cache=DynamicCache(config=self.config),
+            start_pos=0,
+            feed=feed,
+            cache_tokens=0,
+            memory_tokens=sum(len(ids) for ids in mem_ids),
+            encoded_memories=0,
+        )
+
+    def _kv_context(
+        self, request: KVRequest, memories: Sequence[MemoryText], layout: Layout, timings: KVTimings
+    ) -> _Context:
+        """KV injection: the prefix and the memories' stored keys/values assembled into a cache in ``layout``
+        (``hybrid``: the top memories stay text, prefilled before the suffix). Sets the encode/assemble timings."""
         t0 = time.perf_counter()
-        prefix_ids = self.tokenize(request.prefix)
         suffix_ids = self.tokenize(request.suffix)
-        if layout_used is None:
-            mem_ids = [self.tokenize(m.text) for m in memories]
-            memory_tokens = sum(len(ids) for ids in mem_ids)
-            feed = prefix_ids + [t for ids in mem_ids for t in ids] + suffix_ids
-            start_pos, cache, cache_tokens = 0, DynamicCache(config=self.config), 0
+        prefix = self.prefix_kv(request.prefix)
+        if layout == "hybrid":
+            n_text = min(self.settings.hybrid_text_memories, len(memories))
+            text_mems, kv_mems = memories[:n_text], memories[n_text:]
+            base: BaseLayout = self.settings.hybrid_kv_layout
         else:
-            prefix = self.prefix_kv(request.prefix)
-            if layout_used == "hybrid":
-                n_text = min(self.settings.hybrid_text_memories, len(memories))
-                text_mems, kv_mems = memories[:n_text], memories[n_text:]
-                base: BaseLayout = self.settings.hybrid_kv_layout
-            else:
-                text_mems, kv_mems, base = [], memories, layout_used
-            stored, encoded = self.encoded_memories(request, prefix, kv_mems)
-            timings.encode_s = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            temperature = self.settings.shared_temperature if base == "shared" else 1.0
-            built: AssembledCache = assemble(
-                prefix,
-                stored,
-                layout=base,
-                rope=self._rope(),
-                dtype=self.dtype,
-                device=self.device,
-                config=self.config,
-                temperature=temperature,
-            )
-            timings.assemble_s = time.perf_counter() - t1
-            text_ids = [t for m in text_mems for t in self.tokenize(m.text)]
-            memory_tokens = sum(m.tokens for m in stored) + len(text_ids)
-            feed = text_ids + suffix_ids
-            start_pos, cache, cache_tokens = built.next_position, built.cache, built.cache_tokens
-        budget = getattr(self.config, "max_position_embeddings", None)
-        if budget is not None and start_pos + len(feed) + max_new_tokens > budget:
-            raise KVContextTooLongError(
-                f"{start_pos + len(feed)} positions + {max_new_tokens} new tokens exceed the model's {budget}"
-            )
+            text_mems, kv_mems, base = [], memories, layout
+        stored, encoded = self.encoded_memories(request, prefix, kv_mems)
+        timings.encode_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        built: AssembledCache = assemble(
+            prefix,
+            stored,
+            layout=base,
+            rope=self._rope(),
+            dtype=self.dtype,
+            device=self.device,
+            config=self.config,
+            temperature=self.settings.shared_temperature if base == "shared" else 1.0,
+        )
+        timings.assemble_s = time.perf_counter() - t1
+        text_ids = [t for m in text_mems for t in self.tokenize(m.text)]
+        return _Context(
+            cache=built.cache,
+            start_pos=built.next_position,
+            feed=text_ids + suffix_ids,
+            cache_tokens=built.cache_tokens,
+            memory_tokens=sum(m.tokens for m in stored) + len(text_ids),
+            encoded_memories=encoded,
+        )
 
+    def _check_budget(self, context: _Context, max_new_tokens: int) -> None:
+        """Raise ``KVContextTooLongError`` when the context plus ``max_new_tokens`` exceeds the model's positions."""
+        budget = getattr(self.config, "max_position_embeddings", None)
+        end = context.start_pos + len(context.feed)
+        if budget is not None and end + max_new_tokens > budget:
+            raise KVContextTooLongError(f"{end} positions + {max_new_tokens} new tokens exceed the model's {budget}")
+
+    def _decode(
+        self,
+        context: _Context,
+        max_new_tokens: int,
+        should_stop: Callable[[str], bool] | None,
+        return_first_logits: bool,
+        timings: KVTimings,
+    ) -> Generator[str, None, _Decoded]:
+        """Greedy decoding: prefill ``context.feed`` after its cache, then one token per step until a stop token,
+        ``should_stop(text)`` or ``max_new_tokens``. Yields text deltas (never a partial UTF-8 character); sets
+        the prefill/decode timings and returns what was generated."""
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
-        t2 = time.perf_counter()
-        t3 = t2
+        t_prefill = time.perf_counter()
+        t_decode = t_prefill
         generated: list[int] = []
         text = ""
         finish: Literal["stop", "length"] = "length"
         first_logits: torch.Tensor | None = None
-        pos = start_pos
-        step_ids = feed
+        cache = context.cache
+        pos = context.start_pos
+        step_ids = context.feed
         with torch.inference_mode():
             for step in range(max_new_tokens):
                 positions = torch.arange(pos, pos + len(step_ids), device=self.device).unsqueeze(0)
@@ -446,8 +539,8 @@ class KVEngine:
                 pos += len(step_ids)
                 token = int(torch.argmax(logits))
                 if step == 0:
-                    timings.prefill_s = time.perf_counter() - t2
-                    t3 = time.perf_counter()
+                    timings.prefill_s = time.perf_counter() - t_prefill
+                    t_decode = time.perf_counter()
                     if return_first_logits:
                         first_logits = logits.detach().to("cpu")
                 if token in self._stop_ids:
@@ -462,26 +555,11 @@ class KVEngine:
                     finish = "stop"
                     break
                 step_ids = [token]
-        timings.decode_s = time.perf_counter() - t3
+        timings.decode_s = time.perf_counter() - t_decode
         final = self.tokenizer.decode(generated, skip_special_tokens=True)
         if len(final) > len(text) and final.startswith(text):
             yield final[len(text) :]
-        holder.append(
-            KVResult(
-                text=final,
-                token_ids=generated,
-                injection=injection,
-                layout=layout_used,
-                finish_reason=finish,
-                warnings=warnings,
-                timings=timings,
-                prefill_tokens=len(feed),
-                cache_tokens=cache_tokens,
-                memory_tokens=memory_tokens,
-                encoded_memories=encoded,
-                first_logits=first_logits,
-            )
-        )
+        return _Decoded(token_ids=generated, text=final, finish_reason=finish, first_logits=first_logits)
 
     def _rope(self) -> Rope:
         if self.rope is None:  # pragma: no cover - guarded by `supported`

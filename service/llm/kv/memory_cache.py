@@ -55,7 +55,7 @@ class EncodedMemory:
 @dataclass(frozen=True)
 class MemoryKey:
     tenant_id: str
-    subject_id: str
+    subject: str  # the subject's name (``KVRequest.subject``); ``forget_subject`` matches on it
     memory_id: str
 
 
@@ -98,18 +98,18 @@ class EncryptedKVDisk:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def _subject_dir(self, model_fp: str, tenant_id: str, subject_id: str) -> Path:
-        return self.root / _h("model", model_fp) / _h("subject", tenant_id, subject_id)
+    def _subject_dir(self, model_fp: str, tenant_id: str, subject: str) -> Path:
+        return self.root / _h("model", model_fp) / _h("subject", tenant_id, subject)
 
     def _path(self, key: MemoryKey, model_fp: str) -> Path:
-        return self._subject_dir(model_fp, key.tenant_id, key.subject_id) / (_h("memory", key.memory_id) + ".kv")
+        return self._subject_dir(model_fp, key.tenant_id, key.subject) / (_h("memory", key.memory_id) + ".kv")
 
     @staticmethod
     def _ad(key: MemoryKey, version: str, context: EncodingContext) -> bytes:
         return associated_data(
             "kv-cache",
             key.tenant_id,
-            key.subject_id,
+            key.subject,
             key.memory_id,
             version,
             context.model_fingerprint,
@@ -164,14 +164,14 @@ class EncryptedKVDisk:
         if not self.root.is_dir():
             return
         for model_dir in self.root.iterdir():
-            sub = model_dir / _h("subject", key.tenant_id, key.subject_id) / (_h("memory", key.memory_id) + ".kv")
+            sub = model_dir / _h("subject", key.tenant_id, key.subject) / (_h("memory", key.memory_id) + ".kv")
             sub.unlink(missing_ok=True)
 
-    def delete_subject(self, tenant_id: str, subject_id: str) -> None:
+    def delete_subject(self, tenant_id: str, subject: str) -> None:
         if not self.root.is_dir():
             return
         for model_dir in self.root.iterdir():
-            shutil.rmtree(model_dir / _h("subject", tenant_id, subject_id), ignore_errors=True)
+            shutil.rmtree(model_dir / _h("subject", tenant_id, subject), ignore_errors=True)
 
     def keep_only_model(self, model_fp: str) -> None:
         if not self.root.is_dir():
@@ -277,23 +277,23 @@ class MemoryKVCache:
         self._bytes -= old.memory.nbytes
         return True
 
-    def invalidate(self, tenant_id: str, subject_id: str, memory_id: str) -> None:
+    def invalidate(self, tenant_id: str, subject: str, memory_id: str) -> None:
         """A memory was updated or deleted: drop its entries (RAM and disk)."""
-        key = MemoryKey(tenant_id, subject_id, memory_id)
+        key = MemoryKey(tenant_id, subject, memory_id)
         with self._lock:
             if self._drop(key):
                 self.stats.invalidations += 1
         if self.disk is not None:
             self.disk.delete(key)
 
-    def forget_subject(self, tenant_id: str, subject_id: str) -> None:
+    def forget_subject(self, tenant_id: str, subject: str) -> None:
         """A subject was forgotten: drop all of its entries (RAM and disk)."""
         with self._lock:
-            for key in [k for k in self._entries if k.tenant_id == tenant_id and k.subject_id == subject_id]:
+            for key in [k for k in self._entries if k.tenant_id == tenant_id and k.subject == subject]:
                 self._drop(key)
                 self.stats.invalidations += 1
         if self.disk is not None:
-            self.disk.delete_subject(tenant_id, subject_id)
+            self.disk.delete_subject(tenant_id, subject)
 
     def clear(self) -> None:
         with self._lock:
