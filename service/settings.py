@@ -50,6 +50,9 @@ class Settings(StoreSettings, ChatSettings):
     persist_interval_seconds: float = Field(
         default=30.0, gt=0, description="How often the service flushes access times and changed indexes."
     )
+    purge_interval_seconds: float = Field(
+        default=300.0, gt=0, description="How often the service deletes memories whose expires_at has passed."
+    )
 
     @model_validator(mode="after")
     def _check_token_secret(self) -> Settings:

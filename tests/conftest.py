@@ -23,6 +23,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings come only from what each test passes, never from the developer's or CI's SEALMEM_* variables."""
+    for name in list(os.environ):
+        if name.startswith("SEALMEM_"):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Any]:
     """One private PostgreSQL 16 + pgvector for the session.
@@ -60,9 +68,13 @@ def pg_template(pg_server: Any) -> str:
 
 
 @pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("sqlite-template")
-    engine = make_engine(StoreSettings(data_dir=folder))
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database migrated once per session; each store or app under test starts from a copy.
+
+    ``database_url`` is given here because session fixtures run before ``_clean_environment``.
+    """
+    folder = tmp_path_factory.mktemp("migrated")
+    engine = make_engine(StoreSettings(data_dir=folder, database_url=None))
     upgrade(engine)
     with engine.connect() as conn:
         conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -94,7 +106,7 @@ def database_url(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -
     if backend == "sqlite":
         data = tmp_path / "data"
         data.mkdir()
-        shutil.copy(request.getfixturevalue("sqlite_template"), data / "sealmem.db")
+        shutil.copy(request.getfixturevalue("migrated_db"), data / "sealmem.db")
         return None
     server = request.getfixturevalue("pg_server")
     template = request.getfixturevalue("pg_template")

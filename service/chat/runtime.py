@@ -1,20 +1,22 @@
 """Everything the chat loop needs for one app instance, built from :class:`ChatSettings`.
 
-The app keeps one :class:`ChatRuntime` on ``app.state.chat``: ``await runtime.start()`` in the lifespan
-loads the model (off the event loop) and starts the write-back worker; ``await runtime.stop()`` finishes
-queued write-backs and releases the backend.
+The app's lifespan enters :func:`running_chat`, which builds one :class:`ChatRuntime` and keeps it on
+``app.state.chat``: ``await runtime.start()`` loads the model (off the event loop) and starts the write-back
+worker; ``await runtime.stop()`` finishes queued write-backs and releases the backend.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memory_store import MemoryStore
 from service.chat.distill import Distiller, LLMDistiller, RuleDistiller
-from service.chat.service import ChatService, Injector
+from service.chat.service import ChatService
 from service.chat.settings import ChatSettings
 from service.chat.writeback import AuditSink, WriteBackWorker
 from service.llm.backend import LLMBackend, TokenCounter, TokenizerCounter
@@ -78,7 +80,6 @@ class ChatRuntime:
         backend: LLMBackend,
         audit: AuditSink | None = None,
         distiller: Distiller | None = None,
-        injectors: dict[str, Injector] | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
@@ -93,25 +94,7 @@ class ChatRuntime:
             duplicate_similarity=settings.chat_duplicate_similarity,
             duplicate_dense=settings.chat_duplicate_dense,
         )
-        self.service = ChatService(
-            store=store, backend=backend, settings=settings, worker=self.worker, injectors=injectors
-        )
-
-    @classmethod
-    def create(
-        cls,
-        settings: ChatSettings,
-        *,
-        store: MemoryStore,
-        audit: AuditSink | None = None,
-        cache_dir: Path | None = None,
-        backend: LLMBackend | None = None,
-    ) -> ChatRuntime:
-        """Build from settings; ``cache_dir`` (the data dir) keeps converted GGUF weights between starts."""
-        return cls(
-            settings, store=store, backend=backend or backend_from_settings(settings, cache_dir=cache_dir),
-            audit=audit,
-        )
+        self.service = ChatService(store=store, backend=backend, settings=settings, worker=self.worker)
 
     async def start(self) -> None:
         await self.backend.start()
@@ -126,7 +109,7 @@ class ChatRuntime:
         """
         from service.llm.local import LocalBackend
 
-        if not isinstance(self.backend, LocalBackend) or "kv" in self.service.injectors:
+        if not isinstance(self.backend, LocalBackend):
             return
         from service.chat.kv_injector import KVInjector, build_engine
 
@@ -147,3 +130,35 @@ class ChatRuntime:
     async def stop(self, *, drain_timeout: float = 10.0) -> None:
         await self.worker.stop(drain_timeout=drain_timeout)
         await self.backend.aclose()
+
+
+@asynccontextmanager
+async def running_chat(
+    settings: ChatSettings,
+    *,
+    store: MemoryStore,
+    audit: AuditSink | None = None,
+    cache_dir: Path | None = None,
+    llm: LLMBackend | None = None,
+    distiller: Distiller | None = None,
+) -> AsyncIterator[ChatRuntime | None]:
+    """A started :class:`ChatRuntime` for the duration of the block, stopped at its end.
+
+    With ``chat_enabled`` off it yields None and loads no model. ``llm`` replaces the backend the settings
+    describe (tests inject a fake); ``cache_dir`` (the data dir) keeps converted GGUF weights between starts.
+    """
+    if not settings.chat_enabled:
+        yield None
+        return
+    runtime = ChatRuntime(
+        settings,
+        store=store,
+        backend=llm or backend_from_settings(settings, cache_dir=cache_dir),
+        audit=audit,
+        distiller=distiller,
+    )
+    await runtime.start()
+    try:
+        yield runtime
+    finally:
+        await runtime.stop()

@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 from service.llm.backend import LLMTimeoutError, LLMUnavailableError
-from tests.chat.conftest import ChatHarness, bearer
 from tests.chat.fakes import FakeBackend
+from tests.harness import Harness, bearer
 
 
 def _sse(text: str) -> list[tuple[str, Any]]:
@@ -18,7 +18,7 @@ def _sse(text: str) -> list[tuple[str, Any]]:
     return events
 
 
-def test_chat_uses_the_subjects_memories_and_says_which(harness: ChatHarness, fake: FakeBackend) -> None:
+def test_chat_uses_the_subjects_memories_and_says_which(harness: Harness, fake: FakeBackend) -> None:
     keys = harness.tenant()
     dog = harness.add(keys.app, "ana", "My dog is named Biscuit.")
     harness.add(keys.app, "ana", "I work as a nurse.")
@@ -42,14 +42,14 @@ def test_chat_uses_the_subjects_memories_and_says_which(harness: ChatHarness, fa
         ("turn", "user", "written"), ("turn", "assistant", "written"), ("fact", None, "queued"),
     ]
     assert out["write_back"]["status"] == "queued" and out["write_back"]["job_id"]
-    retrieve = harness.audit(keys.tenant_id, "chat.retrieve")
+    retrieve = harness.audit(keys.id, "chat.retrieve")
     assert len(retrieve) == 1 and dog["id"] in retrieve[0].memory_ids and retrieve[0].subject == "ana"
     assert "Biscuit" not in json.dumps([e.detail for e in retrieve])
-    writes = harness.audit(keys.tenant_id, "chat.write")
+    writes = harness.audit(keys.id, "chat.write")
     assert writes[0].memory_ids == [w["id"] for w in written if w["id"]]
 
 
-def test_turns_are_working_memory_of_the_session_only(harness: ChatHarness, fake: FakeBackend) -> None:
+def test_turns_are_working_memory_of_the_session_only(harness: Harness, fake: FakeBackend) -> None:
     keys = harness.tenant()
     harness.chat(keys.app, subject="ana", session_id="s1", message="Hello there!")
     harness.chat(keys.app, subject="ana", session_id="s1", message="Let us plan a trip.")
@@ -62,10 +62,10 @@ def test_turns_are_working_memory_of_the_session_only(harness: ChatHarness, fake
     assert [(m.role, m.content) for m in fake.calls[-1] if m.role != "system"] == [("user", "Hi, I am Bob.")]
 
 
-def test_turns_are_stored_encrypted_with_provenance(harness: ChatHarness) -> None:
+def test_turns_are_stored_encrypted_with_provenance(harness: Harness) -> None:
     keys = harness.tenant()
     out = harness.chat(keys.app, subject="ana", session_id="s1", message="I keep bees in my garden.")
-    user_turn = harness.store.get(tenant_id=keys.tenant_id, memory_id=out["memories_written"][0]["id"])
+    user_turn = harness.store.get(tenant_id=keys.id, memory_id=out["memories_written"][0]["id"])
     assert (user_turn.kind, user_turn.source, user_turn.session_id, user_turn.source_ref) == (
         "turn", "chat", "s1", out["message_id"],
     )
@@ -75,7 +75,7 @@ def test_turns_are_stored_encrypted_with_provenance(harness: ChatHarness) -> Non
     assert blobs and all(b"bees" not in bytes(blob) for blob in blobs)
 
 
-def test_write_back_distils_atomic_facts_with_provenance(harness: ChatHarness) -> None:
+def test_write_back_distils_atomic_facts_with_provenance(harness: Harness) -> None:
     keys = harness.tenant()
     out = harness.chat(
         keys.app, subject="ana", session_id="s1", message="Hi! My dog is named Biscuit and I live in Lisbon."
@@ -83,27 +83,27 @@ def test_write_back_distils_atomic_facts_with_provenance(harness: ChatHarness) -
     harness.drain()
     job = harness.runtime.worker.result(out["write_back"]["job_id"])
     assert job is not None and job.status == "done" and len(job.added) == 2
-    facts = harness.store.list(tenant_id=keys.tenant_id, subject="ana").items
+    facts = harness.store.list(tenant_id=keys.id, subject="ana").items
     facts = sorted((m for m in facts if m.kind != "turn"), key=lambda m: m.text)
     assert [m.text for m in facts] == ["I live in Lisbon.", "My dog is named Biscuit."]
     for fact in facts:
         assert (fact.source, fact.session_id, fact.source_ref) == ("chat", "s1", out["message_id"])
         assert fact.metadata["message_id"] == out["message_id"]
         assert fact.metadata["turn_id"] == out["memories_written"][0]["id"]
-    audit = harness.audit(keys.tenant_id, "chat.write_back")
+    audit = harness.audit(keys.id, "chat.write_back")
     assert len(audit) == 1 and sorted(audit[0].memory_ids) == sorted(job.added)
 
 
-def test_chit_chat_and_questions_are_not_distilled(harness: ChatHarness) -> None:
+def test_chit_chat_and_questions_are_not_distilled(harness: Harness) -> None:
     keys = harness.tenant()
     for message in ("Hello!", "Thanks, that's great.", "What is the capital of France?", "Can you help me?"):
         harness.chat(keys.app, subject="ana", session_id="s1", message=message)
     harness.drain()
-    kinds = {m.kind for m in harness.store.list(tenant_id=keys.tenant_id, subject="ana").items}
+    kinds = {m.kind for m in harness.store.list(tenant_id=keys.id, subject="ana").items}
     assert kinds == {"turn"}
 
 
-def test_a_near_duplicate_updates_the_memory_and_keeps_history(harness: ChatHarness) -> None:
+def test_a_near_duplicate_updates_the_memory_and_keeps_history(harness: Harness) -> None:
     keys = harness.tenant()
     harness.chat(keys.app, subject="ana", session_id="s1", message="I live in Lisbon.")
     harness.drain()
@@ -111,26 +111,26 @@ def test_a_near_duplicate_updates_the_memory_and_keeps_history(harness: ChatHarn
     harness.drain()
     job = harness.runtime.worker.result(second["write_back"]["job_id"])
     assert job is not None and job.added == [] and len(job.updated) == 1
-    facts = [m for m in harness.store.list(tenant_id=keys.tenant_id, subject="ana").items if m.kind != "turn"]
+    facts = [m for m in harness.store.list(tenant_id=keys.id, subject="ana").items if m.kind != "turn"]
     assert len(facts) == 1
     fact = facts[0]
     assert fact.text == "I live in Lisbon now." and fact.metadata["mentions"] == 2
     assert fact.metadata["last_message_id"] == second["message_id"]
-    history = harness.store.history(tenant_id=keys.tenant_id, memory_id=fact.id)
+    history = harness.store.history(tenant_id=keys.id, memory_id=fact.id)
     assert [h.action for h in history] == ["add", "update"]
     assert "text" in history[1].detail["fields"]
 
 
-def test_the_same_fact_in_other_words_is_a_duplicate_by_slot(harness: ChatHarness) -> None:
+def test_the_same_fact_in_other_words_is_a_duplicate_by_slot(harness: Harness) -> None:
     keys = harness.tenant()
     harness.add(keys.app, "ana", "My cat's name is Tom.")
     harness.chat(keys.app, subject="ana", session_id="s1", message="I have a cat called Tom.")
     harness.drain()
-    facts = [m for m in harness.store.list(tenant_id=keys.tenant_id, subject="ana").items if m.kind != "turn"]
+    facts = [m for m in harness.store.list(tenant_id=keys.id, subject="ana").items if m.kind != "turn"]
     assert len(facts) == 1 and facts[0].metadata["mentions"] == 2
 
 
-def test_a_contradiction_supersedes_the_old_fact_and_the_new_one_ranks_first(harness: ChatHarness) -> None:
+def test_a_contradiction_supersedes_the_old_fact_and_the_new_one_ranks_first(harness: Harness) -> None:
     keys = harness.tenant()
     harness.chat(keys.app, subject="ana", session_id="s1", message="My dog is named Biscuit and I live in Lisbon.")
     harness.drain()
@@ -139,10 +139,10 @@ def test_a_contradiction_supersedes_the_old_fact_and_the_new_one_ranks_first(har
     job = harness.runtime.worker.result(moved["write_back"]["job_id"])
     assert job is not None and len(job.added) == 1 and len(job.superseded) == 1
     porto_id = job.added[0]
-    lisbon = harness.store.get(tenant_id=keys.tenant_id, memory_id=job.superseded[0]["id"])
+    lisbon = harness.store.get(tenant_id=keys.id, memory_id=job.superseded[0]["id"])
     assert lisbon.text == "I live in Lisbon." and lisbon.status == "superseded"
     assert lisbon.superseded_by == porto_id
-    actions = [h.action for h in harness.store.history(tenant_id=keys.tenant_id, memory_id=lisbon.id)]
+    actions = [h.action for h in harness.store.history(tenant_id=keys.id, memory_id=lisbon.id)]
     assert actions == ["add", "supersede"]
     out = harness.chat(keys.app, subject="ana", session_id="s3", message="Where do I live? Porto or Lisbon?")
     used = [m["text"] for m in out["memories_used"]]
@@ -155,13 +155,13 @@ def test_a_contradiction_supersedes_the_old_fact_and_the_new_one_ranks_first(har
     assert "I live in Lisbon." not in texts and "I moved to Porto." in texts
 
 
-def test_negation_supersedes_a_preference(harness: ChatHarness) -> None:
+def test_negation_supersedes_a_preference(harness: Harness) -> None:
     keys = harness.tenant()
     harness.chat(keys.app, subject="ana", session_id="s1", message="I love coffee.")
     harness.drain()
     harness.chat(keys.app, subject="ana", session_id="s1", message="I don't like coffee anymore.")
     harness.drain()
-    prefs = harness.store.list(tenant_id=keys.tenant_id, subject="ana").items
+    prefs = harness.store.list(tenant_id=keys.id, subject="ana").items
     status = {m.text: m.status for m in prefs if m.kind == "preference"}
     assert status == {"I love coffee.": "superseded", "I don't like coffee anymore.": "active"}
 
@@ -181,11 +181,11 @@ def test_request_latency_does_not_include_distillation(make_chat: Any) -> None:
     assert out["write_back"]["status"] == "queued" and not slow.finished.is_set()
     harness.drain()
     assert slow.finished.is_set()
-    facts = [m.text for m in harness.store.list(tenant_id=keys.tenant_id, subject="ana").items if m.kind == "fact"]
+    facts = [m.text for m in harness.store.list(tenant_id=keys.id, subject="ana").items if m.kind == "fact"]
     assert facts == ["I live in Lisbon."]
 
 
-def test_write_back_false_stores_nothing(harness: ChatHarness) -> None:
+def test_write_back_false_stores_nothing(harness: Harness) -> None:
     keys = harness.tenant()
     out = harness.chat(keys.app, subject="ana", session_id="s1", message="I live in Lisbon.", write_back=False)
     harness.drain()
@@ -193,7 +193,7 @@ def test_write_back_false_stores_nothing(harness: ChatHarness) -> None:
     assert harness.client.get("/v1/sessions?subject=ana", headers=bearer(keys.app)).json() == {"sessions": []}
 
 
-def test_injection_none_and_k_zero_skip_memories(harness: ChatHarness, fake: FakeBackend) -> None:
+def test_injection_none_and_k_zero_skip_memories(harness: Harness, fake: FakeBackend) -> None:
     keys = harness.tenant()
     harness.add(keys.app, "ana", "My dog is named Biscuit.")
     for body in ({"injection": "none"}, {"k": 0}):
@@ -202,7 +202,7 @@ def test_injection_none_and_k_zero_skip_memories(harness: ChatHarness, fake: Fak
         assert all("Biscuit" not in m.content for m in fake.calls[-1])
 
 
-def test_kv_injection_is_501_until_it_is_plugged_in(harness: ChatHarness) -> None:
+def test_kv_injection_is_501_until_it_is_plugged_in(harness: Harness) -> None:
     keys = harness.tenant()
     response = harness.client.post(
         "/v1/chat", json={"subject": "ana", "message": "hi there", "injection": "kv"}, headers=bearer(keys.app)
@@ -213,7 +213,7 @@ def test_kv_injection_is_501_until_it_is_plugged_in(harness: ChatHarness) -> Non
     assert body["error"]["request_id"] == response.headers["X-Request-ID"]
 
 
-def test_a_plugged_in_injector_serves_its_mode(harness: ChatHarness) -> None:
+def test_a_plugged_in_injector_serves_its_mode(harness: Harness) -> None:
     from service.chat.service import InjectionRequest
 
     seen: list[InjectionRequest] = []
@@ -235,7 +235,7 @@ def test_a_plugged_in_injector_serves_its_mode(harness: ChatHarness) -> None:
     assert prompt.system_text == prompt.prefix + prompt.memory_lines[0].line + prompt.suffix
 
 
-def test_sse_streams_deltas_then_the_memory_lists(harness: ChatHarness) -> None:
+def test_sse_streams_deltas_then_the_memory_lists(harness: Harness) -> None:
     keys = harness.tenant()
     dog = harness.add(keys.app, "ana", "My dog is named Biscuit.")
     with harness.client.stream(
@@ -255,7 +255,7 @@ def test_sse_streams_deltas_then_the_memory_lists(harness: ChatHarness) -> None:
     assert [t["role"] for t in turns] == ["user", "assistant"]
 
 
-def test_llm_failures_become_502_and_504_error_bodies(harness: ChatHarness, fake: FakeBackend) -> None:
+def test_llm_failures_become_502_and_504_error_bodies(harness: Harness, fake: FakeBackend) -> None:
     keys = harness.tenant()
     for error, status, code in (
         (LLMUnavailableError("the LLM server cannot be reached"), 502, "llm_unavailable"),
@@ -273,7 +273,7 @@ def test_llm_failures_become_502_and_504_error_bodies(harness: ChatHarness, fake
     assert harness.client.get("/v1/sessions?subject=ana", headers=bearer(keys.app)).json() == {"sessions": []}
 
 
-def test_access_rules(harness: ChatHarness) -> None:
+def test_access_rules(harness: Harness) -> None:
     keys = harness.tenant()
     other = harness.tenant("other")
     harness.add(keys.app, "ana", "My dog is named Biscuit.")
@@ -300,7 +300,7 @@ def test_access_rules(harness: ChatHarness) -> None:
     assert out["memories_used"] == []
 
 
-def test_bad_input_is_a_4xx(harness: ChatHarness) -> None:
+def test_bad_input_is_a_4xx(harness: Harness) -> None:
     keys = harness.tenant()
     for body in (
         {"subject": "ana", "message": ""},
@@ -316,7 +316,7 @@ def test_bad_input_is_a_4xx(harness: ChatHarness) -> None:
 
 
 def test_a_message_longer_than_the_context_is_422(make_chat: Any) -> None:
-    harness = make_chat(backend=FakeBackend(context_tokens=300))
+    harness = make_chat(llm=FakeBackend(context_tokens=300))
     keys = harness.tenant()
     response = harness.client.post(
         "/v1/chat", json={"subject": "ana", "message": "word " * 400}, headers=bearer(keys.app)
@@ -324,7 +324,7 @@ def test_a_message_longer_than_the_context_is_422(make_chat: Any) -> None:
     assert response.status_code == 422 and response.json()["error"]["code"] == "message_too_long"
 
 
-def test_sessions_list_get_delete(harness: ChatHarness) -> None:
+def test_sessions_list_get_delete(harness: Harness) -> None:
     keys = harness.tenant()
     harness.chat(keys.app, subject="ana", session_id="s1", message="My dog is named Biscuit.")
     harness.chat(keys.app, subject="ana", session_id="s1", message="Nice weather today.")
@@ -345,17 +345,17 @@ def test_sessions_list_get_delete(harness: ChatHarness) -> None:
     assert harness.client.delete("/v1/sessions/s1?subject=ana", headers=bearer(keys.reader)).status_code == 403
     assert harness.client.delete("/v1/sessions/s1?subject=ana", headers=bearer(keys.app)).status_code == 204
     assert harness.client.get("/v1/sessions/s1?subject=ana", headers=bearer(keys.app)).status_code == 404
-    remaining = harness.store.list(tenant_id=keys.tenant_id, subject="ana").items
+    remaining = harness.store.list(tenant_id=keys.id, subject="ana").items
     assert [m.text for m in remaining if m.session_id == "s1"] == ["My dog is named Biscuit."]  # the fact stays
     assert harness.client.delete(
         "/v1/sessions/s2?subject=ana&include_derived=true", headers=bearer(token)
     ).status_code == 204
     assert harness.client.delete("/v1/sessions/s2?subject=ana", headers=bearer(keys.app)).status_code == 404
-    deletes = harness.audit(keys.tenant_id, "session.delete")
+    deletes = harness.audit(keys.id, "session.delete")
     assert {e.outcome for e in deletes} == {"ok", "not_found"}
 
 
-def test_models_lists_the_configured_model(harness: ChatHarness) -> None:
+def test_models_lists_the_configured_model(harness: Harness) -> None:
     keys = harness.tenant()
     out = harness.client.get("/v1/models", headers=bearer(keys.reader)).json()
     model = {"id": "fake-llm", "object": "model", "created": 0, "owned_by": "sealmem"}
@@ -389,8 +389,8 @@ def test_a_client_that_leaves_mid_stream_still_gets_its_turn_stored(server: Any)
     assert turns[0].text == "My dog is named Biscuit."
 
 
-def test_an_injector_error_keeps_its_status(harness: ChatHarness) -> None:
-    from service.chat.service import ChatError, InjectionRequest
+def test_an_injector_error_keeps_its_status(harness: Harness) -> None:
+    from tests.chat.fakes import ChatError, InjectionRequest
 
     class TooLong:
         async def stream(self, request: InjectionRequest, params: Any, stats: Any, *, cancel: Any) -> Any:
@@ -407,33 +407,22 @@ def test_an_injector_error_keeps_its_status(harness: ChatHarness) -> None:
         assert response.status_code == 422 and response.json()["error"]["code"] == "kv_context_too_long"
 
 
-def test_mounting_again_replaces_the_configuration_and_disabled_is_503(tmp_path: Any, chat_db: Any) -> None:
-    import shutil
-
-    from fastapi.testclient import TestClient
-
-    from service.chat.mount import mount_chat
-    from tests.chat.conftest import build_app, chat_settings
-
-    data = tmp_path / "data"
-    data.mkdir()
-    shutil.copyfile(chat_db, data / "sealmem.db")
-    first, second = FakeBackend(model="first"), FakeBackend(model="second")
-    app = build_app(data, backend=first)
-    mount_chat(app, chat_settings(), backend=second)
+def test_the_factory_runs_the_injected_llm_and_disabled_chat_is_503(tmp_path: Any, migrated_db: Any) -> None:
     from service.chat.routes import router
+    from tests.harness import fresh_data_dir, make_settings
 
-    mounted = [
-        r for r in app.routes if getattr(r, "original_router", None) is router or getattr(r, "path", "") == "/v1/chat"
-    ]
-    assert len(mounted) == 1  # included once (FastAPI keeps an included router whole, or flattens its routes)
-    with TestClient(app) as client:
-        assert app.state.chat.backend is second
-        services = app.state.services
-        tenant = services.store.create_tenant(name="t").id
-        key = services.keys.create(tenant_id=tenant, role="app", name="k", created_by="test").secret
-        assert client.get("/v1/models", headers=bearer(key)).json()["data"][0]["id"] == "second"
-    mount_chat(app, chat_settings(chat_enabled=False))
-    with TestClient(app) as client:
-        response = client.post("/v1/chat", json={"subject": "ana", "message": "hi"}, headers=bearer(key))
+    settings = make_settings(fresh_data_dir(tmp_path / "data", migrated_db))
+    injected = FakeBackend(model="injected")
+    with Harness.start(settings, llm=injected) as running:
+        mounted = [
+            r for r in running.app.routes
+            if getattr(r, "original_router", None) is router or getattr(r, "path", "") == "/v1/chat"
+        ]
+        assert len(mounted) == 1  # included once (FastAPI keeps an included router whole, or flattens its routes)
+        assert running.runtime.backend is injected
+        key = running.tenant("t").app
+        assert running.client.get("/v1/models", headers=bearer(key)).json()["data"][0]["id"] == "injected"
+    with Harness.start(settings.model_copy(update={"chat_enabled": False})) as disabled:
+        assert disabled.app.state.chat is None  # no runtime, so no model loaded
+        response = disabled.client.post("/v1/chat", json={"subject": "ana", "message": "hi"}, headers=bearer(key))
         assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable"

@@ -15,7 +15,8 @@ from service.llm.backend import GenerationParams
 from service.llm.kv import KVRequest, KVResult, KVSettings, KVStream, KVTimings
 from service.llm.loader import BUNDLED_SMOLLM2, LoadedModel, load_model
 from service.llm.local import LocalBackend
-from tests.chat.conftest import LLM_CACHE, ChatHarness, bearer
+from tests.chat.conftest import LLM_CACHE
+from tests.harness import Harness, bearer
 from tests.kv.conftest import ByteTokenizer, tiny_model
 
 
@@ -34,9 +35,9 @@ def tiny_backend() -> LocalBackend:
 
 
 def test_kv_chat_on_a_tiny_model_names_the_layout_and_reuses_the_cache(
-    make_chat: Callable[..., ChatHarness],
+    make_chat: Callable[..., Harness],
 ) -> None:
-    harness = make_chat(backend=tiny_backend())
+    harness = make_chat(llm=tiny_backend())
     injector = harness.runtime.service.injectors["kv"]
     assert isinstance(injector, KVInjector)
     seen: list[KVRequest] = []
@@ -62,7 +63,7 @@ def test_kv_chat_on_a_tiny_model_names_the_layout_and_reuses_the_cache(
     request = seen[-1]
     (memory,) = request.memories
     assert memory.id == dog["id"] and memory.text.startswith("- My dog is named Biscuit. (")
-    assert memory.version == harness.store.get(tenant_id=keys.tenant_id, memory_id=dog["id"]).updated_at.isoformat()
+    assert memory.version == harness.store.get(tenant_id=keys.id, memory_id=dog["id"]).updated_at.isoformat()
     prompt_text = harness.backend.loaded.tokenizer.apply_chat_template(  # type: ignore[attr-defined]
         [{"role": "system", "content": "Facts about the user:\n" + memory.text + "Answer in one short sentence."},
          {"role": "user", "content": "What is my dog's name?"}], tokenize=False, add_generation_prompt=True,
@@ -101,8 +102,8 @@ def test_kv_chat_on_a_tiny_model_names_the_layout_and_reuses_the_cache(
     assert len(engine.cache) == 0
 
 
-def test_kv_without_memories_is_the_prompt_path(make_chat: Callable[..., ChatHarness]) -> None:
-    harness = make_chat(backend=tiny_backend())
+def test_kv_without_memories_is_the_prompt_path(make_chat: Callable[..., Harness]) -> None:
+    harness = make_chat(llm=tiny_backend())
     keys = harness.tenant()
     body: dict[str, Any] = {"subject": "bo", "message": "Hello there", "max_tokens": 4, "write_back": False}
     kv = harness.chat(keys.app, injection="kv", **body)
@@ -148,8 +149,8 @@ class ScriptedEngine:
         return KVStream(gen(), holder)
 
 
-def test_stop_strings_and_usage_of_the_kv_reply(make_chat: Callable[..., ChatHarness]) -> None:
-    harness = make_chat(backend=tiny_backend())
+def test_stop_strings_and_usage_of_the_kv_reply(make_chat: Callable[..., Harness]) -> None:
+    harness = make_chat(llm=tiny_backend())
     injector = harness.runtime.service.injectors["kv"]
     assert isinstance(injector, KVInjector)
     keys = harness.tenant()
@@ -158,7 +159,7 @@ def test_stop_strings_and_usage_of_the_kv_reply(make_chat: Callable[..., ChatHar
 
     def chat(stop: tuple[str, ...]) -> Any:
         req = ChatRequest(
-            tenant_id=keys.tenant_id, subject="ana", session_id="s", message="What is my dog's name?",
+            tenant_id=keys.id, subject="ana", session_id="s", message="What is my dog's name?",
             caller=Caller(credential_id="c", role="app", actor="test"), injection="kv", write_back=False,
             params=GenerationParams(max_new_tokens=12, stop=stop),
         )
@@ -177,9 +178,9 @@ def test_stop_strings_and_usage_of_the_kv_reply(make_chat: Callable[..., ChatHar
 
 
 @pytest.mark.slow
-def test_biscuit_through_kv_on_smollm2(make_chat: Callable[..., ChatHarness]) -> None:
+def test_biscuit_through_kv_on_smollm2(make_chat: Callable[..., Harness]) -> None:
     loaded: LoadedModel = load_model(BUNDLED_SMOLLM2, cache_dir=LLM_CACHE, device="cpu", torch_threads=1)
-    harness = make_chat(backend=LocalBackend(BUNDLED_SMOLLM2, loaded=loaded), embedder=_minilm())
+    harness = make_chat(llm=LocalBackend(BUNDLED_SMOLLM2, loaded=loaded), embedder=_minilm())
     keys = harness.tenant()
     fact = harness.add(keys.app, "ana", "My dog is named Biscuit and I live in Lisbon.")
     for layout in ("hybrid", "contiguous", "shared"):

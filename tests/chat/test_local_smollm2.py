@@ -14,7 +14,8 @@ from service.llm.backend import ChatMessage, GenerationParams, GenerationStats, 
 from service.llm.loader import BUNDLED_SMOLLM2, LoadedModel, load_model
 from service.llm.local import LocalBackend
 from service.llm.prompt import MemoryItem, PromptBuilder
-from tests.chat.conftest import LLM_CACHE, ChatHarness, bearer
+from tests.chat.conftest import LLM_CACHE
+from tests.harness import Harness, bearer
 
 pytestmark = pytest.mark.slow
 
@@ -30,9 +31,9 @@ def minilm() -> SentenceTransformerEmbedder:
 
 
 def test_biscuit_is_remembered_across_sessions(
-    make_chat: Callable[..., ChatHarness], smollm2: LoadedModel, minilm: SentenceTransformerEmbedder
+    make_chat: Callable[..., Harness], smollm2: LoadedModel, minilm: SentenceTransformerEmbedder
 ) -> None:
-    harness = make_chat(backend=LocalBackend(BUNDLED_SMOLLM2, loaded=smollm2), embedder=minilm)
+    harness = make_chat(llm=LocalBackend(BUNDLED_SMOLLM2, loaded=smollm2), embedder=minilm)
     keys = harness.tenant()
     first = harness.chat(
         keys.app, subject="ana", session_id="A", message="My dog is named Biscuit and I live in Lisbon."
@@ -43,7 +44,7 @@ def test_biscuit_is_remembered_across_sessions(
     used = out["memories_used"]
     assert used, out
     assert used[0]["text"] == "My dog is named Biscuit.", used
-    biscuit = harness.store.get(tenant_id=keys.tenant_id, memory_id=used[0]["id"])
+    biscuit = harness.store.get(tenant_id=keys.id, memory_id=used[0]["id"])
     assert (biscuit.source, biscuit.session_id, biscuit.source_ref) == ("chat", "A", first["message_id"])
     assert "Biscuit" in out["reply"], out["reply"]
     assert out["usage"]["prompt_tokens"] > 0 and out["usage"]["completion_tokens"] > 0

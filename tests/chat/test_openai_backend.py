@@ -20,9 +20,10 @@ from service.llm.backend import (
     LLMUpstreamError,
 )
 from service.llm.openai_backend import OpenAIBackend
-from tests.chat.conftest import ChatHarness, bearer, chat_settings
+from tests.chat.conftest import chat_settings
 from tests.chat.fakes import free_port, serve
 from tests.chat.openai_server import Script, fake_openai_app
+from tests.harness import Harness, bearer
 
 MESSAGES = [
     ChatMessage("system", "Facts about the user:\n- My dog is named Biscuit.\nAnswer in one short sentence."),
@@ -113,9 +114,9 @@ def test_settings_build_the_openai_backend(server: str, script: Script) -> None:
 
 
 def test_chat_through_the_openai_backend(
-    make_chat: Callable[..., ChatHarness], server: str, script: Script
+    make_chat: Callable[..., Harness], server: str, script: Script
 ) -> None:
-    harness = make_chat(backend=backend(server, timeout_s=1.0, max_retries=0))
+    harness = make_chat(llm=backend(server, timeout_s=1.0, max_retries=0))
     keys = harness.tenant()
     harness.add(keys.app, "ana", "My dog is named Biscuit.")
     out = harness.chat(keys.app, subject="ana", session_id="s1", message="What is my dog's name?")
@@ -131,8 +132,8 @@ def test_chat_through_the_openai_backend(
     assert response.status_code == 502 and response.json()["error"]["code"] == "llm_bad_response"
 
 
-def test_chat_when_the_llm_server_is_down(make_chat: Callable[..., ChatHarness]) -> None:
-    harness = make_chat(backend=backend(f"http://127.0.0.1:{free_port()}/v1", max_retries=0))
+def test_chat_when_the_llm_server_is_down(make_chat: Callable[..., Harness]) -> None:
+    harness = make_chat(llm=backend(f"http://127.0.0.1:{free_port()}/v1", max_retries=0))
     keys = harness.tenant()
     response = harness.client.post("/v1/chat", json={"subject": "ana", "message": "hi there"},
                                    headers=bearer(keys.app))

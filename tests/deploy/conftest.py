@@ -250,7 +250,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     """The test process's environment without any SEALMEM_* variable, plus ``extra``; the venv's bin first."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEALMEM_") and k not in ("PGPASSWORD",)}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", SEALMEM_TORCH_THREADS="1")
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", SEALMEM_EMBEDDING_THREADS="1")
     env.update(extra)
     return env
 

@@ -15,6 +15,9 @@ from service.llm.loader import LoadedModel
 
 IM_END = 256
 PAD = 257
+# Read at import: the autouse ``_clean_environment`` fixture removes every SEALMEM_* variable during tests.
+LLM_CACHE = Path(os.environ.get("SEALMEM_TEST_LLM_CACHE", "/tmp/sealmem-llm-cache"))
+TORCH_THREADS = int(os.environ.get("SEALMEM_TEST_THREADS", "1"))
 
 
 class ByteTokenizer:
@@ -95,10 +98,7 @@ def smollm2() -> LoadedModel:
     """The real SmolLM2-135M-Instruct (fp32 on CPU); converted weights cached across sessions."""
     from service.llm.loader import ModelLoadError, load_model
 
-    cache_dir = Path(os.environ.get("SEALMEM_TEST_LLM_CACHE", "/tmp/sealmem-llm-cache"))
     try:
-        return load_model(
-            cache_dir=cache_dir, device="cpu", torch_threads=int(os.environ.get("SEALMEM_TEST_THREADS", "1"))
-        )
+        return load_model(cache_dir=LLM_CACHE, device="cpu", torch_threads=TORCH_THREADS)
     except ModelLoadError as exc:
         pytest.skip(f"bundled model unavailable: {exc}")

@@ -32,7 +32,7 @@ from memory_store.crypto import MasterKey, associated_data, decode_key, subject_
 from memory_store.embedder import HashingEmbedder
 from tests.chat.fakes import serve
 from tests.chat.openai_server import Script, fake_openai_app
-from tests.proofs.conftest import bearer
+from tests.harness import bearer
 from tests.proofs.process import ServerProcess, create_tenant, secret_env
 from tests.proofs.sealmem_hashing import DIM
 

@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from tests.proofs.conftest import Served, Tenant, bearer
+from tests.harness import Harness, Tenant, bearer
 
 MAX_BODY = 4096
 JSON = {"Content-Type": "application/json"}
 
 
 class Probe:
-    def __init__(self, served: Served, tenant: Tenant) -> None:
+    def __init__(self, served: Harness, tenant: Tenant) -> None:
         self.served = served
         self.tenant = tenant
         self.memory_id = served.add(tenant.app, "user-1", "a memory to patch", metadata={"topic": "x"})["id"]
@@ -56,7 +56,7 @@ class Probe:
 
 
 @pytest.fixture
-def probe(make_served: Callable[..., Served]) -> Iterator[Probe]:
+def probe(make_served: Callable[..., Harness]) -> Iterator[Probe]:
     served = make_served(max_body_bytes=MAX_BODY)
     yield Probe(served, served.tenant("acme"))
 
@@ -120,7 +120,7 @@ def nested(depth: int, leaf: Any = 1) -> str:
 
 
 @pytest.mark.parametrize("depth", [6, 100, 500, 900, 2000, 50_000])
-def test_deeply_nested_metadata_is_refused(probe: Probe, make_served: Callable[..., Served], depth: int) -> None:
+def test_deeply_nested_metadata_is_refused(probe: Probe, make_served: Callable[..., Harness], depth: int) -> None:
     deep = nested(depth)
     bodies = [
         ("POST", "/v1/memories", '{"subject":"user-1","text":"t","metadata":' + deep + "}"),
@@ -135,7 +135,7 @@ def test_deeply_nested_metadata_is_refused(probe: Probe, make_served: Callable[.
         probe.refused(method, path, content=raw.encode(), headers=JSON, status=(400, 422))
 
 
-def test_deep_nesting_within_a_large_body_limit(make_served: Callable[..., Served]) -> None:
+def test_deep_nesting_within_a_large_body_limit(make_served: Callable[..., Harness]) -> None:
     """With the default 1 MiB limit, JSON deep enough to exhaust Python's recursion fits in one request."""
     served = make_served()
     probe = Probe(served, served.tenant("acme"))

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.proofs.conftest import bearer
+from tests.harness import bearer
 from tests.proofs.process import ServerProcess, create_tenant, secret_env
 
 pytestmark = pytest.mark.slow

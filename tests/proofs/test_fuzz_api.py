@@ -24,11 +24,11 @@ The seed is fixed (``derandomize``) so CI is reproducible; ``SEALMEM_FUZZ_RANDOM
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -44,11 +44,9 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from sqlalchemy import create_engine
 
-from memory_store.migrate import upgrade
-from tests.chat.fakes import serve
-from tests.proofs.conftest import Served, Tenant, bearer, build_app, make_settings
+from tests.harness import Harness, Tenant, bearer, fresh_data_dir, make_settings
+from tests.proofs.conftest import serve_app
 
 EXAMPLES = int(os.environ.get("SEALMEM_FUZZ_EXAMPLES", "6"))
 RANDOM = os.environ.get("SEALMEM_FUZZ_RANDOM") == "1"
@@ -71,7 +69,7 @@ requests_sent: Counter[str] = Counter()
 
 @dataclass
 class World:
-    served: Served
+    served: Harness
     schema: Any
     tenant: Tenant
     other: Tenant
@@ -87,25 +85,16 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory, migrated_db: Path) -> Iterator[World]:
     """One app for every role (state accumulates across roles, as in life), served over real HTTP."""
-    data_dir = tmp_path_factory.mktemp("fuzz") / "data"
-    data_dir.mkdir()
-    engine = create_engine(f"sqlite:///{data_dir / 'sealmem.db'}")
-    upgrade(engine)
-    engine.dispose()
-    loops: list[asyncio.AbstractEventLoop] = []
-    settings = make_settings(data_dir)
-    app = build_app(settings, on_ready=lambda _: loops.append(asyncio.get_running_loop()))
-    with serve(app) as url:
-        served = Served(app, settings, url, loops[0])
+    settings = make_settings(fresh_data_dir(tmp_path_factory.mktemp("fuzz") / "data", migrated_db))
+    with serve_app(settings) as served:
         tenant, other = served.tenant("acme"), served.tenant("globex")
         token = served.token(tenant.app, "user-1", ["read", "write", "chat"], ttl=3600)
         ids = [served.add(tenant.app, "user-1", f"user one fact {i}")["id"] for i in range(3)]
         ids += [served.add(other.app, "user-1", "other tenant fact")["id"]]
-        schema = schemathesis.openapi.from_dict(app.openapi())
+        schema = schemathesis.openapi.from_dict(served.app.openapi())
         yield World(served, schema, tenant, other, token, ids)
-        served.client.close()
 
 
 def operations(world: World) -> list[Any]:

@@ -18,13 +18,13 @@ tenants stay around as more foreign data no one may reach).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
@@ -38,12 +38,10 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import create_engine
 
-from memory_store.migrate import upgrade
 from memory_store.types import Filters
-from tests.chat.fakes import serve
-from tests.proofs.conftest import Served, bearer, build_app, make_settings
+from tests.harness import Harness, bearer, fresh_data_dir, make_settings
+from tests.proofs.conftest import serve_app
 
 SUBJECTS = ("alice", "bob", "carol")
 SCOPE_SETS = (
@@ -91,7 +89,7 @@ class Memory:
 
 @dataclass
 class App:
-    served: Served
+    served: Harness
     tenants_made: Iterator[int] = field(default_factory=itertools.count)
 
 
@@ -100,20 +98,12 @@ OUTCOMES: Counter[str] = Counter()  # "rule status" -> count, to show the genera
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+def app(tmp_path_factory: pytest.TempPathFactory, migrated_db: Path) -> Iterator[App]:
     global APP
-    data_dir = tmp_path_factory.mktemp("isolation") / "data"
-    data_dir.mkdir()
-    engine = create_engine(f"sqlite:///{data_dir / 'sealmem.db'}")
-    upgrade(engine)
-    engine.dispose()
-    loops: list[asyncio.AbstractEventLoop] = []
-    settings_ = make_settings(data_dir, chat_default_k=10)
-    application = build_app(settings_, on_ready=lambda _: loops.append(asyncio.get_running_loop()))
-    with serve(application) as url:
-        APP = App(Served(application, settings_, url, loops[0]))
+    data_dir = fresh_data_dir(tmp_path_factory.mktemp("isolation") / "data", migrated_db)
+    with serve_app(make_settings(data_dir, chat_default_k=10)) as served:
+        APP = App(served)
         yield APP
-        APP.served.client.close()
         APP = None
 
 

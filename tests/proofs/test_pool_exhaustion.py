@@ -12,12 +12,12 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.proofs.conftest import Served, bearer
+from tests.harness import Harness, bearer
 
 CLIENTS = 64
 
 
-def test_concurrent_requests_beyond_the_pool_all_succeed(make_served: Callable[..., Served]) -> None:
+def test_concurrent_requests_beyond_the_pool_all_succeed(make_served: Callable[..., Harness]) -> None:
     served = make_served()
     tenant = served.tenant("acme")
     for subject in ("a", "b", "c"):

@@ -20,12 +20,13 @@ import pytest
 
 from memory_store.models import utcnow
 from service.tokens import AUDIENCE, ISSUER, TokenSigner
-from tests.service.conftest import Api, Tenant, bearer, fresh_data_dir, make_settings, start
+from tests.harness import Harness, Tenant, bearer, fresh_data_dir
+from tests.service.conftest import make_settings
 
 
 @dataclass
 class World:
-    api: Api
+    api: Harness
     a: Tenant
     b: Tenant
     secret: str
@@ -86,8 +87,8 @@ def _claims(world: World, **overrides: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, migrated_db):
     settings = make_settings(fresh_data_dir(tmp_path_factory.mktemp("access") / "data", migrated_db))
-    with start(settings) as client:
-        api = Api(client)
+    with Harness.start(settings) as api:
+        client = api.client
         w = World(
             api=api, a=api.tenant("acme"), b=api.tenant("globex"), secret=settings.token_secret.get_secret_value()
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from memory_store.access import AuditRecord
-from tests.service.conftest import bearer
+from tests.harness import bearer
 
 
 def test_inspect_lists_across_subjects_decrypted_with_filters(api):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from service.errors import ErrorBody
-from tests.service.conftest import bearer
+from tests.harness import bearer
 
 CANARY = "CANARY-7f3a-plaintext"
 

@@ -9,7 +9,8 @@ from fastapi.testclient import TestClient
 from memory_store.embedder import HashingEmbedder
 from service.app import create_app
 from service.errors import ErrorBody
-from tests.service.conftest import bearer, fresh_data_dir, make_settings
+from tests.harness import bearer, fresh_data_dir
+from tests.service.conftest import make_settings
 
 
 def test_healthz_and_readyz(api):

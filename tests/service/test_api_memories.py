@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.service.conftest import bearer
+from tests.harness import bearer
 
 
 def test_add_returns_201_with_the_stored_memory(api):

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import bearer
+from tests.harness import bearer
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from memory_store.migrate import current_revision, head_revision, upgrade
 from service.app import create_app
 from service.cli import make_cli
 from service.settings import Settings
-from tests.service.conftest import bearer
+from tests.harness import bearer
 
 runner = CliRunner()
 

@@ -1,0 +1,190 @@
+"""all-MiniLM-L6-v2 run by ONNX Runtime: the default embedder.
+
+The bundled sentence-transformers folder is exported once to ONNX with ``torch.onnx.export`` (offline, a few
+seconds) into a models cache folder, under a name that includes a hash of the source weights, so a changed model
+is exported again. Inference then needs only ``onnxruntime`` and the model's fast tokenizer (``tokenizers``):
+mean pooling over the attention mask and L2 normalisation, as the model's sentence-transformers modules do.
+Vectors match the sentence-transformers ones to cosine >= 0.9999 (tests/test_onnx_embedder.py).
+
+The export is written to a temporary file and renamed into place, under an exclusive file lock, so several
+processes starting at once export it once and never read a partial file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memory_store.embedder import BUNDLED_MINILM, Vectors, bundled_minilm_path
+from memory_store.errors import ConfigurationError
+
+log = logging.getLogger("sealmem.embedder")
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+OPSET = 17
+
+
+def _source_digest(folder: Path) -> str:
+    """Hash of the files that define the model's graph and weights (the export is keyed by it)."""
+    digest = hashlib.sha256()
+    for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+        path = folder / name
+        if path.is_file():
+            digest.update(name.encode())
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def export_onnx(source: Path, target: Path) -> None:
+    """Export the transformer of a sentence-transformers folder to ``target`` (atomic rename)."""
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(source), local_files_only=True)
+    model.eval()
+
+    class _Encoder(torch.nn.Module):
+        # Inputs by keyword: BertModel.forward's positional order is not stable across transformers releases.
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return out.last_hidden_state
+
+    sample = torch.ones(1, 8, dtype=torch.long)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on advanced indexing; positive indices only here
+            torch.onnx.export(
+                _Encoder(model),
+                (sample, sample, torch.zeros_like(sample)),
+                str(temporary),
+                input_names=list(INPUTS),
+                output_names=["last_hidden_state"],
+                dynamic_axes={name: {0: "batch", 1: "tokens"} for name in (*INPUTS, "last_hidden_state")},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        with temporary.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+class OnnxEmbedder:
+    """A sentence-transformers model (mean pooling + normalisation) run by ONNX Runtime, loaded on first use."""
+
+    def __init__(
+        self,
+        model: str = BUNDLED_MINILM,
+        *,
+        cache_dir: Path,
+        batch_size: int = 64,
+        threads: int = 1,
+    ) -> None:
+        self._model_name = model
+        self._path = bundled_minilm_path() if model == BUNDLED_MINILM else Path(model)
+        self._cache_dir = Path(cache_dir)
+        self._batch_size = batch_size
+        self._threads = threads
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._dim: int | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        return "all-MiniLM-L6-v2" if self._model_name == BUNDLED_MINILM else self._path.name
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._load()
+        assert self._dim is not None
+        return self._dim
+
+    def onnx_path(self) -> Path:
+        """Where the exported graph of this model lives (exported on first load when missing)."""
+        return self._cache_dir / f"{self.model_id}-{_source_digest(self._path)}.onnx"
+
+    def _ensure_export(self) -> Path:
+        target = self.onnx_path()
+        if target.is_file():
+            return target
+        self._cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._cache_dir.chmod(0o700)
+        with (self._cache_dir / ".export.lock").open("a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            if not target.is_file():
+                log.info("exporting embedding model %s to ONNX (once)", self.model_id)
+                export_onnx(self._path, target)
+        return target
+
+    def _load(self) -> None:
+        with self._lock:
+            if self._session is not None:
+                return
+            if not self._path.is_dir():
+                raise ConfigurationError(f"embedding model folder {self._path} does not exist")
+            import onnxruntime
+            from tokenizers import Tokenizer
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = self._threads
+            options.inter_op_num_threads = 1
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+            session = onnxruntime.InferenceSession(
+                str(self._ensure_export()), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+            tokenizer = Tokenizer.from_file(str(self._path / "tokenizer.json"))
+            tokenizer.enable_truncation(max_length=self._max_tokens())
+            tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 - a vocabulary token
+            self._dim = int(session.get_outputs()[0].shape[-1])
+            self._tokenizer = tokenizer
+            self._session = session
+
+    def _max_tokens(self) -> int:
+        config = self._path / "sentence_bert_config.json"
+        if config.is_file():
+            return int(json.loads(config.read_text()).get("max_seq_length", 256))
+        return 256
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        self._load()
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        # Similar lengths batched together waste less work on padding.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), self._batch_size):
+            rows = order[start : start + self._batch_size]
+            out[rows] = self._embed_batch([texts[i] for i in rows])
+        return out
+
+    def _embed_batch(self, texts: list[str]) -> Vectors:
+        encodings = self._tokenizer.encode_batch(texts)
+        feed = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        (hidden,) = self._session.run(["last_hidden_state"], feed)
+        mask = feed["attention_mask"][:, :, None].astype(np.float32)
+        summed = (hidden * mask).sum(axis=1)
+        pooled = summed / np.clip(mask.sum(axis=1), 1e-9, None)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return np.ascontiguousarray(pooled / np.clip(norms, 1e-12, None), dtype=np.float32)

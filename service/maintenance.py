@@ -1,0 +1,65 @@
+"""Periodic upkeep of an open store in one daemon thread: persist changed indexes and access times, and delete
+memories whose ``expires_at`` has passed (they are already hidden from every read; this removes them)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from memory_store.store import MemoryStore
+
+log = logging.getLogger("sealmem.maintenance")
+
+
+class Maintenance:
+    """Runs ``store.persist()`` every ``persist_every`` seconds and ``store.purge_all_expired()`` every
+    ``purge_every`` seconds until stopped; a failure is logged and retried at the next turn."""
+
+    def __init__(
+        self,
+        store: MemoryStore,
+        *,
+        persist_every: float,
+        purge_every: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._persist_every = persist_every
+        self._purge_every = purge_every
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sealmem-maintenance", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        next_persist = self._clock() + self._persist_every
+        next_purge = self._clock() + self._purge_every
+        while not self._stop.wait(max(0.0, min(next_persist, next_purge) - self._clock())):
+            now = self._clock()
+            if now >= next_purge:
+                next_purge = now + self._purge_every
+                self._step("purge of expired memories", self._purge)
+            if now >= next_persist:
+                next_persist = now + self._persist_every
+                self._step("persist", self._store.persist)
+
+    def _purge(self) -> None:
+        deleted = self._store.purge_all_expired()
+        if deleted:
+            log.info("deleted %d expired memories", deleted)
+
+    @staticmethod
+    def _step(name: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except Exception:
+            log.exception("periodic %s failed; retrying at the next turn", name)

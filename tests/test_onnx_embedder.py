@@ -1,0 +1,100 @@
+"""The default embedder: all-MiniLM-L6-v2 exported to ONNX and run by ONNX Runtime."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memory_store import SentenceTransformerEmbedder, StoreSettings
+from memory_store.embedder import embedder_from_settings
+from memory_store.onnx_embedder import OnnxEmbedder
+
+pytestmark = pytest.mark.slow
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_MODULES = [
+    "json", "os", "re", "string", "textwrap", "collections", "functools", "itertools", "pathlib", "subprocess",
+    "threading", "asyncio", "logging", "argparse", "datetime", "decimal", "fractions", "statistics", "random",
+    "email", "http.client", "urllib.parse", "sqlite3", "csv", "zipfile", "tarfile", "shutil", "tempfile",
+    "typing", "dataclasses", "enum", "inspect", "unittest", "doctest", "pickle", "copy", "heapq", "bisect",
+    "contextlib", "abc", "io", "codecs", "locale", "gettext", "calendar", "time", "socket", "ssl", "select",
+    "hashlib", "hmac", "secrets", "base64", "struct", "array", "weakref", "gc", "traceback", "warnings",
+]
+
+
+def real_sentences(count: int) -> list[str]:
+    """English sentences from the docstrings of the standard library (deterministic for a Python version)."""
+    found: list[str] = []
+    seen: set[str] = set()
+    for name in _MODULES:
+        module = importlib.import_module(name)
+        docs = [module.__doc__ or ""] + [getattr(module, a).__doc__ or "" for a in sorted(dir(module))[:200]
+                                         if not a.startswith("_") and callable(getattr(module, a, None))]
+        for doc in docs:
+            for sentence in _SENTENCE.split(" ".join(doc.split())):
+                if 20 <= len(sentence) <= 400 and sentence not in seen:
+                    seen.add(sentence)
+                    found.append(sentence)
+                    if len(found) == count:
+                        return found
+    return found
+
+
+@pytest.fixture(scope="module")
+def onnx(tmp_path_factory: pytest.TempPathFactory) -> OnnxEmbedder:
+    return OnnxEmbedder(cache_dir=tmp_path_factory.mktemp("models"))
+
+
+def test_onnx_vectors_match_sentence_transformers_on_1000_real_sentences(onnx):
+    sentences = real_sentences(1000)
+    assert len(sentences) == 1000
+    reference = SentenceTransformerEmbedder(torch_threads=1).embed(sentences)
+    batched = onnx.embed(sentences)
+    assert batched.shape == (1000, 384) and batched.dtype == np.float32
+    cosines = np.sum(batched * reference, axis=1)
+    assert float(cosines.min()) >= 0.999
+    assert np.allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+    one_by_one = np.vstack([onnx.embed([s]) for s in sentences[:50]])
+    assert np.allclose(one_by_one, batched[:50], atol=1e-4)  # padding in a batch changes nothing
+    assert onnx.model_id == "all-MiniLM-L6-v2" and onnx.dim == 384
+    assert onnx.embed([]).shape == (0, 384)
+
+
+def test_long_input_is_truncated_like_sentence_transformers(onnx):
+    text = " ".join(real_sentences(120))  # far beyond 256 tokens
+    reference = SentenceTransformerEmbedder(torch_threads=1).embed([text])
+    assert float(onnx.embed([text])[0] @ reference[0]) >= 0.999
+
+
+def test_export_happens_once_and_concurrent_loaders_share_it(tmp_path: Path):
+    cache = tmp_path / "models"
+    embedders = [OnnxEmbedder(cache_dir=cache) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def load(embedder: OnnxEmbedder) -> None:
+        try:
+            embedder.embed(["hello world"])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(e,)) for e in embedders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    files = sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
+    assert files == [embedders[0].onnx_path().name]  # one export, no temporary left behind
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
+    assert (cache.stat().st_mode & 0o077) == 0  # the cache folder is private
+
+
+def test_settings_choose_the_runtime(tmp_path: Path):
+    assert isinstance(embedder_from_settings(StoreSettings(data_dir=tmp_path)), OnnxEmbedder)
+    torch_one = embedder_from_settings(StoreSettings(data_dir=tmp_path, embedding_runtime="torch"))
+    assert isinstance(torch_one, SentenceTransformerEmbedder)
