@@ -4,6 +4,12 @@ duration, JSON on stdout.
     python bench/load.py [--clients 64] [--duration 300] [--mix search=0.6,add=0.3,chat=0.1]
                          [--real-llm-duration 30] [--real-llm-clients 4] [--embedder minilm|hashing]
                          [--out result.json]
+    python bench/load.py --driver wrk [--duration 30] [--runtimes onnx,torch] [--search-share 0.7]
+
+``--driver wrk`` drives the server with ``wrk`` (Debian package ``wrk``; a C load generator that takes almost no
+CPU from the server) and ``bench/wrk_mix.lua``: for each embedding runtime in ``--runtimes`` (the first is the
+one measured, the others its baseline in the same run), a fresh server is seeded and measured three times --
+the search/add mix, search only and add only -- each reporting req/s, p50/p90/p99 and errors; chat is off.
 
 Phase ``fake_llm``: the server's chat uses its ``openai`` backend pointed at ``bench/fake_openai.py`` (started
 here as its own process), so chat runs the whole real path — auth, retrieval, prompt, HTTP to the LLM,
@@ -29,6 +35,7 @@ import platform
 import random
 import resource
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -267,8 +274,83 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
+def wrk_run(url: str, key: str, args: argparse.Namespace, *, share: float, duration: float) -> dict[str, Any]:
+    env = {
+        **os.environ,
+        "SM_KEY": key,
+        "SM_PREFIX": "user-",
+        "SM_SUBJECTS": str(args.subjects),
+        "SM_SEARCH_SHARE": str(share),
+    }
+    command = [
+        "wrk",
+        "-t2",
+        f"-c{args.clients}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(ROOT / "bench" / "wrk_mix.lua"),
+        url,
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration + 120, check=True)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["errors"] = result["non2xx"] + result["socket_errors"]
+    return result
+
+
+def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[str], work: Path) -> dict[str, Any]:
+    """Each runtime on a fresh, seeded server: warm-up, then the mix, search only and add only."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("--driver wrk needs the wrk load generator (Debian: apt-get install wrk)")
+    report: dict[str, Any] = {}
+    for runtime in args.runtimes.split(","):
+        folder = work / runtime
+        env = {
+            **base_env,
+            "SEALMEM_DATA_DIR": str(folder / "data"),
+            "SEALMEM_EMBEDDING_RUNTIME": runtime,
+            "SEALMEM_CHAT_ENABLED": "false",
+        }
+        folder.mkdir()
+        server = Server(command, env, folder / "serve.log")
+        try:
+            admin = provision(command, env)
+            server.start()
+            key = app_key(server.url, admin)
+            subjects = [f"user-{i}" for i in range(args.subjects)]
+            asyncio.run(seed(server.url, key, subjects, args.memories, random.Random(0)))
+            wrk_run(server.url, key, args, share=args.search_share, duration=args.warmup)
+            report[runtime] = {
+                "mix": wrk_run(server.url, key, args, share=args.search_share, duration=args.duration),
+                "search": wrk_run(server.url, key, args, share=1.0, duration=args.duration / 2),
+                "add": wrk_run(server.url, key, args, share=0.0, duration=args.duration / 2),
+                "server_rss_mb": round(server.rss / 2**20, 1),
+            }
+        finally:
+            server.stop()
+    measured, *baselines = args.runtimes.split(",")
+    for baseline in baselines:
+        report[f"{measured}_vs_{baseline}_mix_rps"] = round(
+            report[measured]["mix"]["rps"] / max(report[baseline]["mix"]["rps"], 1e-9), 2
+        )
+    mix = report[measured]["mix"]
+    report["targets"] = {
+        "clients_64": args.clients >= 64,
+        "mix_200_per_s": mix["rps"] >= 200,
+        "p99_250_ms": mix["p99_ms"] <= 250,
+        "zero_errors": all(
+            report[r][p]["errors"] == 0 for r in args.runtimes.split(",") for p in ("mix", "search", "add")
+        ),
+    }
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--driver", choices=["httpx", "wrk"], default="httpx")
+    parser.add_argument("--runtimes", default="onnx,torch", help="wrk driver: embedding runtimes, measured first.")
+    parser.add_argument("--search-share", type=float, default=0.7, help="wrk driver: share of searches in the mix.")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--duration", type=float, default=300, help="Seconds of the measured fake-LLM phase.")
     parser.add_argument("--warmup", type=float, default=10)
@@ -285,7 +367,7 @@ def main() -> None:
     parser.add_argument("--real-llm-clients", type=int, default=4)
     parser.add_argument("--real-llm-mix", default="search=0.5,add=0.3,chat=0.2")
     parser.add_argument("--llm-cache", default=os.environ.get("SEALMEM_TEST_LLM_CACHE", "/tmp/sealmem-llm-cache"))
-    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--torch-threads", type=int, default=1, help="Embedder intra-op threads.")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -312,7 +394,7 @@ def main() -> None:
             "SEALMEM_TOKEN_SECRET_FILE": str(secrets_dir / "token.secret"),
             "SEALMEM_RATE_LIMIT_PER_MINUTE": "0",
             "SEALMEM_LOG_LEVEL": args.log_level,
-            "SEALMEM_TORCH_THREADS": str(args.torch_threads),
+            "SEALMEM_EMBEDDING_THREADS": str(args.torch_threads),
             "SEALMEM_LLM_BACKEND": "openai",
             "SEALMEM_OPENAI_BASE_URL": f"http://127.0.0.1:{llm_port}/v1",
             "SEALMEM_OPENAI_MODEL": "bench-fake",
@@ -333,6 +415,15 @@ def main() -> None:
         "embedder": args.embedder,
         "seeded": {"subjects": args.subjects, "memories_per_subject": args.memories},
     }
+    if args.driver == "wrk":
+        llm.terminate()
+        llm.wait(timeout=30)
+        report["wrk"] = wrk_mode(args, env, command, work)
+        report["machine"]["load_avg_at_end"] = os.getloadavg()
+        print(json.dumps(report, indent=2))
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
+        return
     server = Server(command, env, work / "serve.log")
     try:
         admin = provision(command, env)
