@@ -25,6 +25,7 @@ from service.deps import reject_unknown_query
 from service.errors import install_error_handlers
 from service.keyfiles import resolve_secret_files
 from service.llm.backend import LLMBackend
+from service.logs import configure_logging
 from service.maintenance import Maintenance
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
@@ -156,3 +157,12 @@ def create_app(
     app.state.metrics = metrics
     app.state.chat = None
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one ``sealmem serve`` worker process: settings from ``SEALMEM_*`` (the parent process has
+    already created the secret files and run the migrations)."""
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
+

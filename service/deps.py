@@ -40,7 +40,9 @@ def current_principal(
     if credentials is None or not credentials.credentials:
         services.metrics.auth_failures.labels(reason="missing").inc()
         raise Unauthorized()
-    principal = services.auth.authenticate(credentials.credentials)
+    # The ASGI client address: behind a proxy, the proxy's unless uvicorn trusts its forwarding headers.
+    client = request.client.host if request.client is not None else None
+    principal = services.auth.authenticate(credentials.credentials, client=client)
     request.state.credential_id = principal.key_id
     request.state.tenant_id = principal.tenant_id
     return principal

@@ -323,7 +323,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: _error_response_doc("Not found, or outside what the credential may see."),
     413: _error_response_doc("Request body larger than the configured limit."),
     422: _error_response_doc("Invalid input; nothing was changed."),
-    429: _error_response_doc("Rate limit of this credential exceeded; see Retry-After."),
+    429: _error_response_doc(
+        "Rate limit exceeded (of the subject, the API key, or failed authentications from this address); "
+        "see Retry-After."
+    ),
     500: _error_response_doc("Unexpected server error."),
 }
 """OpenAPI documentation of the error responses every authenticated operation may return."""

@@ -68,7 +68,7 @@ class Metrics:
         )
         self.rate_limited = Counter(
             "sealmem_rate_limited",
-            "Requests refused by the per-credential rate limit.",
+            "Requests refused by a rate limit (subject, API key or failed authentications per address).",
             registry=self.registry,
         )
         self._store_collector: StoreCollector | None = None

@@ -34,14 +34,23 @@ def build_services(settings: Settings, store: MemoryStore, metrics: Metrics) -> 
     sessions = make_sessionmaker(store.engine)
     keys = ApiKeyStore(sessions)
     signer = TokenSigner(token_secret_from_settings(settings), max_ttl_seconds=settings.token_max_ttl_seconds)
-    limiter = RateLimiter(per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst)
+    auth = Authenticator(
+        keys=keys,
+        signer=signer,
+        metrics=metrics,
+        token_limiter=RateLimiter(
+            per_minute=settings.rate_limit_token_per_minute, burst=settings.rate_limit_token_burst
+        ),
+        key_limiter=RateLimiter(per_minute=settings.rate_limit_key_per_minute, burst=settings.rate_limit_key_burst),
+        failure_limiter=RateLimiter(per_minute=settings.rate_limit_auth_failures_per_minute),
+    )
     return Services(
         settings=settings,
         store=store,
         keys=keys,
         auditor=Auditor(AuditLog(sessions)),
         signer=signer,
-        auth=Authenticator(keys=keys, signer=signer, limiter=limiter, metrics=metrics),
+        auth=auth,
         limits=Limits(settings),
         metrics=metrics,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,10 @@ MIN_TOKEN_SECRET_CHARS = 32
 _TEXT_CAP = validation.MAX_TEXT_CHARS
 _META_BYTES_CAP = validation.MAX_METADATA_BYTES
 _META_DEPTH_CAP = validation.MAX_METADATA_DEPTH
+_RENAMED = {
+    "SEALMEM_RATE_LIMIT_PER_MINUTE": "SEALMEM_RATE_LIMIT_TOKEN_PER_MINUTE and SEALMEM_RATE_LIMIT_KEY_PER_MINUTE",
+    "SEALMEM_RATE_LIMIT_BURST": "SEALMEM_RATE_LIMIT_TOKEN_BURST and SEALMEM_RATE_LIMIT_KEY_BURST",
+}
 
 
 class Settings(StoreSettings, ChatSettings):
@@ -30,6 +35,13 @@ class Settings(StoreSettings, ChatSettings):
 
     host: str = Field(default="127.0.0.1", description="Address `sealmem serve` binds to.")
     port: int = Field(default=8080, ge=1, le=65535)
+    workers: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Worker processes of `sealmem serve`; 0: one per CPU core available to the process. Each "
+        "worker has its own caches, rate limits and (local backend) copy of the LLM.",
+    )
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
     # The storage core enforces its own hard caps; these may only tighten them.
@@ -39,11 +51,29 @@ class Settings(StoreSettings, ChatSettings):
     max_k: int = Field(default=100, ge=1, le=1000, description="Largest `k` a search may ask for.")
     max_page_size: int = Field(default=200, ge=1, le=1000, description="Largest `limit` of a listing.")
     max_batch: int = Field(default=100, ge=1, le=1000, description="Most memories in one batch add.")
-    rate_limit_per_minute: int = Field(
-        default=600, ge=0, description="Requests per minute per credential (token bucket); 0 disables."
+    # Rate limits: token buckets in each process (every worker and replica limits on its own); 0 disables one.
+    rate_limit_token_per_minute: int = Field(
+        default=600,
+        ge=0,
+        description="Requests per minute per subject with subject tokens (all tokens of a subject share one "
+        "bucket); 0 disables.",
     )
-    rate_limit_burst: int | None = Field(
-        default=None, ge=1, description="Bucket capacity; defaults to rate_limit_per_minute."
+    rate_limit_token_burst: int | None = Field(
+        default=None, ge=1, description="Subject bucket capacity; defaults to rate_limit_token_per_minute."
+    )
+    rate_limit_key_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="Requests per minute per API key, including those of subject tokens it minted; 0: unlimited.",
+    )
+    rate_limit_key_burst: int | None = Field(
+        default=None, ge=1, description="API key bucket capacity; defaults to rate_limit_key_per_minute."
+    )
+    rate_limit_auth_failures_per_minute: int = Field(
+        default=60,
+        ge=0,
+        description="Failed authentications per minute per client address (IPv6: per /64) before requests "
+        "from it with an API key get 429 without a database lookup; 0 disables.",
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -64,6 +94,14 @@ class Settings(StoreSettings, ChatSettings):
             raise ValueError("token_default_ttl_seconds must not exceed token_max_ttl_seconds")
         return self
 
+    @model_validator(mode="after")
+    def _refuse_renamed_rate_limits(self) -> Settings:
+        # Silently ignoring these would lift a limit an operator set: API keys are now unlimited by default.
+        for old, new in _RENAMED.items():
+            if os.environ.get(old) is not None:
+                raise ValueError(f"{old} was replaced by {new}; see docs/api.md, Rate limits")
+        return self
+
     @property
     def default_master_key_file(self) -> Path:
         return self.data_dir / "master.key"
@@ -71,6 +109,11 @@ class Settings(StoreSettings, ChatSettings):
     @property
     def default_token_secret_file(self) -> Path:
         return self.data_dir / "token.secret"
+
+    @property
+    def worker_count(self) -> int:
+        """``workers``, with 0 resolved to the CPU cores this process may run on."""
+        return self.workers or max(1, len(os.sched_getaffinity(0)))
 
     @property
     def embedded(self) -> bool:

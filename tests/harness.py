@@ -54,12 +54,14 @@ def fresh_data_dir(data_dir: Path, migrated_db: Path) -> Path:
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    """Settings of a test app: fresh secrets, no rate limit, no periodic persist during a test."""
+    """Settings of a test app: fresh secrets, no rate limits, no periodic persist during a test."""
     values: dict[str, Any] = {
         "data_dir": data_dir,
         "master_key": SecretStr(encode_key(generate_key())),
         "token_secret": SecretStr(secrets.token_urlsafe(32)),
-        "rate_limit_per_minute": 0,
+        "rate_limit_token_per_minute": 0,
+        "rate_limit_key_per_minute": 0,
+        "rate_limit_auth_failures_per_minute": 0,
         "persist_interval_seconds": 3600,
     }
     values.update(overrides)

@@ -84,7 +84,9 @@ def test_two_replicas_share_one_postgres(
         "SEALMEM_DATABASE_URL": url,
         "SEALMEM_VECTOR_BACKEND": vector_backend,
         "SEALMEM_HOST": "127.0.0.1",
-        "SEALMEM_RATE_LIMIT_PER_MINUTE": "0",
+        "SEALMEM_RATE_LIMIT_TOKEN_PER_MINUTE": "0",
+        "SEALMEM_RATE_LIMIT_KEY_PER_MINUTE": "0",
+        "SEALMEM_RATE_LIMIT_AUTH_FAILURES_PER_MINUTE": "0",
         "SEALMEM_CHAT_ENABLED": "false",  # the LLM is not what this test is about
         "PGPASSWORD_FILE": str(password_file),
         **write_secrets(tmp_path / "secrets"),

@@ -156,7 +156,7 @@ def test_body_size_limit_with_and_without_content_length(make_api):
 
 
 def test_rate_limit_per_credential_returns_429_with_retry_after(make_api):
-    api = make_api(rate_limit_per_minute=3)
+    api = make_api(rate_limit_key_per_minute=3)
     t = api.tenant("acme")
     for _ in range(3):
         assert api.client.get("/v1/memories", params={"subject": "a"}, headers=bearer(t.app)).status_code == 404
