@@ -152,8 +152,25 @@ def serve(
         _upgrade(resolved)
     except StoreError as exc:
         raise _fail(str(exc)) from exc
-    app = create_app(resolved, embedder=env.embedder)
-    uvicorn.run(app, host=host or resolved.host, port=port or resolved.port, log_config=None, access_log=False)
+    bind_host, bind_port = host or resolved.host, port or resolved.port
+    workers = resolved.worker_count
+    if workers > 1 and (env.embedder is not None or env.settings is not None):
+        log.warning("one worker process: injected settings or embedder cannot reach other processes")
+        workers = 1
+    if workers == 1:
+        app = create_app(resolved, embedder=env.embedder)
+        uvicorn.run(app, host=bind_host, port=bind_port, log_config=None, access_log=False)
+        return
+    log.info("serving with %d worker processes", workers)
+    uvicorn.run(
+        "service.app:app_from_environment",
+        factory=True,
+        workers=workers,
+        host=bind_host,
+        port=bind_port,
+        log_config=None,
+        access_log=False,
+    )
 
 
 def tenant_create(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Unique tenant name.")]) -> None:
