@@ -4,11 +4,13 @@ duration, JSON on stdout.
     python bench/load.py [--clients 64] [--duration 300] [--mix search=0.6,add=0.3,chat=0.1]
                          [--real-llm-duration 30] [--real-llm-clients 4] [--embedder minilm|hashing]
                          [--out result.json]
-    python bench/load.py --driver wrk [--duration 30] [--runtimes onnx,torch] [--search-share 0.7]
+    python bench/load.py --driver wrk [--duration 30] [--variants onnx:0,torch:1] [--search-share 0.7]
 
 ``--driver wrk`` drives the server with ``wrk`` (Debian package ``wrk``; a C load generator that takes almost no
-CPU from the server) and ``bench/wrk_mix.lua``: for each embedding runtime in ``--runtimes`` (the first is the
-one measured, the others its baseline in the same run), a fresh server is seeded and measured three times --
+CPU from the server) and ``bench/wrk_mix.lua``: for each variant ``runtime:workers`` in ``--variants`` (embedding
+runtime and ``SEALMEM_WORKERS``; the first is the one measured, the others its baselines in the same run; the
+default compares today's defaults, ONNX Runtime with one worker per core, with a single torch process), a fresh
+server is seeded and measured three times --
 the search/add mix, search only and add only -- each reporting req/s, p50/p90/p99 and errors; chat is off.
 
 Phase ``fake_llm``: the server's chat uses its ``openai`` backend pointed at ``bench/fake_openai.py`` (started
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -94,10 +97,16 @@ def free_port() -> int:
 
 
 def rss_of(pid: int) -> int:
+    """Resident memory of a process and all its descendants (the worker processes of `sealmem serve`)."""
+    total = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+            total += int(line.split()[1]) * 1024
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(FileNotFoundError):  # ended meanwhile
+                total += rss_of(int(child))
+    return total
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -300,16 +309,19 @@ def wrk_run(url: str, key: str, args: argparse.Namespace, *, share: float, durat
 
 
 def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[str], work: Path) -> dict[str, Any]:
-    """Each runtime on a fresh, seeded server: warm-up, then the mix, search only and add only."""
+    """Each variant on a fresh, seeded server: warm-up, then the mix, search only and add only."""
     if shutil.which("wrk") is None:
         raise SystemExit("--driver wrk needs the wrk load generator (Debian: apt-get install wrk)")
     report: dict[str, Any] = {}
-    for runtime in args.runtimes.split(","):
-        folder = work / runtime
+    variants = args.variants.split(",")
+    for variant in variants:
+        runtime, _, workers = variant.partition(":")
+        folder = work / variant.replace(":", "-")
         env = {
             **base_env,
             "SEALMEM_DATA_DIR": str(folder / "data"),
             "SEALMEM_EMBEDDING_RUNTIME": runtime,
+            "SEALMEM_WORKERS": workers or "0",
             "SEALMEM_CHAT_ENABLED": "false",
         }
         folder.mkdir()
@@ -321,7 +333,7 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
             subjects = [f"user-{i}" for i in range(args.subjects)]
             asyncio.run(seed(server.url, key, subjects, args.memories, random.Random(0)))
             wrk_run(server.url, key, args, share=args.search_share, duration=args.warmup)
-            report[runtime] = {
+            report[variant] = {
                 "mix": wrk_run(server.url, key, args, share=args.search_share, duration=args.duration),
                 "search": wrk_run(server.url, key, args, share=1.0, duration=args.duration / 2),
                 "add": wrk_run(server.url, key, args, share=0.0, duration=args.duration / 2),
@@ -329,7 +341,7 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
             }
         finally:
             server.stop()
-    measured, *baselines = args.runtimes.split(",")
+    measured, *baselines = variants
     for baseline in baselines:
         report[f"{measured}_vs_{baseline}_mix_rps"] = round(
             report[measured]["mix"]["rps"] / max(report[baseline]["mix"]["rps"], 1e-9), 2
@@ -340,7 +352,7 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
         "mix_200_per_s": mix["rps"] >= 200,
         "p99_250_ms": mix["p99_ms"] <= 250,
         "zero_errors": all(
-            report[r][p]["errors"] == 0 for r in args.runtimes.split(",") for p in ("mix", "search", "add")
+            report[v][p]["errors"] == 0 for v in variants for p in ("mix", "search", "add")
         ),
     }
     return report
@@ -349,7 +361,9 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--driver", choices=["httpx", "wrk"], default="httpx")
-    parser.add_argument("--runtimes", default="onnx,torch", help="wrk driver: embedding runtimes, measured first.")
+    parser.add_argument(
+        "--variants", default="onnx:0,torch:1", help="wrk driver: runtime:workers per server, measured first."
+    )
     parser.add_argument("--search-share", type=float, default=0.7, help="wrk driver: share of searches in the mix.")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--duration", type=float, default=300, help="Seconds of the measured fake-LLM phase.")
