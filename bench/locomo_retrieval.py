@@ -7,7 +7,11 @@ question is then asked through ``MemoryStore.search(k=10)`` and scored by the ev
 recall@k (share of a question's evidence in the top k, averaged over questions) and hit@10 (any evidence in
 the top 10), per category and overall (categories 1-4; 5, adversarial, reported on its own).
 
-    python bench/locomo_retrieval.py [--data ../shared/data/locomo-dev.json] [--ablations] [--out FILE]
+    python bench/locomo_retrieval.py [--data ../shared/data/locomo-dev.json] [--embedding-runtime onnx|torch]
+        [--ablations] [--out FILE]
+
+The embedder is all-MiniLM-L6-v2 run by ONNX Runtime (the service's default; exported once into
+``--model-cache``, by default the run's temporary data folder) or by sentence-transformers on torch.
 
 The data (CC BY-NC 4.0, snap-research) is read from the shared folder and never copied into the repository.
 """
@@ -44,11 +48,11 @@ from memory_store import (  # noqa: E402
     MasterKey,
     MemoryStore,
     NewMemory,
-    SentenceTransformerEmbedder,
     StoreSettings,
     generate_key,
 )
 from memory_store.db import make_engine  # noqa: E402
+from memory_store.embedder import Embedder, embedder_from_settings  # noqa: E402
 from memory_store.migrate import upgrade  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "locomo-dev.json"
@@ -244,11 +248,17 @@ def bm25_baseline(conversations: Sequence[Conversation], k: int) -> tuple[Scores
 # ---- the store -----------------------------------------------------------------------------------------
 
 
-def open_store(data_dir: Path, threads: int) -> MemoryStore:
-    settings = StoreSettings(data_dir=data_dir)
+def open_store(data_dir: Path, threads: int, runtime: str = "onnx", model_cache: Path | None = None) -> MemoryStore:
+    settings = StoreSettings(data_dir=data_dir, embedding_runtime=runtime, embedding_threads=threads)
     engine = make_engine(settings)
     upgrade(engine)
-    embedder = SentenceTransformerEmbedder(torch_threads=threads)
+    embedder: Embedder
+    if runtime == "onnx" and model_cache is not None:
+        from memory_store.onnx_embedder import OnnxEmbedder
+
+        embedder = OnnxEmbedder(cache_dir=model_cache, threads=threads)
+    else:
+        embedder = embedder_from_settings(settings)
     key = MasterKey(generate_key())
     return MemoryStore(engine=engine, master_key=key, embedder=embedder, settings=settings)
 
@@ -312,7 +322,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="LoCoMo JSON (default: %(default)s)")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for the embedder (1, the store default, is steadiest on shared cores)")
+                        help="embedder threads (1, the store default, is steadiest on shared cores)")
+    parser.add_argument("--embedding-runtime", choices=("onnx", "torch"), default="onnx",
+                        help="ONNX Runtime (the service default) or sentence-transformers on torch")
+    parser.add_argument("--model-cache", type=Path,
+                        help="onnx: folder for the exported model (default: the run's temporary data folder, "
+                             "exported again each run)")
     parser.add_argument("--ablations", action="store_true",
                         help="also run the fusion variants on categories 1-4 (about 30 s each)")
     parser.add_argument("--no-dense-only", action="store_true", help="skip the dense-only figure")
@@ -343,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
 
     with tempfile.TemporaryDirectory(prefix="sealmem-locomo-") as tmp:
-        store = open_store(Path(tmp), args.threads)
+        store = open_store(Path(tmp), args.threads, args.embedding_runtime, args.model_cache)
         tenant_id = store.create_tenant(name="locomo-bench").id
         store.embedder.embed(["warm-up"])
         t0 = time.perf_counter()
@@ -358,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "memory_text": "speaker + ': ' + text (+ ' [shares a photo: <blip_caption>]'); "
                            "occurred_at = session date; session_id = session_N; kind = turn",
             "embedder": store.embedder.model_id,
+            "embedding_runtime": args.embedding_runtime,
             "fusion": dataclasses.asdict(fusion),
         }
         result["store"] = main_scores.report()

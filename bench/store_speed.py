@@ -543,9 +543,8 @@ STAGE_LEGEND = {
     "faiss.upsert": "TenantIndex.upsert (remove + add_with_ids)",
     "index.save": "TenantIndex.save: serialize, AES-GCM encrypt, write, fsync (periodic, whole index)",
     "bm25.lexical_index": "HybridSearcher._lexical_index: cache lookup, and on a miss the row decryption loop",
-    "bm25.build_documents": "lexical.build_documents (document text with session context and dates)",
-    "bm25.build_index": "LexicalIndex.__init__ (bm25s tokenize + index)",
-    "bm25.score": "LexicalIndex.scores / scores_of (query tokenize + BM25 scores)",
+    "bm25.build_index": "LexicalIndex.build (tokenize + postings of a subject's documents, cold subjects only)",
+    "bm25.score": "LexicalIndex.scores / LexicalScores.of (query tokenize + BM25 scores)",
     "neighbours": "SessionLinks.neighbours: previous/next candidate in the session (cached order, no SQL)",
     "timestamps": "HybridSearcher._timestamps (python part)",
     "fusion": "score_fusion / reciprocal_rank_fusion",
@@ -563,7 +562,7 @@ def search_targets() -> list[tuple[Any, str, str]]:
     """What a search is made of (label per building block); anything unwrapped counts to its caller."""
     from memory_store import search as search_mod
     from memory_store.index_registry import IndexRegistry
-    from memory_store.lexical import LexicalIndex, SessionLinks
+    from memory_store.lexical import LexicalIndex, LexicalScores, SessionLinks
     from memory_store.search import HybridSearcher
 
     return [
@@ -575,10 +574,9 @@ def search_targets() -> list[tuple[Any, str, str]]:
         (IndexRegistry, "get", "index.registry_get"),
         (TenantIndex, "search", "faiss.search"),
         (HybridSearcher, "_lexical_index", "bm25.lexical_index"),
-        (LexicalIndex, "__init__", "bm25.build_index"),
-        (search_mod, "build_documents", "bm25.build_documents"),
+        (LexicalIndex, "build", "bm25.build_index"),
         (LexicalIndex, "scores", "bm25.score"),
-        (LexicalIndex, "scores_of", "bm25.score"),
+        (LexicalScores, "of", "bm25.score"),
         (SessionLinks, "neighbours", "neighbours"),
         (HybridSearcher, "_timestamps", "timestamps"),
         (search_mod, "score_fusion", "fusion"),

@@ -7,8 +7,10 @@ Steps of a search:
 2. dense: the top ``max(4k, pool)`` candidates by cosine similarity (the vector backend's search restricted
    to the candidates; up to 4,096 candidates, all of them are scored in that one search);
 3. lexical: BM25 over the subject's memories (document = text + preceding memory of its session + date;
-   built from decrypted text, cached per subject version, never persisted), restricted to the candidates,
-   top ``max(4k, pool)``;
+   built from decrypted text, cached per subject version, never persisted; see :mod:`memory_store.lexical`),
+   restricted to the candidates, top ``max(4k, pool)``. The cached index follows this process's writes in
+   place, and other processes' writes by replaying the change log (the rows of the memories it names); it
+   is rebuilt from all the subject's rows only when the log cannot bridge the gap;
 4. score fusion (default): the union of both lists plus each member's session neighbours (previous/next
    candidate in the same session, from the cached session order) is scored exactly - cosine (a second
    vector search of just the ids still missing, if any) and BM25 - normalised, mixed, and each memory
@@ -19,26 +21,28 @@ Steps of a search:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import datetime
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from memory_store.embedder import Embedder
 from memory_store.errors import NotFoundError
 from memory_store.fusion import Fused, FusionConfig, Neighbours, reciprocal_rank_fusion, score_fusion
 from memory_store.keys import KeyManager
-from memory_store.lexical import LexicalCache, LexicalIndex, LexicalSource, SessionLinks, build_documents
-from memory_store.models import Memory, Subject, utcnow
+from memory_store.lexical import LexicalCache, LexicalIndex, LexicalOptions, LexicalSource, StaleIndexError
+from memory_store.models import Memory, Subject, VectorChange, utcnow
 from memory_store.records import apply_filters, candidate_query, decode, metadata_matches
 from memory_store.sealing import MemorySealer
 from memory_store.types import Filters, SearchHit
 
 IdArray = npt.NDArray[np.int64]
 _SCORE_ALL_MAX = 4096
+# The most tenant change seqs a cached lexical index is brought forward by from the change log (beyond: rebuild).
+_CATCH_UP_MAX_SEQS = 10_000
 Vector = npt.NDArray[np.float32]
 
 
@@ -53,6 +57,20 @@ def _membership(candidates: IdArray) -> Callable[[int], bool]:
         return slot < len(ordered) and int(ordered[slot]) == memory_id
 
     return contains
+
+
+def lexical_source(row: Memory, text: str) -> LexicalSource:
+    """What the lexical index holds of ``row`` (its plaintext ``text``), as a search would read it back: the
+    database returns UTC times."""
+    occurred = row.occurred_at.astimezone(UTC) if row.occurred_at is not None else None
+    return LexicalSource(
+        memory_id=row.id,
+        text=text,
+        session_id=row.session_id,
+        occurred_at=occurred,
+        created_at=row.created_at.astimezone(UTC),
+        kind=row.kind,
+    )
 
 
 class VectorSearch(Protocol):
@@ -84,20 +102,37 @@ class HybridSearcher:
         return dict(zip(ids.tolist(), scores.tolist(), strict=True))
 
     def _lexical_index(
-        self, session: Session, subject: Subject, sealer: MemorySealer, fusion: FusionConfig
+        self, session: Session, subject: Subject, sealer: MemorySealer, fusion: FusionConfig, *, fresh: bool = False
     ) -> LexicalIndex:
-        kinds = fusion.context_kinds
-        version = (subject.change_seq, fusion.lexical_context, fusion.lexical_dates, kinds)
-        cached = self._lexical.get(subject.id, version)
-        if cached is not None:
-            return cached
-        rows = session.execute(
+        """The subject's index as of ``subject.change_seq``: cached (kept current by this process's writes, or
+        brought forward by the change log), else built from its rows (``fresh``: always built)."""
+        options = LexicalOptions(
+            context=fusion.lexical_context, dates=fusion.lexical_dates, kinds=fusion.context_kinds
+        )
+        if not fresh:
+            cached = self._lexical.get(subject.id, subject.change_seq, options) or self._lexical_catch_up(
+                session, subject, sealer, options
+            )
+            if cached is not None:
+                return cached
+        sources = self._lexical_sources(session, subject, sealer)
+        index = LexicalIndex.build(sources, options)
+        self._lexical.put(subject.id, subject.change_seq, index)
+        return index
+
+    @staticmethod
+    def _lexical_sources(
+        session: Session, subject: Subject, sealer: MemorySealer, only: Select[Any] | None = None
+    ) -> list[LexicalSource]:
+        """The subject's memories (those whose ids ``only`` selects, when given) as the lexical index sees them."""
+        query = (
             select(Memory.id, Memory.uid, Memory.text_ct, Memory.session_id, Memory.occurred_at)
             .add_columns(Memory.created_at, Memory.kind)
             .where(Memory.tenant_id == subject.tenant_id, Memory.subject_id == subject.id)  # uses the index
-            .order_by(Memory.id)
-        ).all()
-        sources = [
+        )
+        if only is not None:
+            query = query.where(Memory.id.in_(only))
+        return [
             LexicalSource(
                 memory_id=r[0],
                 text=sealer.open_text(r[1], r[2]),
@@ -106,12 +141,36 @@ class HybridSearcher:
                 created_at=r[5],
                 kind=r[6],
             )
-            for r in rows
+            for r in session.execute(query.order_by(Memory.id)).all()
         ]
-        docs = build_documents(sources, context=fusion.lexical_context, dates=fusion.lexical_dates, kinds=kinds)
-        index = LexicalIndex([s.memory_id for s in sources], docs, links=SessionLinks(sources, kinds))
-        self._lexical.put(subject.id, version, index)
-        return index
+
+    def _lexical_catch_up(
+        self, session: Session, subject: Subject, sealer: MemorySealer, options: LexicalOptions
+    ) -> LexicalIndex | None:
+        """The cached index brought forward to ``subject.change_seq`` by replaying the tenant's change log since
+        its seq (writes of other processes or replicas: each write logs one ``vector_changes`` row per seq and
+        memory); None when there is nothing to bring forward or the log cannot bridge the gap."""
+        held = self._lexical.peek(subject.id) if self._lexical.incremental else None
+        if held is None:
+            return None
+        before, index = held
+        after = subject.change_seq
+        if index.options != options or not before < after <= before + _CATCH_UP_MAX_SEQS:
+            return None
+        logged = (
+            select(VectorChange.memory_id)
+            .where(
+                VectorChange.tenant_id == subject.tenant_id, VectorChange.seq > before, VectorChange.seq <= after
+            )
+        )
+        changed = session.scalars(logged).all()
+        if len(changed) != after - before:  # pruned, or a write that did not log: rebuild
+            return None
+        upserts = self._lexical_sources(session, subject, sealer, only=logged)
+        present = {source.memory_id for source in upserts}
+        removals = sorted({memory_id for memory_id in changed if memory_id not in present})
+        self._lexical.advance(subject.id, before, after, upserts=upserts, removals=removals)
+        return self._lexical.get(subject.id, after, options)
 
     @staticmethod
     def _timestamps(session: Session, ids: Iterable[int]) -> dict[int, datetime]:
@@ -151,11 +210,16 @@ class HybridSearcher:
             dense_ranked = sorted(dense.items(), key=lambda item: (-item[1], item[0]))[:fetch]
 
             lexical_index = self._lexical_index(session, owner, sealer, fusion)
-            scores = lexical_index.scores(query)
-            allowed = np.isin(lexical_index.ids, candidates) & (scores > 0)
+            try:
+                scored = lexical_index.scores(query)
+            except StaleIndexError:  # a failed in-place update: rebuild
+                lexical_index = self._lexical_index(session, owner, sealer, fusion, fresh=True)
+                scored = lexical_index.scores(query)
+            scores = scored.scores
+            allowed = np.isin(scored.ids, candidates) & (scores > 0)
             ranked = np.argsort(-np.where(allowed, scores, -np.inf), kind="stable")
             order = ranked[: min(int(allowed.sum()), fetch)]
-            lexical = [(int(lexical_index.ids[i]), float(scores[i])) for i in order]
+            lexical = [(int(scored.ids[i]), float(scores[i])) for i in order]
 
             want_recency = bool(fusion.recency_half_life_days and fusion.recency_weight)
             fused: list[Fused]
@@ -169,16 +233,14 @@ class HybridSearcher:
             else:
                 pool = {m for m, _ in dense_ranked} | {m for m, _ in lexical}
                 neighbours: Neighbours = {}
-                if fusion.neighbour_weight > 0 and lexical_index.links is not None:
-                    neighbours = lexical_index.links.neighbours(pool, _membership(candidates))
+                if fusion.neighbour_weight > 0:
+                    neighbours = lexical_index.neighbours(pool, _membership(candidates))
                     for pair in list(neighbours.values()):
                         pool.update(n for n in pair if n is not None)
                 missing = np.fromiter((m for m in pool if m not in dense), dtype=np.int64)
                 if len(missing):
                     dense.update(self._dense_search(tenant_id, vector, len(missing), missing))
-                lexical_scores = {
-                    m: score for m, score in lexical_index.scores_of(scores, pool).items() if score > 0
-                }
+                lexical_scores = {m: score for m, score in scored.of(pool).items() if score > 0}
                 pooled_dense = {m: dense[m] for m in pool if m in dense}
                 stamps = self._timestamps(session, pooled_dense) if want_recency else None
                 fused = score_fusion(

@@ -24,14 +24,14 @@ from memory_store.errors import ConfigurationError, ConflictError, NotFoundError
 from memory_store.fusion import FusionConfig
 from memory_store.index_registry import IndexRegistry
 from memory_store.keys import KeyManager
-from memory_store.lexical import LexicalCache
+from memory_store.lexical import LexicalCache, LexicalSource
 from memory_store.migrate import require_head
 from memory_store.models import Memory, MemoryEvent, Subject, Tenant, VectorChange, utcnow
 from memory_store.pgvector_backend import PgVectorBackend
 from memory_store.records import apply_filters, decode, decode_cursor, encode_cursor, metadata_matches, record
 from memory_store.retry import retry_read, retry_write
 from memory_store.sealing import MemorySealer
-from memory_store.search import HybridSearcher
+from memory_store.search import HybridSearcher, lexical_source
 from memory_store.settings import StoreSettings
 from memory_store.types import (
     Filters,
@@ -311,6 +311,7 @@ class MemoryStore:
             self.vectors.stage(
                 session, tenant_id, [(row.id, vector) for row, vector in zip(rows, vectors, strict=True)]
             )
+            lexical_before = {subject.id: subject.change_seq for subject in subjects.values()}
             for subject in subjects.values():
                 subject.change_seq = last_seq
                 subject.last_activity_at = now
@@ -319,6 +320,11 @@ class MemoryStore:
                 for row, item in zip(rows, items, strict=True)
             ]
         self.vectors.after_commit(tenant_id, known)
+        added: dict[str, list[LexicalSource]] = {}
+        for row, item in zip(rows, items, strict=True):
+            added.setdefault(row.subject_id, []).append(lexical_source(row, item.text))
+        for subject_id, sources in added.items():
+            self._lexical.advance(subject_id, lexical_before[subject_id], last_seq, upserts=sources)
         return records
 
     @retry_write
@@ -372,6 +378,7 @@ class MemoryStore:
             if not changed:
                 raise ValidationError("nothing to update")
             row.updated_at = now
+            lexical_before = owner.change_seq
             owner.change_seq = seq
             owner.last_activity_at = now
             session.add(VectorChange(tenant_id=tenant_id, seq=seq, memory_id=row.id, op="upsert"))
@@ -391,6 +398,8 @@ class MemoryStore:
             record = decode(row, owner, sealer)
             row_id = row.id
         self.vectors.after_commit(tenant_id, {row_id: vector} if vector is not None else None)
+        relexed = [lexical_source(row, record.text)] if {"text", "kind"} & set(changed) else []
+        self._lexical.advance(owner.id, lexical_before, seq, upserts=relexed)
         return record
 
     @retry_write
@@ -408,6 +417,7 @@ class MemoryStore:
             row.status = "superseded"
             row.superseded_by = newer.uid
             row.updated_at = now
+            lexical_before = owner.change_seq
             owner.change_seq = seq
             session.add(VectorChange(tenant_id=tenant_id, seq=seq, memory_id=row.id, op="upsert"))
             session.add(
@@ -421,7 +431,9 @@ class MemoryStore:
                     detail={"superseded_by": newer.uid},
                 )
             )
-            return decode(row, owner, self._sealer(owner))
+            superseded = decode(row, owner, self._sealer(owner))
+        self._lexical.advance(owner.id, lexical_before, seq)  # the documents do not change
+        return superseded
 
     def delete(
         self,
@@ -456,7 +468,7 @@ class MemoryStore:
         NotFoundError, and nothing is deleted, when any of ``memory_ids`` does not exist in the tenant, belongs
         to a subject other than ``subject`` (when given) or has expired (unless ``include_expired``). Each
         memory's history records the deletion; its vector goes with it (FAISS through the change log,
-        pgvector rows by foreign-key cascade) and its subject's lexical index is rebuilt on the next search.
+        pgvector rows by foreign-key cascade) and it leaves its subject's cached lexical index.
         """
         if isinstance(memory_ids, str):
             raise ValidationError("memory_ids must be a sequence of memory ids, not one string")
@@ -481,18 +493,23 @@ class MemoryStore:
                         found[uid] = _Doomed(row_id, uid, owner)
             if len(found) != len(wanted):
                 raise NotFoundError("memory not found")
-            self._delete_rows(
+            removed = self._delete_rows(
                 session, tenant_id, [found[uid] for uid in wanted], last_seq=last_seq, actor=actor, at=now
             )
         self.vectors.after_commit(tenant_id)
+        self._lexical_removed(removed, last_seq)
         return len(wanted)
 
     @staticmethod
     def _delete_rows(
         session: Session, tenant_id: str, rows: Sequence[_Doomed], *, last_seq: int, actor: str, at: datetime
-    ) -> None:
+    ) -> dict[str, tuple[int, builtins.list[int]]]:
         """Delete ``rows`` inside the caller's transaction, which holds the tenant's write lock and has reserved
-        the change seqs ``last_seq - len(rows) + 1 .. last_seq`` (one per row)."""
+        the change seqs ``last_seq - len(rows) + 1 .. last_seq`` (one per row). Returns, per owner, its change
+        seq before this write and its deleted row ids (for :meth:`_lexical_removed` after the commit)."""
+        removed: dict[str, tuple[int, builtins.list[int]]] = {}
+        for row in rows:
+            removed.setdefault(row.owner.id, (row.owner.change_seq, []))[1].append(row.id)
         first_seq = last_seq - len(rows) + 1
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
@@ -524,6 +541,12 @@ class MemoryStore:
         for owner in {row.owner.id: row.owner for row in rows}.values():
             owner.change_seq = last_seq  # new lexical-cache version for the subject
             owner.last_activity_at = at
+        return removed
+
+    def _lexical_removed(self, removed: dict[str, tuple[int, builtins.list[int]]], last_seq: int) -> None:
+        """Take committed deletions (from :meth:`_delete_rows`) out of the cached lexical indexes."""
+        for subject_id, (before, row_ids) in removed.items():
+            self._lexical.advance(subject_id, before, last_seq, removals=row_ids)
 
     @retry_write
     def forget_subject(self, *, tenant_id: str, subject: str, actor: str = "system") -> int:
@@ -602,9 +625,10 @@ class MemoryStore:
             ]
             if rows:
                 last_seq = self._bump(session, tenant_id, len(rows))
-                self._delete_rows(session, tenant_id, rows, last_seq=last_seq, actor="expiry", at=now)
+                removed = self._delete_rows(session, tenant_id, rows, last_seq=last_seq, actor="expiry", at=now)
         self.vectors.after_commit(tenant_id)
         if rows:
+            self._lexical_removed(removed, last_seq)
             log.info("purged %d expired memories of tenant %s", len(rows), tenant_id)
         return len(rows)
 
