@@ -18,6 +18,7 @@ from memory_store.migrate import current_revision, head_revision, upgrade
 from service.app import create_app
 from service.cli import make_cli
 from service.settings import Settings
+from tests.chat.fakes import FakeBackend
 from tests.harness import bearer
 
 runner = CliRunner()
@@ -62,7 +63,8 @@ def test_tenant_create_on_a_fresh_data_dir_creates_secrets_and_a_working_admin_k
     duplicate = runner.invoke(cli, ["tenant", "create", "acme"])
     assert duplicate.exit_code == 1 and "already exists" in duplicate.output
     # `serve` reads the same settings, so the key works against the same data directory.
-    with TestClient(create_app(Settings(data_dir=tmp_path / "data"), embedder=HashingEmbedder())) as client:
+    app = create_app(Settings(data_dir=tmp_path / "data"), embedder=HashingEmbedder(), llm=FakeBackend())
+    with TestClient(app) as client:
         headers = bearer(created["admin_key"])
         stats = client.get("/v1/admin/stats", headers=headers)
         assert stats.status_code == 200 and stats.json()["memories"] == 0
@@ -80,7 +82,7 @@ def test_commands_needing_the_master_key_fail_cleanly_without_one(tmp_path):
 
 
 def _store_with_memory(settings, created, text):
-    with TestClient(create_app(settings, embedder=HashingEmbedder())) as client:
+    with TestClient(create_app(settings, embedder=HashingEmbedder(), llm=FakeBackend())) as client:
         response = client.post(
             "/v1/memories", json={"subject": "u1", "text": text}, headers=bearer(created["admin_key"])
         )
@@ -89,7 +91,7 @@ def _store_with_memory(settings, created, text):
 
 
 def _read_memory(settings, created, memory_id):
-    with TestClient(create_app(settings, embedder=HashingEmbedder())) as client:
+    with TestClient(create_app(settings, embedder=HashingEmbedder(), llm=FakeBackend())) as client:
         return client.get(f"/v1/memories/{memory_id}", headers=bearer(created["admin_key"])).json()["text"]
 
 
@@ -130,7 +132,7 @@ def test_reindex_export_and_import_round_trip(tmp_path):
     cli = make_cli(settings=settings, embedder=HashingEmbedder())
     source = _tenant(cli, "source")
     _tenant(cli, "target")
-    with TestClient(create_app(settings, embedder=HashingEmbedder())) as client:
+    with TestClient(create_app(settings, embedder=HashingEmbedder(), llm=FakeBackend())) as client:
         batch = {"memories": [{"subject": "u1", "text": f"fact {i}", "metadata": {"i": i}} for i in range(3)]}
         assert client.post("/v1/memories", json=batch, headers=bearer(source["admin_key"])).status_code == 201
     reindexed = runner.invoke(cli, ["reindex"])
@@ -145,7 +147,7 @@ def test_reindex_export_and_import_round_trip(tmp_path):
     assert again.exit_code == 1 and "already exists" in again.output
     imported = runner.invoke(cli, ["import", "--tenant", "target", "--subject", "u9", str(out)])
     assert imported.exit_code == 0, imported.output
-    with TestClient(create_app(settings, embedder=HashingEmbedder())) as client:
+    with TestClient(create_app(settings, embedder=HashingEmbedder(), llm=FakeBackend())) as client:
         services = client.app.state.services
         target_id = next(t.id for t in services.store.list_tenants() if t.name == "target")
         page = services.store.list(tenant_id=target_id, subject="u9")
@@ -169,7 +171,7 @@ def test_import_rejects_a_bad_file_before_writing_anything(tmp_path):
     )
     result = runner.invoke(cli, ["import", "--tenant", "acme", str(bad)])
     assert result.exit_code == 1 and "line 2" in result.output and "SECRET-CANARY" not in result.output
-    with TestClient(create_app(settings, embedder=HashingEmbedder())) as client:
+    with TestClient(create_app(settings, embedder=HashingEmbedder(), llm=FakeBackend())) as client:
         services = client.app.state.services
         tenant_id = services.store.list_tenants()[0].id
         assert services.store.stats(tenant_id=tenant_id).memories == 0
