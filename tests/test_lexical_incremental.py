@@ -224,7 +224,7 @@ def test_cache_keeps_a_later_version_over_an_older_build():
     cache.put("subj", 10, older)  # a search that read the subject before the last write finished late
     assert cache.peek("subj") == (12, newer)
     other = LexicalIndex.build([], LexicalOptions(context=0))
-    cache.put("subj", 10, other)  # other options: replaced, as before
+    cache.put("subj", 10, other)  # built with other options: it replaces the entry whatever its version
     assert cache.peek("subj") == (10, other)
 
 
