@@ -54,7 +54,8 @@ def fresh_data_dir(data_dir: Path, migrated_db: Path) -> Path:
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    """Settings of a test app: fresh secrets, no rate limits, no periodic persist during a test."""
+    """Settings of a test app: fresh secrets, no rate limits, no periodic persist or purge of expired memories
+    during a test (a purge between a request and the check of what it changed would look like its change)."""
     values: dict[str, Any] = {
         "data_dir": data_dir,
         "master_key": SecretStr(encode_key(generate_key())),
@@ -63,6 +64,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "rate_limit_key_per_minute": 0,
         "rate_limit_auth_failures_per_minute": 0,
         "persist_interval_seconds": 3600,
+        "purge_interval_seconds": 3600,
     }
     values.update(overrides)
     return Settings(**values)
