@@ -45,12 +45,19 @@ def bundled_minilm_path() -> Path:
     return Path(module.get_model_path())
 
 
+def model_folder(model: str) -> tuple[Path, str]:
+    """The folder of an embedding model setting and the id vectors are tagged with (the same whatever runs it)."""
+    if model == BUNDLED_MINILM:
+        return bundled_minilm_path(), "all-MiniLM-L6-v2"
+    path = Path(model)
+    return path, path.name
+
+
 class SentenceTransformerEmbedder:
     """sentence-transformers model loaded offline from a local folder, on first use."""
 
     def __init__(self, model: str = BUNDLED_MINILM, *, batch_size: int = 64, torch_threads: int = 1) -> None:
-        self._model_name = model
-        self._path = bundled_minilm_path() if model == BUNDLED_MINILM else Path(model)
+        self._path, self._model_id = model_folder(model)
         self._batch_size = batch_size
         self._torch_threads = torch_threads
         self._model: Any = None
@@ -59,7 +66,7 @@ class SentenceTransformerEmbedder:
 
     @property
     def model_id(self) -> str:
-        return "all-MiniLM-L6-v2" if self._model_name == BUNDLED_MINILM else self._path.name
+        return self._model_id
 
     def _load(self) -> Any:
         with self._lock:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from memory_store.embedder import BUNDLED_MINILM, Vectors, bundled_minilm_path
+from memory_store.embedder import BUNDLED_MINILM, Vectors, model_folder
 from memory_store.errors import ConfigurationError
 
 log = logging.getLogger("sealmem.embedder")
@@ -98,8 +98,7 @@ class OnnxEmbedder:
         batch_size: int = 64,
         threads: int = 1,
     ) -> None:
-        self._model_name = model
-        self._path = bundled_minilm_path() if model == BUNDLED_MINILM else Path(model)
+        self._path, self._model_id = model_folder(model)
         self._cache_dir = Path(cache_dir)
         self._batch_size = batch_size
         self._threads = threads
@@ -110,7 +109,7 @@ class OnnxEmbedder:
 
     @property
     def model_id(self) -> str:
-        return "all-MiniLM-L6-v2" if self._model_name == BUNDLED_MINILM else self._path.name
+        return self._model_id
 
     @property
     def dim(self) -> int:
