@@ -144,7 +144,7 @@ class KVInjector:
             )
 
         # stream_sync raises errors that carry a status (a context too long for the model: 422) as they are
-        async for delta in self.backend.stream_sync(run, stats):
+        async for delta in self.backend.stream_sync(run, stats, tenant=params.tenant):
             yield delta
 
     def _generate(
@@ -160,7 +160,10 @@ class KVInjector:
         """The engine's text deltas up to the first stop string; runs in the backend's worker thread."""
         state = {"stop": False}
         kv = self.engine.stream(
-            kv_request, injection="kv", layout=layout, max_new_tokens=params.max_new_tokens,
+            kv_request,
+            injection="kv",
+            layout=layout,
+            max_new_tokens=params.max_new_tokens,
             should_stop=lambda _text: state["stop"] or cancelled(),
         )
         text, emitted = "", 0

@@ -33,9 +33,7 @@ class ChatSettings(BaseSettings):
         default=BUNDLED_SMOLLM2,
         description="Local backend: 'bundled:SmolLM2-135M-Instruct', a .gguf file or a model folder.",
     )
-    llm_device: str = Field(
-        default="auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'."
-    )
+    llm_device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'.")
     llm_torch_threads: int = Field(default=1, ge=1, le=256, description="Torch threads of the local backend.")
     llm_cache_dir: Path | None = Field(
         default=None, description="Where converted GGUF weights are cached; the app passes its data dir."
@@ -44,27 +42,42 @@ class ChatSettings(BaseSettings):
         default=1,
         ge=1,
         le=256,
-        description="Generations running at once (local: 1 on CPU); others queue in order.",
+        description="Generations running at once (local: 1 on CPU); others queue, served round-robin by tenant.",
     )
     llm_queue_max: int = Field(
-        default=64, ge=0, description="Requests waiting for a generation slot before new ones get 503."
+        default=64,
+        ge=0,
+        description="Requests waiting for a generation slot, all tenants together, before new ones get 429.",
     )
-    llm_max_new_tokens: int = Field(default=128, ge=1, le=8192, description="Default reply length cap.")
+    llm_queue_per_tenant: int = Field(
+        default=8,
+        ge=0,
+        description="Requests of one tenant waiting for a generation slot before its new ones get 429 "
+        "(llm_busy, with Retry-After); the queue admits tenants in turn.",
+    )
+    llm_generation_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="Longest one generation may run once it has its slot; then it stops, the slot is freed and "
+        "the reply ends with finish_reason 'length'.",
+    )
+    llm_max_new_tokens: int = Field(
+        default=128,
+        ge=1,
+        le=8192,
+        description="Reply length cap: the default, and the most a request's max_tokens may ask for.",
+    )
     llm_temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
     llm_context_tokens: int | None = Field(
         default=None, ge=256, description="Context window; default: the model's (local) or 8192 (openai)."
     )
 
     openai_base_url: str | None = Field(default=None, description="e.g. http://vllm:8000/v1")
-    openai_model: str | None = Field(
-        default=None, description="Model name served by the OpenAI-compatible server."
-    )
+    openai_model: str | None = Field(default=None, description="Model name served by the OpenAI-compatible server.")
     openai_api_key: SecretStr | None = Field(default=None, description="Bearer key of that server.")
     openai_timeout_seconds: float = Field(default=60.0, gt=0, description="Whole-request read timeout.")
     openai_connect_timeout_seconds: float = Field(default=5.0, gt=0)
-    openai_max_retries: int = Field(
-        default=2, ge=0, le=10, description="Retries of connection errors, 429, 5xx."
-    )
+    openai_max_retries: int = Field(default=2, ge=0, le=10, description="Retries of connection errors, 429, 5xx.")
     openai_tokenizer: str | None = Field(
         default=None,
         description="Local tokenizer (folder, .gguf or 'bundled:...') of the served model for exact budgeting; "
@@ -94,9 +107,7 @@ class ChatSettings(BaseSettings):
         description="Cap on tokens of injected memories (default: what the context allows).",
     )
     chat_max_message_chars: int = Field(default=8000, ge=1, le=32_000)
-    chat_session_header: str = Field(
-        default="X-Session-ID", description="Session header of /v1/chat/completions."
-    )
+    chat_session_header: str = Field(default="X-Session-ID", description="Session header of /v1/chat/completions.")
     chat_retrieve_turns: bool | None = Field(
         default=None,
         description="Also retrieve past turns of other sessions (default: only when distillation is off).",

@@ -1,4 +1,4 @@
-"""The one interface every LLM backend implements, and its errors (502/503/504 in :mod:`service.errors`' tree).
+"""The one interface every LLM backend implements, and its errors (429/502/503/504 in :mod:`service.errors`' tree).
 
 A backend streams text deltas for a list of chat messages. ``generate`` (the whole reply) is built on
 ``stream``. Token counting is part of the interface because the prompt builder budgets in real tokens.
@@ -10,7 +10,7 @@ import abc
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from service.errors import ServiceError
@@ -33,6 +33,11 @@ class GenerationParams:
     temperature: float = 0.0
     top_p: float | None = None
     stop: tuple[str, ...] = ()
+    tenant: str | None = None  # whose turn in the backend's queue (round-robin by tenant); None: a shared bucket
+
+    def for_tenant(self, tenant: str | None) -> GenerationParams:
+        """These parameters, queued as ``tenant``'s request."""
+        return replace(self, tenant=tenant)
 
 
 @dataclass
@@ -97,9 +102,9 @@ class LLMUpstreamError(LLMError):
 
 
 class LLMBusyError(LLMError):
-    """Too many requests already wait for a generation slot."""
+    """Too many requests already wait for a generation slot: the tenant's share of the queue, or the whole queue."""
 
-    status = 503
+    status = 429
     code = "llm_busy"
     default_headers = {"Retry-After": "2"}
 
@@ -156,9 +161,7 @@ class TokenizerCounter:
 def render_ids(tokenizer: Any, messages: Sequence[ChatMessage]) -> list[int]:
     """Token ids of ``messages`` through the tokenizer's chat template, ready for the assistant's reply."""
     if getattr(tokenizer, "chat_template", None):
-        out = tokenizer.apply_chat_template(
-            [m.as_dict() for m in messages], add_generation_prompt=True, tokenize=True
-        )
+        out = tokenizer.apply_chat_template([m.as_dict() for m in messages], add_generation_prompt=True, tokenize=True)
         ids = out["input_ids"] if not isinstance(out, list) else out
         return [int(i) for i in ids]
     text = "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant: "

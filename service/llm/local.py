@@ -1,4 +1,9 @@
-"""In-process transformers backend: the model loads once; generation runs in worker threads, in order.
+"""In-process transformers backend: the model loads once; generation runs in worker threads, one per slot.
+
+Requests wait for a slot in a :class:`~service.llm.gate.FairGate`: served round-robin by tenant
+(:attr:`GenerationParams.tenant`), with a cap on each tenant's waiting requests. A generation that runs longer
+than ``generation_timeout_s`` is told to stop (the same cancel event a client leaving sets): its reply ends
+with ``finish_reason="length"`` and its slot frees at the next token.
 
 For attention-level (KV) injection the loaded model and tokenizer are public (:attr:`LocalBackend.loaded`),
 and :meth:`LocalBackend.stream_ids` streams from token ids with extra ``generate`` arguments (e.g. a
@@ -27,7 +32,7 @@ from service.llm.backend import (
     TokenizerCounter,
     render_ids,
 )
-from service.llm.gate import FifoGate
+from service.llm.gate import FairGate
 from service.llm.loader import LoadedModel, load_model
 
 log = logging.getLogger("sealmem.llm")
@@ -46,6 +51,8 @@ class LocalBackend(LLMBackend):
         torch_threads: int = 1,
         concurrency: int = 1,
         queue_max: int = 64,
+        queue_per_tenant: int = 8,
+        generation_timeout_s: float | None = 120.0,
         context_tokens: int | None = None,
         loaded: LoadedModel | None = None,
     ) -> None:
@@ -54,7 +61,8 @@ class LocalBackend(LLMBackend):
         self._device = device
         self._torch_threads = torch_threads
         self._context_tokens = context_tokens
-        self.gate = FifoGate(concurrency, queue_max)
+        self.gate = FairGate(concurrency, queue_max, per_tenant_max=queue_per_tenant)
+        self.generation_timeout_s = generation_timeout_s  # None: no deadline
         self.tokenizer_lock = threading.Lock()  # every use of the shared tokenizer, from any thread
         self._loaded = loaded
         self._counter = TokenizerCounter(loaded.tokenizer, self.tokenizer_lock) if loaded else None
@@ -71,7 +79,9 @@ class LocalBackend(LLMBackend):
             )
             self._counter = TokenizerCounter(self._loaded.tokenizer, self.tokenizer_lock)
             log.info(
-                "local LLM %s ready on %s in %.1fs", self._loaded.name, self._loaded.device,
+                "local LLM %s ready on %s in %.1fs",
+                self._loaded.name,
+                self._loaded.device,
                 time.perf_counter() - started,
             )
 
@@ -134,14 +144,20 @@ class LocalBackend(LLMBackend):
             stats.prompt_tokens = len(ids)
             _generate(loaded, ids, params, stats, cancel_event, emit, generate_kwargs, self.tokenizer_lock)
 
-        async with contextlib.aclosing(self._stream_in_worker(produce, stats, cancel_event)) as chunks:
+        worker = self._stream_in_worker(produce, stats, cancel_event, tenant=params.tenant)
+        async with contextlib.aclosing(worker) as chunks:
             async for text in chunks:
                 yield text
 
     async def stream_sync(
-        self, make_iterator: Callable[[threading.Event], Iterator[str]], stats: GenerationStats
+        self,
+        make_iterator: Callable[[threading.Event], Iterator[str]],
+        stats: GenerationStats,
+        *,
+        tenant: str | None = None,
     ) -> AsyncIterator[str]:
-        """Run a synchronous generator of text (e.g. a KV-injection engine) in a thread, under the same gate.
+        """Run a synchronous generator of text (e.g. a KV-injection engine) in a thread, under the same gate
+        (queued as ``tenant``'s request) and generation deadline.
 
         ``make_iterator(cancel)`` is called in the worker thread; it should stop when ``cancel`` is set.
         """
@@ -154,24 +170,32 @@ class LocalBackend(LLMBackend):
                 if cancel.is_set():
                     break
 
-        async with contextlib.aclosing(self._stream_in_worker(produce, stats, cancel)) as chunks:
+        async with contextlib.aclosing(self._stream_in_worker(produce, stats, cancel, tenant=tenant)) as chunks:
             async for text in chunks:
                 yield text
 
     async def _stream_in_worker(
-        self, produce: Callable[[Callable[[str], None]], None], stats: GenerationStats, cancel: threading.Event
+        self,
+        produce: Callable[[Callable[[str], None]], None],
+        stats: GenerationStats,
+        cancel: threading.Event,
+        *,
+        tenant: str | None = None,
     ) -> AsyncGenerator[str, None]:
-        """Once the gate admits the request, run ``produce(emit)`` in a worker thread and yield what it emits.
+        """Once the gate admits the request (``tenant``'s turn), run ``produce(emit)`` in a worker thread and
+        yield what it emits.
 
         The gate slot is freed when the thread ends, not when the caller stops reading: a cancelled request
         (client gone) must not let another generation start while this one still runs. The caller leaving sets
-        ``cancel``; ``produce`` checks it to stop at the next token. A failure in ``produce`` is raised here: an
+        ``cancel``; ``produce`` checks it to stop at the next token. So does the generation deadline: past
+        ``generation_timeout_s`` it sets ``cancel`` too, and the reply ends with ``finish_reason="length"``
+        (``stats.info["truncated"] = "generation_timeout"``). A failure in ``produce`` is raised here: an
         :class:`~service.errors.ApiError` (an ``LLMError``, a context too long for the model, ...) as it is, since
         it carries its own status and code; anything else is unexpected: logged with its traceback and raised as
         ``LLMError("generation failed")`` chained to it.
         """
         queued = time.perf_counter()
-        await self.gate.acquire()
+        await self.gate.acquire(tenant)
         stats.queued_s = time.perf_counter() - queued
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
@@ -184,9 +208,18 @@ class LocalBackend(LLMBackend):
             # Raises RuntimeError once the loop is closed, which ends a generation nobody reads any more.
             loop.call_soon_threadsafe(queue.put_nowait, text)
 
+        timed_out = threading.Event()
+
+        def deadline() -> None:
+            timed_out.set()
+            cancel.set()
+
         def work() -> None:
             try:
                 produce(emit)
+                if timed_out.is_set():  # recorded before the end marker, so the caller reads it with the stats
+                    stats.finish_reason = "length"
+                    stats.info["truncated"] = "generation_timeout"
             except BaseException as exc:  # handed to the event loop, which raises it
                 if not isinstance(exc, ApiError):
                     log.exception("local generation failed")
@@ -200,6 +233,7 @@ class LocalBackend(LLMBackend):
         except BaseException:
             self.gate.release()
             raise
+        timer = loop.call_later(self.generation_timeout_s, deadline) if self.generation_timeout_s else None
         try:
             while True:
                 item = await queue.get()
@@ -213,6 +247,8 @@ class LocalBackend(LLMBackend):
                 if item:
                     yield item
         finally:
+            if timer is not None:
+                timer.cancel()
             cancel.set()  # a client that went away stops the generation at the next token
             stats.mark_finished()
 

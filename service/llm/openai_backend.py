@@ -2,6 +2,11 @@
 
 The official ``openai`` client does the HTTP; its own retries are off and tenacity retries connection
 errors, 429 and 5xx before the first token (never after: a half-streamed reply cannot be replayed).
+
+Requests wait for one of ``concurrency`` slots in a :class:`~service.llm.gate.FairGate` (round-robin by tenant,
+a cap on each tenant's waiting requests). Once admitted, a reply has ``generation_timeout_s``: a reply still
+streaming then is cut at the next chunk and ends with ``finish_reason="length"`` (a server that sends nothing
+at all is ended by the client's read timeout, ``timeout_s``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from service.llm.backend import (
     LLMUpstreamError,
     TokenCounter,
 )
-from service.llm.gate import FifoGate
+from service.llm.gate import FairGate
 
 _RETRYABLE = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
 
@@ -56,6 +61,8 @@ class OpenAIBackend(LLMBackend):
         max_retries: int = 2,
         concurrency: int = 32,
         queue_max: int = 256,
+        queue_per_tenant: int = 8,
+        generation_timeout_s: float | None = 120.0,
         context_tokens: int | None = None,
         counter: TokenCounter | None = None,
         retry_wait_s: float = 0.2,
@@ -65,7 +72,8 @@ class OpenAIBackend(LLMBackend):
         self._counter = counter or ApproxTokenCounter()
         self._max_retries = max_retries
         self._retry_wait_s = retry_wait_s
-        self.gate = FifoGate(concurrency, queue_max)
+        self.gate = FairGate(concurrency, queue_max, per_tenant_max=queue_per_tenant)
+        self.generation_timeout_s = generation_timeout_s  # None: no deadline
         self.client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=api_key or "sealmem-no-key",
@@ -120,13 +128,19 @@ class OpenAIBackend(LLMBackend):
         if params.stop:
             request["stop"] = list(params.stop)
         queued = time.perf_counter()
-        async with self.gate.slot():
+        async with self.gate.slot(params.tenant):
             stats.queued_s = time.perf_counter() - queued
             stats.prompt_tokens = self._counter.count_messages(messages)
+            timeout = self.generation_timeout_s
+            deadline = time.monotonic() + timeout if timeout else None
             try:
                 response = await self._open_stream(request)
                 try:
                     async for chunk in response:
+                        if deadline is not None and time.monotonic() > deadline:
+                            stats.finish_reason = "length"
+                            stats.info["truncated"] = "generation_timeout"
+                            break
                         if cancel is not None and cancel.is_set():
                             stats.finish_reason = "cancelled"
                             break

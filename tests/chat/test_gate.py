@@ -1,4 +1,4 @@
-"""The FIFO concurrency gate of the LLM backends."""
+"""The concurrency gate of the LLM backends: one tenant's requests are served in arrival order."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import threading
 import pytest
 
 from service.llm.backend import LLMBusyError
-from service.llm.gate import FifoGate
+from service.llm.gate import FairGate
 
 
 def test_waiters_are_served_in_arrival_order_and_the_line_is_bounded() -> None:
     async def scenario() -> list[int]:
-        gate = FifoGate(1, queue_max=5)
+        gate = FairGate(1, queue_max=5)
         order: list[int] = []
         await gate.acquire()
 
@@ -39,7 +39,7 @@ def test_waiters_are_served_in_arrival_order_and_the_line_is_bounded() -> None:
 
 def test_a_cancelled_waiter_gives_up_its_place() -> None:
     async def scenario() -> None:
-        gate = FifoGate(1, queue_max=5)
+        gate = FairGate(1, queue_max=5)
         await gate.acquire()
         waiting = asyncio.create_task(gate.acquire())
         await asyncio.sleep(0)
@@ -57,7 +57,7 @@ def test_a_cancelled_waiter_gives_up_its_place() -> None:
 
 def test_limit_two_runs_two_at_once() -> None:
     async def scenario() -> int:
-        gate = FifoGate(2, queue_max=10)
+        gate = FairGate(2, queue_max=10)
         running = peak = 0
 
         async def job() -> None:
