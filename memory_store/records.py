@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -90,16 +91,30 @@ def candidate_query(
     return query
 
 
+MAX_CURSOR_ID = 2**63 - 1
+"""The largest row id a cursor may carry: ids are signed 64-bit integers in SQLite and PostgreSQL."""
+_CURSOR_TEXT = re.compile(r"[A-Za-z0-9_-]{1,64}={0,2}")
+_CURSOR_VALUE = re.compile(r"v1:([1-9][0-9]{0,18})")
+
+
 def encode_cursor(last_id: int) -> str:
     return base64.urlsafe_b64encode(f"v1:{last_id}".encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> int:
+    """The row id of a cursor made by :func:`encode_cursor`: an integer ``1 <= id <= 2**63 - 1``.
+
+    Anything else (not URL-safe base64, another version, a sign, spaces, leading zeros, non-ASCII digits, a
+    value past int64 that the database driver could not bind) is a :class:`ValidationError`, never reaching SQL.
+    """
+    if not _CURSOR_TEXT.fullmatch(cursor):
+        raise ValidationError("cursor is malformed")
+    unpadded = cursor.rstrip("=")
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        version, value = raw.split(":", 1)
-        if version != "v1":
-            raise ValueError(version)
-        return int(value)
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raw = base64.b64decode(unpadded + "=" * (-len(unpadded) % 4), altchars=b"-_", validate=True)
+        match = _CURSOR_VALUE.fullmatch(raw.decode("ascii"))
+    except (binascii.Error, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise ValidationError("cursor is malformed") from exc
+    if match is None or not 1 <= (value := int(match.group(1))) <= MAX_CURSOR_ID:
+        raise ValidationError("cursor is malformed")
+    return value

@@ -74,7 +74,7 @@ def test_postgres(compose: dict[str, Any]) -> None:
     assert pg["image"].startswith("pgvector/pgvector:pg16")
     assert any(v.endswith(":/var/lib/postgresql/data") for v in pg["volumes"]), "a data volume"
     assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
-    assert pg["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/pg_password"
+    assert pg["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/pg_superuser_password"
     assert "POSTGRES_PASSWORD" not in pg["environment"]
 
 
