@@ -71,9 +71,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from memory_store.db import make_engine
     from memory_store.embedder import SentenceTransformerEmbedder
     from memory_store.migrate import upgrade
+    from service.auditing import Caller
     from service.chat.service import ChatRequest, ChatService
     from service.chat.settings import ChatSettings
-    from service.chat.writeback import Caller
     from service.llm.backend import GenerationParams, GenerationStats
     from service.llm.loader import BUNDLED_SMOLLM2
     from service.llm.local import LocalBackend

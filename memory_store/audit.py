@@ -121,16 +121,57 @@ def _entry(row: AuditRecord) -> AuditEntry:
     )
 
 
+def append_in(session: Session, tenant_id: str, event: AuditEvent) -> AuditEntry:
+    """Append one record to the tenant's chain inside the caller's transaction, which then commits the record
+    with whatever else it changes, or neither. Takes the tenant's audit head lock until that commit."""
+    head = session.execute(
+        update(AuditHead)
+        .where(AuditHead.tenant_id == tenant_id)
+        .values(seq=AuditHead.seq + 1)
+        .returning(AuditHead.seq, AuditHead.last_hash)
+    ).first()
+    if head is None:
+        session.add(AuditHead(tenant_id=tenant_id, seq=1, last_hash=GENESIS_HASH))
+        session.flush()
+        seq, prev_hash = 1, GENESIS_HASH
+    else:
+        seq, prev_hash = int(head[0]), str(head[1])
+    values: dict[str, Any] = {
+        "tenant_id": tenant_id,
+        "seq": seq,
+        "at": utcnow(),
+        "credential_id": event.credential_id[:64],
+        "role": event.role[:16],
+        "token_id": event.token_id[:64] if event.token_id else None,
+        "subject": event.subject,
+        "action": event.action[:32],
+        "memory_ids": [str(m) for m in event.memory_ids],
+        "detail": dict(event.detail),
+        "request_id": event.request_id[:64] if event.request_id else None,
+        "outcome": event.outcome[:16],
+        "prev_hash": prev_hash,
+    }
+    row = AuditRecord(**values, hash=chain_hash(values))
+    session.add(row)
+    session.execute(update(AuditHead).where(AuditHead.tenant_id == tenant_id).values(last_hash=row.hash))
+    return _entry(row)
+
+
 class AuditLog:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
 
     def append(self, *, tenant_id: str, event: AuditEvent) -> AuditEntry:
-        """Append one record to the tenant's chain (safe under concurrent appends from any process)."""
+        """Append one record in a transaction of its own (for reads, which change nothing; a change appends
+        its record inside its own transaction with :func:`append_in`)."""
+        return self.append_all(tenant_id=tenant_id, events=[event])[0]
+
+    def append_all(self, *, tenant_id: str, events: Sequence[AuditEvent]) -> list[AuditEntry]:
+        """Append records in one transaction (safe under concurrent appends from any process)."""
         for attempt in range(3):
             try:
                 with self._sessions.begin() as session:
-                    return self._append(session, tenant_id, event)
+                    return [append_in(session, tenant_id, event) for event in events]
             except IntegrityError:
                 # Two first appends raced to create the head row (PostgreSQL); the loser retries and
                 # then finds it. A tenant that does not exist fails the same way, every time.
@@ -140,39 +181,6 @@ class AuditLog:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
-
-    def _append(self, session: Session, tenant_id: str, event: AuditEvent) -> AuditEntry:
-        head = session.execute(
-            update(AuditHead)
-            .where(AuditHead.tenant_id == tenant_id)
-            .values(seq=AuditHead.seq + 1)
-            .returning(AuditHead.seq, AuditHead.last_hash)
-        ).first()
-        if head is None:
-            session.add(AuditHead(tenant_id=tenant_id, seq=1, last_hash=GENESIS_HASH))
-            session.flush()
-            seq, prev_hash = 1, GENESIS_HASH
-        else:
-            seq, prev_hash = int(head[0]), str(head[1])
-        values: dict[str, Any] = {
-            "tenant_id": tenant_id,
-            "seq": seq,
-            "at": utcnow(),
-            "credential_id": event.credential_id[:64],
-            "role": event.role[:16],
-            "token_id": event.token_id[:64] if event.token_id else None,
-            "subject": event.subject,
-            "action": event.action[:32],
-            "memory_ids": [str(m) for m in event.memory_ids],
-            "detail": dict(event.detail),
-            "request_id": event.request_id[:64] if event.request_id else None,
-            "outcome": event.outcome[:16],
-            "prev_hash": prev_hash,
-        }
-        row = AuditRecord(**values, hash=chain_hash(values))
-        session.add(row)
-        session.execute(update(AuditHead).where(AuditHead.tenant_id == tenant_id).values(last_hash=row.hash))
-        return _entry(row)
 
     def entries(
         self,

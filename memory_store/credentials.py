@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal, get_args
 
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from memory_store import validation
 from memory_store.access import ApiKey
+from memory_store.audit import AuditEvent, append_in
 from memory_store.errors import NotFoundError, ValidationError
 from memory_store.models import Tenant, utcnow
 
@@ -61,6 +62,11 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
+def _about(row: ApiKey) -> dict[str, str]:
+    """What an audit record says about a key: its id and role, never its secret or hash."""
+    return {"key_id": row.id, "role": row.role}
+
+
 def _info(row: ApiKey) -> ApiKeyInfo:
     role = row.role if row.role in ROLES else "reader"  # an unknown stored role grants the least
     return ApiKeyInfo(
@@ -84,7 +90,11 @@ class ApiKeyStore:
         self._sessions = sessions
         self._touch_interval = touch_interval
 
-    def create(self, *, tenant_id: str, role: str, name: str, created_by: str) -> IssuedKey:
+    def create(
+        self, *, tenant_id: str, role: str, name: str, created_by: str, audit: AuditEvent | None = None
+    ) -> IssuedKey:
+        """A new key; ``audit`` is appended to the tenant's audit chain in the same transaction (with the key's
+        id and role in its detail)."""
         if role not in ROLES:
             raise ValidationError(f"role must be one of {', '.join(ROLES)}")
         validation.check_identifier(name, "key name")
@@ -107,6 +117,9 @@ class ApiKeyStore:
                     if session.get(Tenant, tenant_id) is None:
                         raise NotFoundError("tenant not found")
                     session.add(row)
+                    if audit is not None:
+                        session.flush()  # a prefix collision fails here, before the audit head is locked
+                        append_in(session, tenant_id, replace(audit, detail={**audit.detail, **_about(row)}))
             except IntegrityError:  # a prefix collision (about 2^-48): draw another key
                 continue
             return IssuedKey(info=_info(row), secret=secret)
@@ -148,12 +161,16 @@ class ApiKeyStore:
             )
             return [_info(row) for row in rows]
 
-    def revoke(self, *, tenant_id: str, key_id: str) -> ApiKeyInfo:
-        """Revoke a key (idempotent); requests and subject tokens made with it stop working at once."""
+    def revoke(self, *, tenant_id: str, key_id: str, audit: AuditEvent | None = None) -> ApiKeyInfo:
+        """Revoke a key (idempotent); requests and subject tokens made with it stop working at once, and so
+        do delayed writes of earlier requests (see :class:`~memory_store.types.WriteGuard`). ``audit`` is
+        appended in the same transaction."""
         with self._sessions.begin() as session:
             row = session.get(ApiKey, key_id)
             if row is None or row.tenant_id != tenant_id:
                 raise NotFoundError("API key not found")
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
+            if audit is not None:
+                append_in(session, tenant_id, replace(audit, detail={**audit.detail, **_about(row)}))
             return _info(row)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,12 @@ class MasterKey:
 
     def unwrap(self, wrapped: bytes, ad: bytes) -> bytes:
         return open_sealed(self.material, wrapped, ad)
+
+    def pseudonym(self, purpose: str, *parts: object) -> str:
+        """A keyed digest (HMAC-SHA256 under a key derived from this master key) of ``purpose`` and ``parts``:
+        stable while the master key is, and no one without the key can confirm a guess of ``parts``."""
+        derived = hmac.new(self.material, b"sealmem/v1/pseudonym-key", hashlib.sha256).digest()
+        return hmac.new(derived, associated_data(purpose, *parts), hashlib.sha256).hexdigest()
 
 
 def subject_key_ad(tenant_id: str, subject_id: str) -> bytes:

@@ -2,11 +2,14 @@
 
 StoreError
  ├── ConfigurationError      settings are unusable (no master key, bad URL, schema not migrated)
+ │   └── MasterKeyChangedError   the keyring names another master key than this process's (rotated while running)
  ├── WrongMasterKeyError     the master key does not match the database
+ ├── CredentialRevokedError  a delayed write's API key was revoked after the request began
  ├── DecryptionError         a ciphertext failed authentication
  ├── NotFoundError           no such tenant / subject / memory (or not visible to the caller)
  ├── ValidationError         bad input to an operation
  └── ConflictError           a uniqueness rule would be broken
+     └── SubjectForgottenError   the subject was forgotten after the write's request began
 """
 
 from __future__ import annotations
@@ -26,6 +29,14 @@ class WrongMasterKeyError(ConfigurationError):
     code = "wrong_master_key"
 
 
+class MasterKeyChangedError(ConfigurationError):
+    code = "master_key_changed"
+
+
+class CredentialRevokedError(StoreError):
+    code = "credential_revoked"
+
+
 class DecryptionError(StoreError):
     code = "decryption_failed"
 
@@ -40,3 +51,7 @@ class ValidationError(StoreError):
 
 class ConflictError(StoreError):
     code = "conflict"
+
+
+class SubjectForgottenError(ConflictError):
+    code = "subject_forgotten"

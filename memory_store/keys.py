@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from memory_store.crypto import MasterKey, associated_data, subject_key_ad, tenant_index_key_ad
-from memory_store.errors import WrongMasterKeyError
+from memory_store.errors import MasterKeyChangedError, WrongMasterKeyError
 from memory_store.models import Keyring, Subject, Tenant, utcnow
 from memory_store.vector_models import TenantVectorKey
 
@@ -33,14 +33,23 @@ class KeyManager:
         """Bind a new database to this master key, or refuse a key that does not match."""
         ring = session.get(Keyring, 1)
         if ring is None:
-            session.add(
-                Keyring(id=1, key_check=self._master.key_check(), fingerprint=self._master.fingerprint)
-            )
+            session.add(Keyring(id=1, key_check=self._master.key_check(), fingerprint=self._master.fingerprint))
             return
         if not self._master.verify(ring.key_check):
             raise WrongMasterKeyError(
                 f"the master key (fingerprint {self._master.fingerprint}) does not match this database "
                 f"(created with fingerprint {ring.fingerprint}); nothing was read or changed"
+            )
+
+    def require_current(self, session: Session) -> None:
+        """Refuse to wrap a new key in ``session``'s transaction unless the keyring still names this process's
+        master key. A rotation run by another process while this one serves would otherwise leave keys wrapped
+        with the old master key, unreadable after a restart. The keyring row is share-locked (PostgreSQL) until
+        the commit, and :meth:`rotate` locks it exclusively, so the two cannot interleave."""
+        ring = session.scalar(select(Keyring).where(Keyring.id == 1).with_for_update(read=True))
+        if ring is None or ring.fingerprint != self._master.fingerprint:
+            raise MasterKeyChangedError(
+                "the master key was rotated by another process: restart this one with the new master key"
             )
 
     def _cached(self, cache_key: tuple[str, str, int], wrapped: bytes, ad: bytes) -> bytes:
@@ -57,9 +66,7 @@ class KeyManager:
         return key
 
     def subject_key(self, subject: Subject) -> bytes:
-        return self._cached(
-            ("s", subject.id, 0), subject.wrapped_key, subject_key_ad(subject.tenant_id, subject.id)
-        )
+        return self._cached(("s", subject.id, 0), subject.wrapped_key, subject_key_ad(subject.tenant_id, subject.id))
 
     def index_key(self, tenant: Tenant) -> bytes:
         return self._cached(
@@ -80,7 +87,10 @@ class KeyManager:
 
     def rotate(self, session: Session, new_master: MasterKey) -> int:
         """Re-wrap every data key under ``new_master`` inside the caller's transaction; returns keys moved."""
-        ring = session.get(Keyring, 1)
+        # Tenants first, then the keyring: the order writers take them in (tenant write lock, then keyring
+        # check), so a rotation waits for running writes instead of deadlocking with them.
+        session.execute(select(Tenant.id).order_by(Tenant.id).with_for_update())
+        ring = session.scalar(select(Keyring).where(Keyring.id == 1).with_for_update())
         if ring is None or not self._master.verify(ring.key_check):
             raise WrongMasterKeyError("current master key does not match the database")
         moved = 0

@@ -151,3 +151,18 @@ class VectorChange(Base):
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     memory_id: Mapped[int] = mapped_column(BigInteger)
     op: Mapped[str] = mapped_column(String(8))
+
+
+class SubjectTombstone(Base):
+    """A forgotten subject, named only by a keyed digest (:meth:`MasterKey.pseudonym`) and the time of its forget.
+
+    A write whose request began before that time is refused, so in-flight and queued work cannot bring the
+    subject back. Kept for a day (``TOMBSTONE_RETENTION`` in the store), longer than any request may wait.
+    """
+
+    __tablename__ = "subject_tombstones"
+    __table_args__ = (Index("ix_subject_tombstones_tenant_digest", "tenant_id", "digest"),)
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    digest: Mapped[str] = mapped_column(String(64))
+    forgotten_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

@@ -6,8 +6,9 @@ import builtins
 import logging
 import threading
 import uuid
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import faiss
@@ -17,16 +18,25 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from memory_store import validation
+from memory_store.access import ApiKey, AuditHead
+from memory_store.audit import GENESIS_HASH, AuditEvent, AuditLog, append_in
 from memory_store.crypto import MasterKey, generate_key
 from memory_store.db import make_engine, make_sessionmaker
 from memory_store.embedder import Embedder
-from memory_store.errors import ConfigurationError, ConflictError, NotFoundError, ValidationError
+from memory_store.errors import (
+    ConfigurationError,
+    ConflictError,
+    CredentialRevokedError,
+    NotFoundError,
+    SubjectForgottenError,
+    ValidationError,
+)
 from memory_store.fusion import FusionConfig
 from memory_store.index_registry import IndexRegistry
 from memory_store.keys import KeyManager
 from memory_store.lexical import LexicalCache, LexicalSource
 from memory_store.migrate import require_head
-from memory_store.models import Memory, MemoryEvent, Subject, Tenant, VectorChange, utcnow
+from memory_store.models import Memory, MemoryEvent, Subject, SubjectTombstone, Tenant, VectorChange, utcnow
 from memory_store.pgvector_backend import PgVectorBackend
 from memory_store.records import apply_filters, decode, decode_cursor, encode_cursor, metadata_matches, record
 from memory_store.retry import retry_read, retry_write
@@ -45,6 +55,7 @@ from memory_store.types import (
     StoreTotals,
     SubjectInfo,
     TenantInfo,
+    WriteGuard,
 )
 from memory_store.vector_backend import FaissBackend, VectorBackend
 
@@ -52,6 +63,10 @@ log = logging.getLogger("sealmem.store")
 _UNSET: Any = object()
 # Rows per statement when a write touches many memories (keeps ``IN (...)`` lists and executemany batches small).
 _CHUNK = 500
+# How long a forgotten subject's tombstone is kept; a guarded write from a request older than this is refused.
+TOMBSTONE_RETENTION = timedelta(days=1)
+# Who the audit records of the store's own changes (expiry) name.
+SYSTEM_AUDIT = AuditEvent(credential_id="system", role="system", action="memory.expire")
 
 
 def _memory_event(
@@ -94,6 +109,14 @@ class _Doomed(NamedTuple):
     owner: Subject
 
 
+def _by_subject(rows: Iterable[_Doomed]) -> dict[str, list[str]]:
+    """Memory ids per subject name, for the audit records of a deletion."""
+    touched: dict[str, list[str]] = {}
+    for row in rows:
+        touched.setdefault(row.owner.external_id, []).append(row.uid)
+    return touched
+
+
 class MemoryStore:
     """Encrypted, tenant- and subject-isolated memory storage with hybrid retrieval."""
 
@@ -110,6 +133,7 @@ class MemoryStore:
         self._embedder = embedder
         self._settings = settings
         self._keys = KeyManager(master_key)
+        self.audit = AuditLog(self._sessions)
         faiss.omp_set_num_threads(settings.faiss_threads)
         require_head(engine)
         self._bind_master_key()
@@ -182,7 +206,10 @@ class MemoryStore:
         )
         try:
             with self._sessions.begin() as session:
+                self._keys.require_current(session)
                 session.add(tenant)
+                session.flush()
+                session.add(AuditHead(tenant_id=tenant_id, seq=0, last_hash=GENESIS_HASH))
         except IntegrityError as exc:
             raise ConflictError("a tenant with this name already exists") from exc
         self.vectors.after_commit(tenant_id)
@@ -212,6 +239,7 @@ class MemoryStore:
     def _subject_or_create(self, session: Session, tenant_id: str, subject: str) -> Subject:
         row = session.scalar(select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject))
         if row is None:
+            self._keys.require_current(session)
             subject_id = str(uuid.uuid4())
             row = Subject(
                 id=subject_id,
@@ -239,14 +267,86 @@ class MemoryStore:
             raise NotFoundError("tenant not found")
         return int(seq)
 
+    def pseudonym(self, purpose: str, *parts: str) -> str:
+        """A keyed digest of ``parts`` (HMAC under a key derived from the master key): a stable name for values
+        that must not be stored or guessable, such as a conversation's first message."""
+        return self._keys.master.pseudonym(purpose, *parts)
+
+    def subject_digest(self, tenant_id: str, subject: str) -> str:
+        """The keyed digest that names a subject where its id must not be kept (tombstones)."""
+        return self.pseudonym("subject", tenant_id, subject)
+
+    def _guard(self, session: Session, tenant_id: str, subjects: Iterable[str], guard: WriteGuard | None) -> None:
+        """Refuse a guarded write (see :class:`WriteGuard`). Runs inside the write's transaction after the
+        tenant's write lock, which a forget takes too: a forget that committed first is seen here, and one that
+        comes later waits for this write and then deletes what it wrote."""
+        if guard is None:
+            return
+        if guard.begun_at < utcnow() - TOMBSTONE_RETENTION:
+            raise SubjectForgottenError("the request is too old to write; nothing was written")
+        if guard.credential_id is not None:
+            key = session.execute(select(ApiKey.revoked_at).where(ApiKey.id == guard.credential_id)).first()
+            if key is None or key[0] is not None:
+                raise CredentialRevokedError("the API key of this request has been revoked; nothing was written")
+        digests = {self.subject_digest(tenant_id, subject) for subject in subjects}
+        forgotten = session.scalar(
+            select(SubjectTombstone.id)
+            .where(
+                SubjectTombstone.tenant_id == tenant_id,
+                SubjectTombstone.digest.in_(digests),
+                SubjectTombstone.forgotten_at >= guard.begun_at,
+            )
+            .limit(1)
+        )
+        if forgotten is not None:
+            raise SubjectForgottenError(
+                "the subject was forgotten while this request was in progress; nothing was written"
+            )
+
+    @staticmethod
+    def _record_audit(
+        session: Session,
+        tenant_id: str,
+        audit: AuditEvent | None,
+        touched: Mapping[str, Sequence[str]],
+        **detail: Any,
+    ) -> None:
+        """Append ``audit`` to the tenant's chain inside the change's transaction, one record per subject
+        touched (``touched``: subject -> memory ids), so a per-subject audit query finds every change."""
+        if audit is None:
+            return
+        for subject, ids in touched.items():
+            event = replace(audit, subject=subject, memory_ids=list(ids), detail={**audit.detail, **detail})
+            append_in(session, tenant_id, event)
+
     # ---- writes ------------------------------------------------------------------------------------
 
-    def add(self, *, tenant_id: str, item: NewMemory, actor: str = "system") -> MemoryRecord:
-        return self.add_batch(tenant_id=tenant_id, items=[item], actor=actor)[0]
+    def add(
+        self,
+        *,
+        tenant_id: str,
+        item: NewMemory,
+        actor: str = "system",
+        audit: AuditEvent | None = None,
+        guard: WriteGuard | None = None,
+    ) -> MemoryRecord:
+        return self.add_batch(tenant_id=tenant_id, items=[item], actor=actor, audit=audit, guard=guard)[0]
 
     @retry_write
-    def add_batch(self, *, tenant_id: str, items: Sequence[NewMemory], actor: str = "system") -> list[MemoryRecord]:
-        """Store ``items`` atomically (all or nothing), embedding them in batches."""
+    def add_batch(
+        self,
+        *,
+        tenant_id: str,
+        items: Sequence[NewMemory],
+        actor: str = "system",
+        audit: AuditEvent | None = None,
+        guard: WriteGuard | None = None,
+    ) -> list[MemoryRecord]:
+        """Store ``items`` atomically (all or nothing), embedding them in batches.
+
+        Every write method takes ``audit`` (appended to the tenant's audit chain in the same transaction, one
+        record per subject, with the subject and memory ids filled in) and ``guard`` (see :class:`WriteGuard`).
+        """
         if not items:
             return []
         for item in items:
@@ -259,6 +359,7 @@ class MemoryStore:
             last_seq = self._bump(session, tenant_id, len(items))
             first_seq = last_seq - len(items) + 1
             wanted = {item.subject for item in items}
+            self._guard(session, tenant_id, wanted, guard)
             subjects: dict[str, Subject] = {
                 row.external_id: row
                 for row in session.scalars(
@@ -319,6 +420,10 @@ class MemoryStore:
                 record(row, item.subject, text=item.text, metadata=item.metadata)
                 for row, item in zip(rows, items, strict=True)
             ]
+            touched: dict[str, list[str]] = {}
+            for item, row in zip(items, rows, strict=True):
+                touched.setdefault(item.subject, []).append(row.uid)
+            self._record_audit(session, tenant_id, audit, touched)
         self.vectors.after_commit(tenant_id, known)
         added: dict[str, list[LexicalSource]] = {}
         for row, item in zip(rows, items, strict=True):
@@ -340,6 +445,8 @@ class MemoryStore:
         importance: float | None = None,
         expires_at: datetime | None = _UNSET,
         actor: str = "system",
+        audit: AuditEvent | None = None,
+        guard: WriteGuard | None = None,
     ) -> MemoryRecord:
         """Change a memory; a new text is re-embedded. The history records which fields changed."""
         if text is not None:
@@ -355,6 +462,7 @@ class MemoryStore:
         with self._sessions.begin() as session:
             seq = self._bump(session, tenant_id, 1)  # write lock first: no SQLite read->write upgrade
             row, owner = self._memory_row(session, tenant_id, memory_id, subject)
+            self._guard(session, tenant_id, [owner.external_id], guard)
             sealer = self._sealer(owner)
             changed: list[str] = []
             if text is not None:
@@ -395,6 +503,7 @@ class MemoryStore:
                     detail={"fields": changed},
                 )
             )
+            self._record_audit(session, tenant_id, audit, {owner.external_id: [row.uid]}, fields=changed)
             record = decode(row, owner, sealer)
             row_id = row.id
         self.vectors.after_commit(tenant_id, {row_id: vector} if vector is not None else None)
@@ -404,7 +513,15 @@ class MemoryStore:
 
     @retry_write
     def supersede(
-        self, *, tenant_id: str, memory_id: str, by: str, subject: str | None = None, actor: str = "system"
+        self,
+        *,
+        tenant_id: str,
+        memory_id: str,
+        by: str,
+        subject: str | None = None,
+        actor: str = "system",
+        audit: AuditEvent | None = None,
+        guard: WriteGuard | None = None,
     ) -> MemoryRecord:
         """Mark ``memory_id`` as replaced by memory ``by``: it stays in history and is left out of rankings."""
         now = utcnow()
@@ -414,6 +531,7 @@ class MemoryStore:
             newer, newer_owner = self._memory_row(session, tenant_id, by, subject)
             if newer_owner.id != owner.id or newer.id == row.id:
                 raise ValidationError("a memory can only be superseded by another memory of the same subject")
+            self._guard(session, tenant_id, [owner.external_id], guard)
             row.status = "superseded"
             row.superseded_by = newer.uid
             row.updated_at = now
@@ -431,6 +549,9 @@ class MemoryStore:
                     detail={"superseded_by": newer.uid},
                 )
             )
+            self._record_audit(
+                session, tenant_id, audit, {owner.external_id: [row.uid, newer.uid]}, superseded_by=newer.uid
+            )
             superseded = decode(row, owner, self._sealer(owner))
         self._lexical.advance(owner.id, lexical_before, seq)  # the documents do not change
         return superseded
@@ -443,6 +564,8 @@ class MemoryStore:
         subject: str | None = None,
         actor: str = "system",
         include_expired: bool = False,
+        audit: AuditEvent | None = None,
+        guard: WriteGuard | None = None,
     ) -> None:
         """Delete one memory (its history stays); see :meth:`delete_many`."""
         self.delete_many(
@@ -451,6 +574,8 @@ class MemoryStore:
             subject=subject,
             actor=actor,
             include_expired=include_expired,
+            audit=audit,
+            guard=guard,
         )
 
     @retry_write
@@ -462,6 +587,8 @@ class MemoryStore:
         subject: str | None = None,
         actor: str = "system",
         include_expired: bool = False,
+        audit: AuditEvent | None = None,
+        guard: WriteGuard | None = None,
     ) -> int:
         """Delete memories in one transaction, all or nothing; returns how many were deleted.
 
@@ -493,9 +620,10 @@ class MemoryStore:
                         found[uid] = _Doomed(row_id, uid, owner)
             if len(found) != len(wanted):
                 raise NotFoundError("memory not found")
-            removed = self._delete_rows(
-                session, tenant_id, [found[uid] for uid in wanted], last_seq=last_seq, actor=actor, at=now
-            )
+            doomed = [found[uid] for uid in wanted]
+            self._guard(session, tenant_id, {row.owner.external_id for row in doomed}, guard)
+            removed = self._delete_rows(session, tenant_id, doomed, last_seq=last_seq, actor=actor, at=now)
+            self._record_audit(session, tenant_id, audit, _by_subject(doomed))
         self.vectors.after_commit(tenant_id)
         self._lexical_removed(removed, last_seq)
         return len(wanted)
@@ -549,36 +677,26 @@ class MemoryStore:
             self._lexical.advance(subject_id, before, last_seq, removals=row_ids)
 
     @retry_write
-    def forget_subject(self, *, tenant_id: str, subject: str, actor: str = "system") -> int:
+    def forget_subject(
+        self, *, tenant_id: str, subject: str, actor: str = "system", audit: AuditEvent | None = None
+    ) -> int:
         """Crypto-shred a subject: destroy its data key, delete its rows and vectors; returns memories removed.
 
         The tenant's index key is replaced too, so an index file saved before the forget (a backup, a stray
-        copy) cannot be decrypted afterwards.
+        copy) cannot be decrypted afterwards. A tombstone (the subject's keyed digest and the time) is laid in
+        the same transaction: a guarded write from a request that began before it cannot bring the subject back
+        (:meth:`_guard`). A subject that does not exist is a NotFoundError and changes nothing.
         """
         with self._sessions.begin() as session:
             self._bump(session, tenant_id, 0)  # write lock first
             owner = self._subject(session, tenant_id, subject)
-            mine = (Memory.tenant_id == tenant_id, Memory.subject_id == owner.id)  # (tenant, subject, id) index
-            ids = list(session.scalars(select(Memory.id).where(*mine)))
-            last_seq = self._bump(session, tenant_id, max(len(ids), 1))
-            first_seq = last_seq - max(len(ids), 1) + 1
-            if ids:
-                session.execute(
-                    insert(VectorChange),
-                    [
-                        {"tenant_id": tenant_id, "seq": first_seq + i, "memory_id": mid, "op": "delete"}
-                        for i, mid in enumerate(ids)
-                    ],
+            session.add(
+                SubjectTombstone(
+                    tenant_id=tenant_id, digest=self.subject_digest(tenant_id, subject), forgotten_at=utcnow()
                 )
-            else:
-                session.add(VectorChange(tenant_id=tenant_id, seq=first_seq, memory_id=-1, op="delete"))
-            session.execute(delete(Memory).where(*mine))
-            session.execute(delete(MemoryEvent).where(MemoryEvent.subject_id == owner.id))
-            session.delete(owner)
-            tenant = session.get(Tenant, tenant_id)
-            assert tenant is not None
-            tenant.index_key_version += 1
-            tenant.wrapped_index_key = self._keys.wrap_index_key(tenant_id, tenant.index_key_version, generate_key())
+            )
+            ids = self._shred(session, tenant_id, owner)
+            self._record_audit(session, tenant_id, audit, {subject: []}, memories_deleted=len(ids))
             subject_id = owner.id
         self._keys.forget(subject_id)
         self._lexical.drop(subject_id)
@@ -590,10 +708,44 @@ class MemoryStore:
         log.info("forgot a subject of tenant %s: %d memories shredded", tenant_id, len(ids))
         return len(ids)
 
-    def rotate_master_key(self, *, new_master_key: MasterKey) -> int:
-        """Re-wrap every data key under a new master key (memories are not re-encrypted)."""
+    def _shred(self, session: Session, tenant_id: str, owner: Subject) -> builtins.list[int]:
+        """Delete ``owner`` with its memories, vectors (through the change log) and history, and replace the
+        tenant's index key, inside the caller's transaction (which holds the tenant's write lock)."""
+        mine = (Memory.tenant_id == tenant_id, Memory.subject_id == owner.id)  # (tenant, subject, id) index
+        ids = list(session.scalars(select(Memory.id).where(*mine)))
+        last_seq = self._bump(session, tenant_id, max(len(ids), 1))
+        first_seq = last_seq - max(len(ids), 1) + 1
+        if ids:
+            session.execute(
+                insert(VectorChange),
+                [
+                    {"tenant_id": tenant_id, "seq": first_seq + i, "memory_id": mid, "op": "delete"}
+                    for i, mid in enumerate(ids)
+                ],
+            )
+        else:
+            session.add(VectorChange(tenant_id=tenant_id, seq=first_seq, memory_id=-1, op="delete"))
+        session.execute(delete(Memory).where(*mine))
+        session.execute(delete(MemoryEvent).where(MemoryEvent.subject_id == owner.id))
+        session.delete(owner)
+        tenant = session.get(Tenant, tenant_id)
+        assert tenant is not None
+        self._keys.require_current(session)
+        tenant.index_key_version += 1
+        tenant.wrapped_index_key = self._keys.wrap_index_key(tenant_id, tenant.index_key_version, generate_key())
+        return ids
+
+    def rotate_master_key(self, *, new_master_key: MasterKey, audit: AuditEvent | None = None) -> int:
+        """Re-wrap every data key under a new master key (memories are not re-encrypted); ``audit`` goes into
+        every tenant's chain in the same transaction.
+
+        Run it with the API stopped: a process still running with the old key refuses to wrap new keys
+        (``MasterKeyChangedError``) and must be restarted with the new one."""
         with self._sessions.begin() as session:
             moved = self._keys.rotate(session, new_master_key)
+            if audit is not None:
+                for tenant_id in session.scalars(select(Tenant.id).order_by(Tenant.id)):
+                    append_in(session, tenant_id, replace(audit, detail={**audit.detail, "keys_rewrapped": moved}))
         self._keys.use(new_master_key)
         log.info("master key rotated to fingerprint %s: %d data keys re-wrapped", new_master_key.fingerprint, moved)
         return moved
@@ -626,6 +778,7 @@ class MemoryStore:
             if rows:
                 last_seq = self._bump(session, tenant_id, len(rows))
                 removed = self._delete_rows(session, tenant_id, rows, last_seq=last_seq, actor="expiry", at=now)
+                self._record_audit(session, tenant_id, SYSTEM_AUDIT, _by_subject(rows))
         self.vectors.after_commit(tenant_id)
         if rows:
             self._lexical_removed(removed, last_seq)
@@ -634,11 +787,14 @@ class MemoryStore:
 
     def purge_all_expired(self) -> int:
         """:meth:`purge_expired` for every tenant holding expired memories (a transaction per tenant); returns
-        how many memories were deleted in all. Meant to run periodically."""
-        with self._sessions() as session:
-            tenants = list(
-                session.scalars(select(Memory.tenant_id).where(Memory.expires_at <= utcnow()).distinct())
+        how many memories were deleted in all; tombstones past :data:`TOMBSTONE_RETENTION` go too. Meant to
+        run periodically."""
+        with self._sessions.begin() as session:
+            session.execute(
+                delete(SubjectTombstone).where(SubjectTombstone.forgotten_at < utcnow() - TOMBSTONE_RETENTION)
             )
+        with self._sessions() as session:
+            tenants = list(session.scalars(select(Memory.tenant_id).where(Memory.expires_at <= utcnow()).distinct()))
         return sum(self.purge_expired(tenant_id=tenant_id) for tenant_id in tenants)
 
     # ---- reads -------------------------------------------------------------------------------------

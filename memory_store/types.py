@@ -128,3 +128,17 @@ class StoreTotals:
     tenants: int
     loaded_index_vectors: int
     loaded_index_bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class WriteGuard:
+    """What a write re-checks inside its transaction when it runs for a request that began earlier.
+
+    ``begun_at``: the write is refused (:class:`~memory_store.errors.SubjectForgottenError`) if a subject it
+    touches was forgotten at or after this time, or if it is older than the store keeps tombstones.
+    ``credential_id``: an API key id; the write is refused (:class:`~memory_store.errors.CredentialRevokedError`)
+    if that key has been revoked since (delayed writes: chat turns, write-back).
+    """
+
+    begun_at: datetime
+    credential_id: str | None = None

@@ -15,6 +15,7 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from memory_store.db import restrict_data_dir, set_owner_only_umask
 from memory_store.embedder import Embedder, embedder_from_settings
 from memory_store.keysource import master_key_from_settings
 from memory_store.store import MemoryStore
@@ -54,8 +55,34 @@ TAGS = [
 ]
 
 
+def protect_data_dir(settings: Settings) -> None:
+    """Make this process create owner-only files (umask 0o077), then remove group and other permissions from
+    the data directory and everything in it (0700 folders, 0600 files): it holds subject ids, the audit trail,
+    key hashes, index files and the secret files. Logs a warning (counts only, no file names) when it had to."""
+    set_owner_only_umask()
+    try:
+        result = restrict_data_dir(settings.data_dir)
+    except (OSError, ValueError) as exc:
+        log.warning("data directory permissions left as they are: %s", exc)
+        return
+    if result.changed:
+        log.warning(
+            "data directory %s: removed group/other permissions from %d files and folders (now owner-only)",
+            settings.data_dir,
+            result.changed,
+        )
+    if result.failed:
+        log.warning(
+            "data directory %s: %d files or folders could not be made owner-only (owned by another user?)",
+            settings.data_dir,
+            result.failed,
+        )
+
+
 def open_store(settings: Settings, embedder: Embedder | None = None) -> MemoryStore:
-    """Open the store from settings and load the embedding model (so the first request is not slow)."""
+    """Open the store from settings (the data directory made owner-only first: :func:`protect_data_dir`) and
+    load the embedding model (so the first request is not slow)."""
+    protect_data_dir(settings)
     embedder = embedder or embedder_from_settings(settings)
     store = MemoryStore.open(settings, master_key=master_key_from_settings(settings), embedder=embedder)
     try:
@@ -122,7 +149,6 @@ def create_app(
             async with running_chat(
                 resolved,
                 store=active,
-                audit=services.auditor.log,
                 cache_dir=resolved.data_dir,
                 llm=llm,
                 distiller=distiller,
@@ -165,4 +191,3 @@ def app_from_environment() -> FastAPI:
     settings = Settings()
     configure_logging(settings.log_level)
     return create_app(settings)
-

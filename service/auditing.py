@@ -1,40 +1,162 @@
-"""Audit records for HTTP requests: one per read or write of memory content, whatever the outcome."""
+"""The one audit path of the service: who a request's caller is, and the audit records of what it did.
+
+:class:`Caller` is the single builder of :class:`~memory_store.audit.AuditEvent` (routes, chat, write-back and
+the CLI all use it) and of the :class:`~memory_store.types.WriteGuard` delayed writes carry. A change is
+audited inside its own transaction: the route hands the store ``audit=note.change()`` and the store appends
+the record (one per subject touched) with the change, or neither commits. A read, which changes nothing, is
+audited by :meth:`Auditor.record` when its block ends, before the response: content is not handed out
+unaudited. A request that fails is recorded with its outcome (``rejected``, ``not_found``, ``failed``,
+``error``) in a transaction of its own; nothing it tried to change was committed.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
 
 from memory_store.audit import AuditEvent, AuditLog
 from memory_store.errors import NotFoundError, StoreError
-from memory_store.errors import ValidationError as StoreValidationError
+from memory_store.models import utcnow
+from memory_store.types import MemoryRecord, WriteGuard
 from service.auth import Principal
-from service.errors import ApiError, request_id_of
+from service.errors import ApiError, request_id_of, store_error_parts
 
 log = logging.getLogger("sealmem.audit")
+OPERATOR = "cli"
+
+
+def actor_of(principal: Principal) -> str:
+    """How the store's memory history names who made a change (ids only, never secrets)."""
+    if principal.is_subject_token:
+        return f"subject-token:{principal.token_id}"
+    return f"{principal.role}-key:{principal.key_id}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Caller:
+    """Who makes a request and when it began.
+
+    ``credential_id`` is an API key id (for a subject token, the key that minted it; ``api_key`` False for
+    the CLI operator). ``request_id`` is the server's id of the request, unique per request;
+    ``client_request_id`` the ``X-Request-ID`` the client sent, kept as a correlation field only.
+    """
+
+    credential_id: str
+    role: str
+    actor: str
+    token_id: str | None = None
+    request_id: str | None = None
+    client_request_id: str | None = None
+    begun_at: datetime = field(default_factory=utcnow)
+    api_key: bool = True
+
+    @classmethod
+    def of(cls, principal: Principal, request: Request) -> Caller:
+        begun_at = getattr(request.state, "begun_at", None)
+        return cls(
+            credential_id=principal.key_id,
+            role=principal.role,
+            actor=actor_of(principal),
+            token_id=principal.token_id,
+            request_id=request_id_of(request) or None,
+            client_request_id=getattr(request.state, "client_request_id", None),
+            begun_at=begun_at if isinstance(begun_at, datetime) else utcnow(),
+        )
+
+    @classmethod
+    def operator(cls, actor: str = "cli") -> Caller:
+        """The operator running a CLI command on the server."""
+        return cls(credential_id=OPERATOR, role="operator", actor=actor, api_key=False)
+
+    def event(
+        self,
+        action: str,
+        *,
+        subject: str | None = None,
+        memory_ids: Sequence[str] = (),
+        detail: dict[str, Any] | None = None,
+        outcome: str = "ok",
+    ) -> AuditEvent:
+        """The audit event of ``action`` by this caller (the one place events are built)."""
+        full = dict(detail or {})
+        if self.client_request_id:
+            full["client_request_id"] = self.client_request_id
+        return AuditEvent(
+            credential_id=self.credential_id,
+            role=self.role,
+            token_id=self.token_id,
+            subject=subject,
+            action=action,
+            memory_ids=list(memory_ids),
+            detail=full,
+            request_id=self.request_id,
+            outcome=outcome,
+        )
+
+    def guard(self, *, delayed: bool = False) -> WriteGuard:
+        """What a write re-checks in its transaction: that no subject it touches was forgotten since the request
+        began and, for a ``delayed`` write (after a generation, in write-back), that the API key still works."""
+        return WriteGuard(
+            begun_at=self.begun_at, credential_id=self.credential_id if delayed and self.api_key else None
+        )
 
 
 @dataclass
 class AuditNote:
     """Filled in by the route while it works: which memories were touched, and safe extra detail."""
 
+    caller: Caller
+    action: str
     memory_ids: list[str] = field(default_factory=list)
     detail: dict[str, Any] = field(default_factory=dict)
     subject: str | None = None
+    by_subject: dict[str, list[str]] | None = None
+    recorded: bool = False
+
+    def change(self) -> AuditEvent:
+        """The record of a change, for the store to append inside the change's transaction (the store fills in
+        subject and memory ids); the block then appends no second record when it succeeds."""
+        self.recorded = True
+        return self.event("ok")
+
+    def touch(self, records: Iterable[MemoryRecord]) -> None:
+        """Memories a read hands out; spread over several subjects, they get one record per subject."""
+        self.by_subject = {}
+        for record in records:
+            self.by_subject.setdefault(record.subject, []).append(record.id)
+        self.memory_ids = [mid for ids in self.by_subject.values() for mid in ids]
+        if len(self.by_subject) == 1:
+            self.subject = next(iter(self.by_subject))
+
+    def event(self, outcome: str) -> AuditEvent:
+        return self.caller.event(
+            self.action, subject=self.subject, memory_ids=self.memory_ids, detail=self.detail, outcome=outcome
+        )
+
+    def events(self, outcome: str) -> list[AuditEvent]:
+        if outcome != "ok" or not self.by_subject or len(self.by_subject) < 2:
+            return [self.event(outcome)]
+        return [
+            self.caller.event(self.action, subject=subject, memory_ids=ids, detail=self.detail, outcome=outcome)
+            for subject, ids in self.by_subject.items()
+        ]
 
 
 def outcome_of(exc: BaseException) -> str:
+    """``not_found``, ``rejected`` (any other 4xx: bad input, a conflict, a forgotten subject, a revoked key),
+    ``failed`` (a storage error) or ``error``."""
     if isinstance(exc, NotFoundError) or (isinstance(exc, ApiError) and exc.status == 404):
         return "not_found"
-    if isinstance(exc, StoreValidationError) or (isinstance(exc, ApiError) and exc.status < 500):
+    if isinstance(exc, ApiError) and exc.status < 500:
         return "rejected"
     if isinstance(exc, StoreError):
-        return "failed"
+        return "rejected" if store_error_parts(exc)[0] < 500 else "failed"
     return "error"
 
 
@@ -52,33 +174,24 @@ class Auditor:
         subject: str | None = None,
         memory_ids: Sequence[str] = (),
     ) -> Iterator[AuditNote]:
-        """Append an audit record when the block ends: outcome ``ok``, or the failure's kind (then re-raise).
+        """Audit the block: a change through ``note.change()`` (in its transaction), anything else with an
+        ``ok`` record when the block ends; a failure with its kind (then re-raise).
 
-        On success the record is written before the response, and a failed append fails the request: content
-        is not handed out unaudited."""
-        note = AuditNote(memory_ids=list(memory_ids), subject=subject)
+        A failed ``ok`` append fails the request: content is not handed out unaudited."""
+        note = AuditNote(
+            caller=Caller.of(principal, request), action=action, memory_ids=list(memory_ids), subject=subject
+        )
         try:
             yield note
         except Exception as exc:
-            try:
-                self._append(request, principal, action, note, outcome_of(exc))
-            except Exception:
-                log.exception("could not append an audit record for a failed %s", action)
+            self.failed(principal.tenant_id, note.event(outcome_of(exc)))
             raise
-        self._append(request, principal, action, note, "ok")
+        if not note.recorded:
+            self.log.append_all(tenant_id=principal.tenant_id, events=note.events("ok"))
 
-    def _append(self, request: Request, principal: Principal, action: str, note: AuditNote, outcome: str) -> None:
-        self.log.append(
-            tenant_id=principal.tenant_id,
-            event=AuditEvent(
-                credential_id=principal.key_id,
-                role=principal.role,
-                token_id=principal.token_id,
-                subject=note.subject,
-                action=action,
-                memory_ids=note.memory_ids,
-                detail=note.detail,
-                request_id=request_id_of(request) or None,
-                outcome=outcome,
-            ),
-        )
+    def failed(self, tenant_id: str, event: AuditEvent) -> None:
+        """Record a failed request; a failure to record it is logged (the request's own error goes out)."""
+        try:
+            self.log.append(tenant_id=tenant_id, event=event)
+        except Exception:
+            log.exception("could not append an audit record for a failed %s", event.action)

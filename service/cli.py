@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from memory_store.audit import AuditEvent, AuditLog
 from memory_store.credentials import ApiKeyStore
 from memory_store.crypto import MasterKey, encode_key, generate_key, write_secret_file
 from memory_store.db import make_engine, make_sessionmaker
@@ -24,13 +23,13 @@ from memory_store.errors import NotFoundError, StoreError
 from memory_store.migrate import current_revision, upgrade
 from memory_store.store import MemoryStore
 from memory_store.types import NewMemory
+from service.auditing import OPERATOR, Caller
 from service.keyfiles import resolve_secret_files
 from service.logs import configure_logging
 from service.schemas import HistoryEntryOut, MemoryOut
 from service.settings import Settings
 
 log = logging.getLogger("sealmem.cli")
-OPERATOR = "cli"
 IMPORT_BATCH = 100
 
 
@@ -139,14 +138,17 @@ def serve(
     """Run migrations, then serve the API with uvicorn.
 
     On a first start with the embedded database, creates the master key and token secret files in the
-    data directory (mode 0600)."""
+    data directory (mode 0600). The data directory and everything in it are made owner-only (0700/0600), and
+    so is everything the server creates there."""
     import uvicorn
 
-    from service.app import create_app
+    from service.app import create_app, protect_data_dir
 
     env = _env(ctx)
     base = env.load_settings()
     configure_logging(base.log_level)
+    # Before anything is written (secret files, the database by the migrations); worker processes inherit it.
+    protect_data_dir(base)
     resolved = resolve_secret_files(base, create=True)
     try:
         _upgrade(resolved)
@@ -178,7 +180,11 @@ def tenant_create(ctx: typer.Context, name: Annotated[str, typer.Argument(help="
     with _env(ctx).opened(create_secrets=True) as (_, store):
         tenant = store.create_tenant(name=name)
         issued = ApiKeyStore(make_sessionmaker(store.engine)).create(
-            tenant_id=tenant.id, role="admin", name="admin", created_by=OPERATOR
+            tenant_id=tenant.id,
+            role="admin",
+            name="admin",
+            created_by=OPERATOR,
+            audit=Caller.operator().event("key.create"),
         )
     typer.echo(json.dumps({"tenant_id": tenant.id, "admin_key": issued.secret}))
 
@@ -197,7 +203,7 @@ def rotate_master_key(ctx: typer.Context) -> None:
             staged.unlink(missing_ok=True)
             write_secret_file(staged, encode_key(new_key.material))
         try:
-            moved = store.rotate_master_key(new_master_key=new_key)
+            moved = store.rotate_master_key(new_master_key=new_key, audit=Caller.operator().event("master_key.rotate"))
         except BaseException:
             if staged is not None:
                 staged.unlink(missing_ok=True)
@@ -245,14 +251,10 @@ def export(
             data = store.export_subject(tenant_id=tenant_id, subject=subject)
         except NotFoundError as exc:
             raise _fail(str(exc)) from exc
-        AuditLog(make_sessionmaker(store.engine)).append(
+        store.audit.append(
             tenant_id=tenant_id,
-            event=AuditEvent(
-                credential_id=OPERATOR,
-                role="operator",
-                action="subject.export",
-                subject=subject,
-                memory_ids=[m.id for m in data["memories"]],
+            event=Caller.operator().event(
+                "subject.export", subject=subject, memory_ids=[m.id for m in data["memories"]]
             ),
         )
     _write_private(out, _export_lines(data))
@@ -283,21 +285,17 @@ def import_(
     items = _read_export(source, subject)
     with _env(ctx).opened() as (_, store):
         tenant_id = _tenant_id_of(store, tenant)
-        audit = AuditLog(make_sessionmaker(store.engine))
+        caller = Caller.operator("cli-import")
         with _progress() as progress:
             task = progress.add_task("importing memories", total=len(items))
             for start in range(0, len(items), IMPORT_BATCH):
                 batch = items[start : start + IMPORT_BATCH]
-                records = store.add_batch(tenant_id=tenant_id, items=batch, actor="cli-import")
-                audit.append(
+                store.add_batch(
                     tenant_id=tenant_id,
-                    event=AuditEvent(
-                        credential_id=OPERATOR,
-                        role="operator",
-                        action="memory.import",
-                        subject=batch[0].subject if len({m.subject for m in batch}) == 1 else None,
-                        memory_ids=[r.id for r in records],
-                    ),
+                    items=batch,
+                    actor=caller.actor,
+                    audit=caller.event("memory.import"),
+                    guard=caller.guard(),
                 )
                 progress.advance(task, len(batch))
     typer.echo(f"imported {len(items)} memories")

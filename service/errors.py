@@ -27,13 +27,14 @@ attributes (an instance may override them) and is raised with a message only::
     │           ├── LLMUnavailableError   502 llm_unavailable    LLM server unreachable
     │           ├── LLMUpstreamError      502 llm_bad_response   LLM server error or bad body
     │           ├── LLMTimeoutError       504 llm_timeout
-    │           ├── LLMBusyError          503 llm_busy           Retry-After: 2
+    │           ├── LLMBusyError          429 llm_busy           Retry-After: 2; the tenant's share of the queue is full
     │           └── LLMNotReadyError      503 llm_not_ready      the model is loading
     ├── InternalError                 never an HTTP answer of its own: handled where raised (else a plain 500)
     │   ├── ModelLoadError            the configured model cannot be loaded  (service.llm.loader)
     │   └── UnsupportedModelError     a RoPE variant KV injection cannot handle  (service.llm.kv.rotary)
     ├── memory_store.errors.StoreError    the store's own tree (it imports no web code), mapped by a handler:
-    │   NotFoundError 404, ValidationError 422, ConflictError 409 (with the store's code and message),
+    │   NotFoundError 404, ValidationError 422, ConflictError 409 (SubjectForgottenError: subject_forgotten),
+    │   CredentialRevokedError 401 (with the store's code and message),
     │   ConfigurationError 503 "storage unavailable", any other 500 (logged, nothing said)
     ├── starlette HTTPException       routing's 404/405 and the body-size guard's BodyTooLarge 413
     │                                 (service.middleware; FastAPI lets only this type through body reading)
@@ -59,6 +60,7 @@ from starlette.responses import JSONResponse, Response
 from memory_store.errors import (
     ConfigurationError,
     ConflictError,
+    CredentialRevokedError,
     NotFoundError,
     StoreError,
     ValidationError,
@@ -248,9 +250,24 @@ def _store_status(exc: StoreError) -> int:
         return 422
     if isinstance(exc, ConflictError):
         return 409
+    if isinstance(exc, CredentialRevokedError):
+        return 401
     if isinstance(exc, ConfigurationError):
         return 503
     return 500
+
+
+def store_error_parts(exc: StoreError) -> tuple[int, str, str]:
+    """Status, code and message a store error is answered with: its own code and message below 500; at 500
+    and above the caller learns nothing but "storage unavailable" or "internal error"."""
+    status = _store_status(exc)
+    if status >= 500:
+        return (
+            status,
+            DEFAULT_CODES.get(status, "error"),
+            "storage unavailable" if status == 503 else DEFAULT_MESSAGES[500],
+        )
+    return status, exc.code, str(exc)
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -293,13 +310,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def store_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StoreError)
-        status = _store_status(exc)
+        status, code, message = store_error_parts(exc)
         if status >= 500:
             # DecryptionError and friends: the caller learns nothing; operators get the type in the log.
             log.error("storage error %s on request %s", type(exc).__name__, request_id_of(request))
-            message = "storage unavailable" if status == 503 else DEFAULT_MESSAGES[500]
-            return error_response(request_id_of(request), status, message)
-        return error_response(request_id_of(request), status, str(exc), code=exc.code)
+        return error_response(request_id_of(request), status, message, code=code)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error("unhandled %s on request %s", type(exc).__name__, request_id_of(request), exc_info=exc)

@@ -8,7 +8,17 @@ import sys
 from datetime import UTC, datetime
 
 # Extra attributes a log call may attach (``log.info(..., extra={...})``); anything else is ignored.
-FIELDS = ("request_id", "method", "route", "status", "duration_ms", "credential_id", "tenant_id", "role")
+FIELDS = (
+    "request_id",
+    "client_request_id",
+    "method",
+    "route",
+    "status",
+    "duration_ms",
+    "credential_id",
+    "tenant_id",
+    "role",
+)
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,4 +1,4 @@
-"""Request context (pure ASGI): request id, body-size limit, access log and request metrics.
+"""Request context (pure ASGI): request id and start time, body-size limit, access log and request metrics.
 
 Logs and metrics use the route *template* (``/v1/memories/{memory_id}``), never the raw path or query, which
 can carry subject names.
@@ -15,10 +15,12 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from memory_store.models import utcnow
 from service.errors import REQUEST_ID_HEADER, error_response
 from service.metrics import Metrics
 
 access_log = logging.getLogger("sealmem.access")
+CLIENT_REQUEST_ID_HEADER = "X-Client-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -41,10 +43,15 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        # Every request gets a fresh server id (the audit record's request_id, unique per request); a well-formed
+        # client id is kept beside it for correlation (logs, the audit detail, the X-Client-Request-ID header).
         offered = headers.get(REQUEST_ID_HEADER, "")
-        request_id = offered if _CLIENT_REQUEST_ID.match(offered) else uuid.uuid4().hex
+        client_request_id = offered if _CLIENT_REQUEST_ID.match(offered) else None
+        request_id = uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        state["client_request_id"] = client_request_id
+        state["begun_at"] = utcnow()
         started = time.perf_counter()
         status = 500
 
@@ -55,6 +62,8 @@ class RequestContextMiddleware:
                 response_headers = MutableHeaders(scope=message)
                 if REQUEST_ID_HEADER not in response_headers:
                     response_headers[REQUEST_ID_HEADER] = request_id
+                if client_request_id is not None:
+                    response_headers[CLIENT_REQUEST_ID_HEADER] = client_request_id
             await send(message)
 
         received = 0
@@ -89,6 +98,7 @@ class RequestContextMiddleware:
                 status,
                 extra={
                     "request_id": request_id,
+                    "client_request_id": client_request_id,
                     "method": scope["method"],
                     "route": route,
                     "status": status,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from memory_store.audit import AuditLog
 from memory_store.credentials import ApiKeyStore
 from memory_store.db import make_sessionmaker
 from memory_store.store import MemoryStore
@@ -48,7 +47,7 @@ def build_services(settings: Settings, store: MemoryStore, metrics: Metrics) -> 
         settings=settings,
         store=store,
         keys=keys,
-        auditor=Auditor(AuditLog(sessions)),
+        auditor=Auditor(store.audit),
         signer=signer,
         auth=auth,
         limits=Limits(settings),

@@ -14,7 +14,6 @@ Both chat endpoints stream through one driver (:func:`_drive`), each in its own 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import threading
@@ -26,8 +25,8 @@ from typing import Annotated, Any, Protocol
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from memory_store.audit import AuditEvent
-from service.auditing import outcome_of
+from memory_store.errors import StoreError
+from service.auditing import Caller, outcome_of
 from service.auth import Principal, subject_for
 from service.chat.runtime import ChatRuntime
 from service.chat.schemas import (
@@ -46,20 +45,20 @@ from service.chat.schemas import (
     WrittenMemory,
 )
 from service.chat.service import ChatOutcome, ChatRequest, Prepared, history_from, new_session_id
-from service.chat.writeback import Caller
 from service.deps import AnyCaller, Chatter, ServicesDep, SessionReader, SessionWriter
 from service.errors import (
     ERROR_RESPONSES,
     ApiError,
     ErrorBody,
+    Forbidden,
     InvalidInput,
     NotFound,
     Unavailable,
     error_body,
     request_id_of,
+    store_error_parts,
 )
 from service.llm.backend import ChatMessage, GenerationParams, GenerationStats
-from service.routes.common import actor_of
 from service.schemas import IDENTIFIER_PATTERN
 from service.services import Services
 
@@ -89,13 +88,6 @@ SubjectQuery = Annotated[
 ]
 
 
-def _caller(principal: Principal, request: Request) -> Caller:
-    return Caller(
-        credential_id=principal.key_id, role=principal.role, actor=actor_of(principal),
-        token_id=principal.token_id, request_id=request_id_of(request) or None,
-    )
-
-
 async def _audit(
     services: Services,
     request: Request,
@@ -107,10 +99,8 @@ async def _audit(
     outcome: str = "ok",
     detail: dict[str, Any] | None = None,
 ) -> None:
-    event = AuditEvent(
-        credential_id=principal.key_id, role=principal.role, token_id=principal.token_id, subject=subject,
-        action=action, memory_ids=list(memory_ids), detail=detail or {}, request_id=request_id_of(request) or None,
-        outcome=outcome,
+    event = Caller.of(principal, request).event(
+        action, subject=subject, memory_ids=memory_ids, detail=detail, outcome=outcome
     )
     await asyncio.to_thread(services.auditor.log.append, tenant_id=principal.tenant_id, event=event)
 
@@ -138,16 +128,28 @@ async def _prepare(
         prepared = await chat.service.prepare(req)
     except Exception as exc:
         await _audit(
-            services, request, principal, "chat.retrieve", subject=req.subject,
-            outcome=outcome_of(exc), detail={"session_id": req.session_id},
+            services,
+            request,
+            principal,
+            "chat.retrieve",
+            subject=req.subject,
+            outcome=outcome_of(exc),
+            detail={"session_id": req.session_id},
         )
         raise
     await _audit(
-        services, request, principal, "chat.retrieve", subject=req.subject,
+        services,
+        request,
+        principal,
+        "chat.retrieve",
+        subject=req.subject,
         memory_ids=prepared.retrieved_ids + list(prepared.history_ids),
         detail={
-            "session_id": req.session_id, "message_id": req.message_id, "injection": req.injection,
-            "used": len(prepared.prompt.memory_lines), "turns": len(prepared.history_ids),
+            "session_id": req.session_id,
+            "message_id": req.message_id,
+            "injection": req.injection,
+            "used": len(prepared.prompt.memory_lines),
+            "turns": len(prepared.history_ids),
         },
     )
     return prepared
@@ -173,16 +175,8 @@ class _Turn:
         self.stream = self.chat.service.stream(self.prepared, self.stats, cancel=self.cancel)
 
     async def finish(self, reply: str) -> ChatOutcome:
-        """Store the turns and queue distillation; the memories written are audited as ``chat.write``."""
-        outcome = await self.chat.service.finish(self.prepared, reply, self.stats)
-        written = [w["id"] for w in outcome.memories_written if w.get("id")]
-        if written:
-            req = self.prepared.request
-            await _audit(
-                self.services, self.request, self.principal, "chat.write", subject=req.subject,
-                memory_ids=written, detail={"session_id": req.session_id, "message_id": req.message_id},
-            )
-        return outcome
+        """Store the turns (audited as ``chat.write`` in their transaction) and queue distillation."""
+        return await self.chat.service.finish(self.prepared, reply, self.stats)
 
     async def complete(self) -> ChatOutcome:
         """The whole reply, then :meth:`finish`; a generation error propagates to the error handler."""
@@ -248,6 +242,10 @@ async def _drive(turn: _Turn, first: str | None, fmt: _StreamFormat) -> AsyncIte
             yield event
     except ApiError as exc:
         yield fmt.error(error_body(request_id_of(turn.request), exc.code, exc.message))
+    except StoreError as exc:  # storing the turn was refused (the subject forgotten, the key revoked meanwhile)
+        status, code, message = store_error_parts(exc)
+        log.log(logging.ERROR if status >= 500 else logging.INFO, "stream ended by %s", type(exc).__name__)
+        yield fmt.error(error_body(request_id_of(turn.request), code, message))
     except BaseException:
         turn.cancel.set()
         if not done:
@@ -310,9 +308,11 @@ def _chat_response(outcome: ChatOutcome) -> ChatResponse:
 
 
 def _params(chat: ChatRuntime, max_tokens: int | None, temperature: float | None, **extra: Any) -> GenerationParams:
+    """A request's generation parameters; its ``max_tokens`` may lower the operator's reply cap
+    (``SEALMEM_LLM_MAX_NEW_TOKENS``), never raise it."""
     s = chat.settings
     return GenerationParams(
-        max_new_tokens=min(max_tokens or s.llm_max_new_tokens, 8192),
+        max_new_tokens=min(max_tokens or s.llm_max_new_tokens, s.llm_max_new_tokens),
         temperature=s.llm_temperature if temperature is None else temperature,
         **extra,
     )
@@ -332,13 +332,17 @@ def _k(chat: ChatRuntime, k: int | None, services: Services) -> int:
     summary="Chat with memory",
     description="Retrieves the subject's relevant memories, injects them, generates the reply, stores the "
     "turn and queues fact distillation (never waited for). With `stream: true` the response is "
-    "Server-Sent Events: `delta` events (`{\"text\"}`), then one `done` event with the full response body "
+    'Server-Sent Events: `delta` events (`{"text"}`), then one `done` event with the full response body '
     "(or an `error` event).",
     responses={
         200: {"content": {"text/event-stream": {}}},
         501: {"model": ErrorBody, "description": "The requested injection mode is not available."},
         502: {"model": ErrorBody, "description": "The LLM server failed or cannot be reached."},
-        503: {"model": ErrorBody, "description": "The model is loading or too many requests are waiting."},
+        429: {
+            "model": ErrorBody,
+            "description": "Rate limited, or the tenant's share of the generation queue is full (`llm_busy`).",
+        },
+        503: {"model": ErrorBody, "description": "The model is loading, or chat is disabled."},
         504: {"model": ErrorBody, "description": "The LLM server timed out."},
     },
 )
@@ -352,7 +356,7 @@ async def chat_endpoint(
         subject=subject,
         session_id=body.session_id or new_session_id(),
         message=body.message,
-        caller=_caller(principal, request),
+        caller=Caller.of(principal, request),
         injection=body.injection or chat.settings.chat_default_injection,
         k=_k(chat, body.k, services),
         write_back=chat.settings.chat_write_back if body.write_back is None else body.write_back,
@@ -368,15 +372,22 @@ async def chat_endpoint(
 # ---- OpenAI-compatible ----------------------------------------------------------------------------------
 
 
-def _conversation_session(subject: str, messages: Sequence[ChatMessage]) -> str:
-    """A stable id for a conversation whose client resends the whole history: its first user message."""
+def _conversation_session(services: Services, tenant_id: str, subject: str, messages: Sequence[ChatMessage]) -> str:
+    """A stable id for a conversation whose client resends the whole history, from its first user message.
+
+    Keyed by the master key (:meth:`MemoryStore.pseudonym`): the id is stored in plaintext (the memories'
+    ``session_id``, audit details, which outlive a forget), so no one holding only the database can confirm
+    a guess of the message. It changes when the master key is rotated (a new conversation begins)."""
     first = next((m.content for m in messages if m.role == "user"), "")
-    digest = hashlib.sha256(f"{subject}\x00{first}".encode()).hexdigest()[:32]
-    return f"conv_{digest}"
+    return "conv_" + services.store.pseudonym("conversation", tenant_id, subject, first)[:32]
 
 
 def _completion_request(
-    body: CompletionBody, principal: Principal, chat: ChatRuntime, services: Services, request: Request,
+    body: CompletionBody,
+    principal: Principal,
+    chat: ChatRuntime,
+    services: Services,
+    request: Request,
     subject: str,
 ) -> ChatRequest:
     system: list[str] = []
@@ -392,7 +403,7 @@ def _completion_request(
         raise InvalidInput("messages: the last message must be a non-empty user message")
     services.limits.text(turns[-1].content, field="messages[-1].content")
     header = request.headers.get(chat.settings.chat_session_header)
-    session_id = body.session_id or header or _conversation_session(subject, turns)
+    session_id = body.session_id or header or _conversation_session(services, principal.tenant_id, subject, turns)
     if len(session_id) > 256 or not session_id.isprintable():
         raise InvalidInput(f"{chat.settings.chat_session_header}: 1-256 printable characters")
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
@@ -402,7 +413,7 @@ def _completion_request(
         subject=subject,
         session_id=session_id,
         message=turns[-1].content,
-        caller=_caller(principal, request),
+        caller=Caller.of(principal, request),
         injection=body.injection or chat.settings.chat_default_injection,
         k=_k(chat, body.k, services),
         write_back=chat.settings.chat_write_back if body.write_back is None else body.write_back,
@@ -462,8 +473,12 @@ class _OpenAIFormat:
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         payload = {
-            "id": self.completion_id, "object": "chat.completion.chunk", "created": self.created,
-            "model": self.model, "choices": choices, **extra,
+            "id": self.completion_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
         }
         return f"data: {json.dumps(payload, separators=(',', ':'), default=str)}\n\n".encode()
 
@@ -494,12 +509,20 @@ class _OpenAIFormat:
     "request's `user` field with an app or admin key. The session comes from the `X-Session-ID` header, a "
     "`session_id` field, or the conversation itself (its first user message). Earlier messages of the request "
     "are the working memory; with none, the session's stored turns are. Streams in OpenAI's chunk format.",
-    responses={200: {"content": {"text/event-stream": {}},
-                     "description": "OpenAI's chat.completion, or with `stream: true` its chunk events."},
-               501: {"model": ErrorBody, "description": "The requested injection mode is not available."},
-               502: {"model": ErrorBody, "description": "LLM failure."},
-               503: {"model": ErrorBody, "description": "Busy, loading, or chat disabled."},
-               504: {"model": ErrorBody, "description": "LLM timeout."}},
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "OpenAI's chat.completion, or with `stream: true` its chunk events.",
+        },
+        501: {"model": ErrorBody, "description": "The requested injection mode is not available."},
+        502: {"model": ErrorBody, "description": "LLM failure."},
+        429: {
+            "model": ErrorBody,
+            "description": "Rate limited, or the tenant's share of the generation queue is full (`llm_busy`).",
+        },
+        503: {"model": ErrorBody, "description": "The model is loading, or chat is disabled."},
+        504: {"model": ErrorBody, "description": "LLM timeout."},
+    },
 )
 async def chat_completions(
     body: CompletionBody, principal: Chatter, chat: ChatDep, services: ServicesDep, request: Request
@@ -551,7 +574,10 @@ async def list_sessions(
     return SessionList(
         sessions=[
             SessionOut(
-                session_id=s.session_id, subject=s.subject, turns=s.turns, created_at=s.created_at,
+                session_id=s.session_id,
+                subject=s.subject,
+                turns=s.turns,
+                created_at=s.created_at,
                 last_activity_at=s.last_activity_at,
             )
             for s in sessions
@@ -574,13 +600,21 @@ async def get_session(
     try:
         turns = await asyncio.to_thread(
             chat.service.sessions.session_turns,
-            tenant_id=principal.tenant_id, subject=subject, session_id=session_id, limit=limit,
+            tenant_id=principal.tenant_id,
+            subject=subject,
+            session_id=session_id,
+            limit=limit,
         )
     except Exception as exc:
         await _audit(services, request, principal, "session.read", subject=subject, outcome=outcome_of(exc))
         raise
     await _audit(
-        services, request, principal, "session.read", subject=subject, memory_ids=[t.id for t in turns],
+        services,
+        request,
+        principal,
+        "session.read",
+        subject=subject,
+        memory_ids=[t.id for t in turns],
         detail={"session_id": session_id},
     )
     return SessionDetail(session_id=session_id, subject=subject, turns=[TurnOut.of(t) for t in turns])
@@ -603,17 +637,24 @@ async def delete_session(
     include_derived: bool = False,
 ) -> Response:
     subject = await _subject(services, request, principal, subject, "session.delete")
+    caller = Caller.of(principal, request)
+    detail = {"session_id": session_id, "include_derived": include_derived}
     try:
-        deleted = await asyncio.to_thread(
+        if include_derived and "write" not in principal.scopes:
+            raise Forbidden("include_derived=true deletes distilled facts too: it needs the 'write' scope")
+        await asyncio.to_thread(
             chat.service.sessions.delete_session,
-            tenant_id=principal.tenant_id, subject=subject, session_id=session_id,
-            actor=actor_of(principal), include_derived=include_derived,
+            tenant_id=principal.tenant_id,
+            subject=subject,
+            session_id=session_id,
+            actor=caller.actor,
+            include_derived=include_derived,
+            audit=caller.event("session.delete", detail=detail),
+            guard=caller.guard(),
         )
     except Exception as exc:
-        await _audit(services, request, principal, "session.delete", subject=subject, outcome=outcome_of(exc))
+        await _audit(
+            services, request, principal, "session.delete", subject=subject, outcome=outcome_of(exc), detail=detail
+        )
         raise
-    await _audit(
-        services, request, principal, "session.delete", subject=subject, memory_ids=deleted,
-        detail={"session_id": session_id, "include_derived": include_derived},
-    )
     return Response(status_code=204)

@@ -18,7 +18,7 @@ from memory_store import MemoryStore
 from service.chat.distill import Distiller, LLMDistiller, RuleDistiller
 from service.chat.service import ChatService
 from service.chat.settings import ChatSettings
-from service.chat.writeback import AuditSink, WriteBackWorker
+from service.chat.writeback import WriteBackWorker
 from service.llm.backend import LLMBackend, TokenCounter, TokenizerCounter
 from service.llm.loader import BUNDLED_SMOLLM2, bundled_gguf_path
 
@@ -55,6 +55,8 @@ def backend_from_settings(settings: ChatSettings, *, cache_dir: Path | None = No
             max_retries=settings.openai_max_retries,
             concurrency=settings.llm_concurrency,
             queue_max=settings.llm_queue_max,
+            queue_per_tenant=settings.llm_queue_per_tenant,
+            generation_timeout_s=settings.llm_generation_timeout_seconds,
             context_tokens=settings.llm_context_tokens,
             counter=counter,
         )
@@ -67,6 +69,8 @@ def backend_from_settings(settings: ChatSettings, *, cache_dir: Path | None = No
         torch_threads=settings.llm_torch_threads,
         concurrency=settings.llm_concurrency,
         queue_max=settings.llm_queue_max,
+        queue_per_tenant=settings.llm_queue_per_tenant,
+        generation_timeout_s=settings.llm_generation_timeout_seconds,
         context_tokens=settings.llm_context_tokens,
     )
 
@@ -78,7 +82,6 @@ class ChatRuntime:
         *,
         store: MemoryStore,
         backend: LLMBackend,
-        audit: AuditSink | None = None,
         distiller: Distiller | None = None,
     ) -> None:
         self.settings = settings
@@ -89,7 +92,6 @@ class ChatRuntime:
         self.worker = WriteBackWorker(
             store,
             distiller,
-            audit=audit,
             queue_max=settings.chat_writeback_queue_max,
             duplicate_similarity=settings.chat_duplicate_similarity,
             duplicate_dense=settings.chat_duplicate_dense,
@@ -123,9 +125,17 @@ class ChatRuntime:
         self.kv_engine = engine
         self.service.register_injector("kv", KVInjector(self.backend, engine))
         log.info(
-            "KV injection ready (layout %s, %d bytes per memory token)", engine.settings.layout,
+            "KV injection ready (layout %s, %d bytes per memory token)",
+            engine.settings.layout,
             engine.bytes_per_token,
         )
+
+    def forget_subject(self, tenant_id: str, subject: str) -> None:
+        """After a forget: cancel the subject's queued write-back and drop keys/values derived from its memories
+        from RAM (and the disk cache)."""
+        self.worker.forget(tenant_id, subject)
+        if self.kv_engine is not None:
+            self.kv_engine.forget_subject(tenant_id, subject)
 
     async def stop(self, *, drain_timeout: float = 10.0) -> None:
         await self.worker.stop(drain_timeout=drain_timeout)
@@ -137,7 +147,6 @@ async def running_chat(
     settings: ChatSettings,
     *,
     store: MemoryStore,
-    audit: AuditSink | None = None,
     cache_dir: Path | None = None,
     llm: LLMBackend | None = None,
     distiller: Distiller | None = None,
@@ -154,7 +163,6 @@ async def running_chat(
         settings,
         store=store,
         backend=llm or backend_from_settings(settings, cache_dir=cache_dir),
-        audit=audit,
         distiller=distiller,
     )
     await runtime.start()

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from memory_store import Filters, MemoryRecord, MemoryStore, NotFoundError, SearchHit
+from service.auditing import Caller
 from service.chat.sessions import TURN_KIND, SessionStore
 from service.chat.settings import ChatSettings
-from service.chat.writeback import FACT_KINDS, Caller, WriteBackJob, WriteBackWorker
+from service.chat.writeback import FACT_KINDS, WriteBackJob, WriteBackWorker
 from service.errors import InvalidInput, ServiceError
 from service.llm.backend import ChatMessage, GenerationParams, GenerationStats, LLMBackend, LLMNotReadyError
 from service.llm.prompt import BuiltPrompt, MemoryItem, PromptBuilder, PromptStyle
@@ -155,13 +156,17 @@ class ChatService:
         kinds = FACT_KINDS + ((TURN_KIND,) if self.settings.retrieve_turns else ())
         try:
             hits = self.store.search(
-                tenant_id=req.tenant_id, subject=req.subject, query=req.message, k=req.k,
+                tenant_id=req.tenant_id,
+                subject=req.subject,
+                query=req.message,
+                k=req.k,
                 filters=Filters(kinds=kinds),
             )
         except NotFoundError:
             return []  # a subject's first message: nothing to remember yet
         return [
-            h for h in hits
+            h
+            for h in hits
             if h.score > self.settings.chat_min_score
             and not (h.memory.kind == TURN_KIND and h.memory.session_id == req.session_id)
         ]
@@ -171,7 +176,9 @@ class ChatService:
         if req.history is not None:
             return list(req.history), []
         turns = self.sessions.recent_turns(
-            tenant_id=req.tenant_id, subject=req.subject, session_id=req.session_id,
+            tenant_id=req.tenant_id,
+            subject=req.subject,
+            session_id=req.session_id,
             limit=self.settings.chat_working_memory_turns,
         )
         return [_turn_message(t) for t in turns], [t.id for t in turns]
@@ -208,7 +215,11 @@ class ChatService:
         )
         built = time.perf_counter()
         return Prepared(
-            request=req, prompt=prompt, hits=hits, started=started, history_ids=history_ids,
+            request=req,
+            prompt=prompt,
+            hits=hits,
+            started=started,
+            history_ids=history_ids,
             timings={"retrieval_ms": _ms(retrieved - started), "prompt_ms": _ms(built - retrieved)},
         )
 
@@ -222,20 +233,30 @@ class ChatService:
         injector = self.injectors.get(req.injection)
         if injector is not None:
             request = InjectionRequest(
-                tenant_id=req.tenant_id, subject=req.subject, prompt=prepared.prompt,
-                hits=tuple(prepared.used), backend=self.backend,
+                tenant_id=req.tenant_id,
+                subject=req.subject,
+                prompt=prepared.prompt,
+                hits=tuple(prepared.used),
+                backend=self.backend,
             )
-            return injector.stream(request, req.params, stats, cancel=cancel)
+            return injector.stream(request, req.params.for_tenant(req.tenant_id), stats, cancel=cancel)
         messages = prepared.prompt.messages(with_memories=req.injection == "prompt")
-        return self.backend.stream(messages, req.params, stats, cancel=cancel)
+        return self.backend.stream(messages, req.params.for_tenant(req.tenant_id), stats, cancel=cancel)
 
     # ---- step 3: write-back -----------------------------------------------------------------------
 
     def _store_turns(self, req: ChatRequest, reply: str) -> list[MemoryRecord]:
         return self.sessions.append_turns(
-            tenant_id=req.tenant_id, subject=req.subject, session_id=req.session_id, message_id=req.message_id,
-            user_text=req.message, assistant_text=reply if self.settings.chat_store_assistant_turns else None,
-            actor=req.caller.actor, agent_id=req.agent_id,
+            tenant_id=req.tenant_id,
+            subject=req.subject,
+            session_id=req.session_id,
+            message_id=req.message_id,
+            user_text=req.message,
+            assistant_text=reply if self.settings.chat_store_assistant_turns else None,
+            actor=req.caller.actor,
+            agent_id=req.agent_id,
+            audit=req.caller.event("chat.write", detail={"session_id": req.session_id, "message_id": req.message_id}),
+            guard=req.caller.guard(delayed=True),
         )
 
     async def finish(self, prepared: Prepared, reply: str, stats: GenerationStats) -> ChatOutcome:
@@ -245,14 +266,17 @@ class ChatService:
         write_back: dict[str, Any] = {"status": "disabled"}
         if req.write_back:
             turns = await asyncio.to_thread(self._store_turns, req, reply)
-            written = [
-                {"id": t.id, "kind": t.kind, "role": t.metadata.get("role"), "status": "written"} for t in turns
-            ]
+            written = [{"id": t.id, "kind": t.kind, "role": t.metadata.get("role"), "status": "written"} for t in turns]
             if self.settings.chat_distill and self.worker is not None:
                 job = WriteBackJob(
-                    tenant_id=req.tenant_id, subject=req.subject, session_id=req.session_id,
-                    message_id=req.message_id, text=req.message, caller=req.caller,
-                    turn_id=turns[0].id if turns else None, agent_id=req.agent_id,
+                    tenant_id=req.tenant_id,
+                    subject=req.subject,
+                    session_id=req.session_id,
+                    message_id=req.message_id,
+                    text=req.message,
+                    caller=req.caller,
+                    turn_id=turns[0].id if turns else None,
+                    agent_id=req.agent_id,
                 )
                 result = self.worker.submit(job)
                 write_back = {"status": result.status, "job_id": job.job_id}
@@ -272,8 +296,13 @@ class ChatService:
         if stats.decode_tokens_per_s is not None:
             timings["decode_tokens_per_s"] = round(stats.decode_tokens_per_s, 2)
         return ChatOutcome(
-            prepared=prepared, reply=reply, stats=stats, model=self.backend.model_name,
-            memories_written=written, write_back=write_back, timings=timings,
+            prepared=prepared,
+            reply=reply,
+            stats=stats,
+            model=self.backend.model_name,
+            memories_written=written,
+            write_back=write_back,
+            timings=timings,
         )
 
     async def chat(self, req: ChatRequest) -> ChatOutcome:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from memory_store import Filters, MemoryRecord, MemoryStore, NewMemory, NotFoundError
+from memory_store.audit import AuditEvent
+from memory_store.types import WriteGuard
 
 TURN_KIND = "turn"
 CHAT_SOURCE = "chat"
@@ -59,44 +61,59 @@ class SessionStore:
         assistant_text: str | None,
         actor: str,
         agent_id: str | None = None,
+        audit: AuditEvent | None = None,
+        guard: WriteGuard | None = None,
     ) -> list[MemoryRecord]:
         now = datetime.now(UTC)
         items = [
             NewMemory(
-                subject=subject, text=user_text, kind=TURN_KIND, session_id=session_id, agent_id=agent_id,
-                source=CHAT_SOURCE, source_ref=message_id, importance=0.3, occurred_at=now,
+                subject=subject,
+                text=user_text,
+                kind=TURN_KIND,
+                session_id=session_id,
+                agent_id=agent_id,
+                source=CHAT_SOURCE,
+                source_ref=message_id,
+                importance=0.3,
+                occurred_at=now,
                 metadata={"role": "user", "message_id": message_id, "seq": 0},
             )
         ]
         if assistant_text and assistant_text.strip():
             items.append(
                 NewMemory(
-                    subject=subject, text=assistant_text, kind=TURN_KIND, session_id=session_id,
-                    agent_id=agent_id, source=CHAT_SOURCE, source_ref=message_id, importance=0.2, occurred_at=now,
+                    subject=subject,
+                    text=assistant_text,
+                    kind=TURN_KIND,
+                    session_id=session_id,
+                    agent_id=agent_id,
+                    source=CHAT_SOURCE,
+                    source_ref=message_id,
+                    importance=0.2,
+                    occurred_at=now,
                     metadata={"role": "assistant", "message_id": message_id, "seq": 1},
                 )
             )
-        return self._store.add_batch(tenant_id=tenant_id, items=items, actor=actor)
+        return self._store.add_batch(tenant_id=tenant_id, items=items, actor=actor, audit=audit, guard=guard)
 
     def list_sessions(self, *, tenant_id: str, subject: str, limit: int = 100) -> list[SessionInfo]:
         """The subject's chat sessions, most recently active first (empty for an unknown subject)."""
         try:
-            sessions = self._store.list_sessions(
-                tenant_id=tenant_id, subject=subject, kinds=(TURN_KIND,), limit=limit
-            )
+            sessions = self._store.list_sessions(tenant_id=tenant_id, subject=subject, kinds=(TURN_KIND,), limit=limit)
         except NotFoundError:
             return []
         return [
             SessionInfo(
-                session_id=s.session_id, subject=subject, turns=s.memory_count,
-                created_at=s.first_created_at, last_activity_at=s.last_created_at,
+                session_id=s.session_id,
+                subject=subject,
+                turns=s.memory_count,
+                created_at=s.first_created_at,
+                last_activity_at=s.last_created_at,
             )
             for s in sessions
         ]
 
-    def session_turns(
-        self, *, tenant_id: str, subject: str, session_id: str, limit: int = 200
-    ) -> list[MemoryRecord]:
+    def session_turns(self, *, tenant_id: str, subject: str, session_id: str, limit: int = 200) -> list[MemoryRecord]:
         """Every turn of the session (up to ``limit``, newest kept), oldest first; NotFoundError if none."""
         turns = self.recent_turns(tenant_id=tenant_id, subject=subject, session_id=session_id, limit=limit)
         if not turns:
@@ -104,7 +121,15 @@ class SessionStore:
         return turns
 
     def delete_session(
-        self, *, tenant_id: str, subject: str, session_id: str, actor: str, include_derived: bool = False
+        self,
+        *,
+        tenant_id: str,
+        subject: str,
+        session_id: str,
+        actor: str,
+        include_derived: bool = False,
+        audit: AuditEvent | None = None,
+        guard: WriteGuard | None = None,
     ) -> list[str]:
         """Delete the session's turns (and, with ``include_derived``, every memory written from it) in one
         transaction; returns their ids, newest first. NotFoundError if the session has none."""
@@ -116,7 +141,9 @@ class SessionStore:
             if not ids:
                 break
             try:
-                self._store.delete_many(tenant_id=tenant_id, memory_ids=ids, subject=subject, actor=actor)
+                self._store.delete_many(
+                    tenant_id=tenant_id, memory_ids=ids, subject=subject, actor=actor, audit=audit, guard=guard
+                )
             except NotFoundError:
                 if attempt == _DELETE_ATTEMPTS - 1:
                     raise

@@ -5,6 +5,10 @@ for it. Per statement: a near-duplicate of an existing memory updates that memor
 update); a statement that fills the same slot with another value ("I moved to Porto" after "I live in
 Lisbon") is added and supersedes the old one, which stays in history but no longer ranks; anything else is
 added. Every written memory carries source ``chat``, the session id and the message id.
+
+Each change is audited in its own transaction (action ``chat.write_back``) and guarded: it is refused once the
+subject has been forgotten or the caller's API key revoked since the chat request began, and
+:meth:`WriteBackWorker.forget` cancels a forgotten subject's queued jobs at once.
 """
 
 from __future__ import annotations
@@ -17,34 +21,20 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any
 
 from memory_store import Filters, MemoryRecord, MemoryStore, NewMemory, NotFoundError, SearchHit
-from memory_store.audit import AuditEvent
+from memory_store.errors import CredentialRevokedError, SubjectForgottenError
 from memory_store.models import utcnow
+from memory_store.store import TOMBSTONE_RETENTION
+from service.auditing import Caller, outcome_of
 from service.chat.distill import Distiller, Slot, Statement, slot_of
 from service.chat.sessions import CHAT_SOURCE
 
 log = logging.getLogger("sealmem.chat")
 FACT_KINDS = ("fact", "preference", "event", "note", "summary")
 _WORD = re.compile(r"[a-z0-9']+")
-
-
-class AuditSink(Protocol):
-    """What the chat loop needs of the audit log (``memory_store.audit.AuditLog`` satisfies it)."""
-
-    def append(self, *, tenant_id: str, event: AuditEvent) -> Any: ...
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who caused a write, for the memory history (``actor``) and the audit record."""
-
-    credential_id: str
-    role: str
-    actor: str
-    token_id: str | None = None
-    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,7 +53,7 @@ class WriteBackJob:
 @dataclass
 class WriteBackResult:
     job_id: str
-    status: str = "queued"  # queued | running | done | failed
+    status: str = "queued"  # queued | running | done | failed | cancelled
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     superseded: list[dict[str, str]] = field(default_factory=list)
@@ -73,8 +63,13 @@ class WriteBackResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "job_id": self.job_id, "status": self.status, "added": self.added, "updated": self.updated,
-            "superseded": self.superseded, "statements": self.statements, "error": self.error,
+            "job_id": self.job_id,
+            "status": self.status,
+            "added": self.added,
+            "updated": self.updated,
+            "superseded": self.superseded,
+            "statements": self.statements,
+            "error": self.error,
         }
 
 
@@ -119,6 +114,8 @@ class Reconciler:
         return list(hits.values())
 
     def apply(self, job: WriteBackJob, statement: Statement, result: WriteBackResult) -> None:
+        audit = job.caller.event("chat.write_back", detail={"job_id": job.job_id, "message_id": job.message_id})
+        guard = job.caller.guard(delayed=True)
         slot = slot_of(statement.text)
         candidates = self._candidates(job, statement, slot)
         conflicts: list[MemoryRecord] = []
@@ -156,26 +153,46 @@ class Reconciler:
                 merged.update(slot=slot.key, slot_value=slot.value)
             newer_text = statement.text if statement.text.strip() != duplicate.text.strip() else None
             self._store.update(
-                tenant_id=job.tenant_id, memory_id=duplicate.id, subject=job.subject, text=newer_text,
-                metadata=merged, importance=min(1.0, max(duplicate.importance, statement.importance) + 0.05),
+                tenant_id=job.tenant_id,
+                memory_id=duplicate.id,
+                subject=job.subject,
+                text=newer_text,
+                metadata=merged,
+                importance=min(1.0, max(duplicate.importance, statement.importance) + 0.05),
                 actor=job.caller.actor,
+                audit=audit,
+                guard=guard,
             )
             result.updated.append(duplicate.id)
             return
         record = self._store.add(
             tenant_id=job.tenant_id,
             item=NewMemory(
-                subject=job.subject, text=statement.text, kind=statement.kind, importance=statement.importance,
-                metadata=meta, session_id=job.session_id, agent_id=job.agent_id, source=CHAT_SOURCE,
-                source_ref=job.message_id, occurred_at=utcnow(),
+                subject=job.subject,
+                text=statement.text,
+                kind=statement.kind,
+                importance=statement.importance,
+                metadata=meta,
+                session_id=job.session_id,
+                agent_id=job.agent_id,
+                source=CHAT_SOURCE,
+                source_ref=job.message_id,
+                occurred_at=utcnow(),
             ),
             actor=job.caller.actor,
+            audit=audit,
+            guard=guard,
         )
         result.added.append(record.id)
         for old in conflicts:
             self._store.supersede(
-                tenant_id=job.tenant_id, memory_id=old.id, by=record.id, subject=job.subject,
+                tenant_id=job.tenant_id,
+                memory_id=old.id,
+                by=record.id,
+                subject=job.subject,
                 actor=job.caller.actor,
+                audit=audit,
+                guard=guard,
             )
             result.superseded.append({"id": old.id, "by": record.id})
 
@@ -188,7 +205,6 @@ class WriteBackWorker:
         store: MemoryStore,
         distiller: Distiller,
         *,
-        audit: AuditSink | None = None,
         queue_max: int = 1000,
         duplicate_similarity: float = 0.8,
         duplicate_dense: float = 0.95,
@@ -196,10 +212,8 @@ class WriteBackWorker:
     ) -> None:
         self._store = store
         self.distiller = distiller
-        self._audit = audit
-        self._reconciler = Reconciler(
-            store, duplicate_similarity=duplicate_similarity, duplicate_dense=duplicate_dense
-        )
+        self._forgotten: dict[tuple[str, str], datetime] = {}
+        self._reconciler = Reconciler(store, duplicate_similarity=duplicate_similarity, duplicate_dense=duplicate_dense)
         self._queue_max = queue_max
         self._queue: asyncio.Queue[WriteBackJob] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -244,6 +258,18 @@ class WriteBackWorker:
             result.status, result.error = "dropped", "the write-back queue is full"
         return result
 
+    def forget(self, tenant_id: str, subject: str) -> None:
+        """A subject was forgotten: its jobs queued or running now are cancelled (their remaining writes would
+        be refused by the store anyway, in every process; this stops them doing the work)."""
+        now = utcnow()
+        self._forgotten[(tenant_id, subject)] = now
+        for key in [k for k, at in self._forgotten.items() if at < now - TOMBSTONE_RETENTION]:
+            del self._forgotten[key]
+
+    def _cancelled(self, job: WriteBackJob) -> bool:
+        forgotten = self._forgotten.get((job.tenant_id, job.subject))
+        return forgotten is not None and forgotten >= job.caller.begun_at
+
     def result(self, job_id: str) -> WriteBackResult | None:
         return self._results.get(job_id)
 
@@ -269,29 +295,34 @@ class WriteBackWorker:
         result.status = "running"
         started = time.perf_counter()
         try:
-            statements = await self.distiller.distill(job.text)
-            result.statements = len(statements)
-            for statement in statements:
-                await asyncio.to_thread(self._reconciler.apply, job, statement, result)
-            result.status = "done"
+            if not self._cancelled(job):
+                statements = await self.distiller.distill(job.text)
+                result.statements = len(statements)
+                for statement in statements:
+                    if self._cancelled(job):
+                        break
+                    await asyncio.to_thread(self._reconciler.apply, job, statement, result)
+            result.status = "cancelled" if self._cancelled(job) else "done"
+        except (SubjectForgottenError, CredentialRevokedError) as exc:
+            result.status, result.error = "cancelled", exc.code
         except Exception as exc:
             result.status, result.error = "failed", type(exc).__name__
+            await self._record_failure(job, result, exc)
             raise
         finally:
             result.seconds = time.perf_counter() - started
-            touched = result.added + result.updated + [s["id"] for s in result.superseded]
-            if self._audit is not None and (touched or result.status == "failed"):
-                event = AuditEvent(
-                    credential_id=job.caller.credential_id, role=job.caller.role, token_id=job.caller.token_id,
-                    request_id=job.caller.request_id, subject=job.subject, action="chat.write_back",
-                    memory_ids=touched, outcome="ok" if result.status == "done" else "error",
-                    detail={
-                        "job_id": job.job_id, "added": len(result.added), "updated": len(result.updated),
-                        "superseded": len(result.superseded),
-                    },
-                )
-                try:
-                    await asyncio.to_thread(self._audit.append, tenant_id=job.tenant_id, event=event)
-                except Exception:
-                    log.exception("audit append failed for write-back job %s", job.job_id)
         return result
+
+    async def _record_failure(self, job: WriteBackJob, result: WriteBackResult, exc: Exception) -> None:
+        """The changes made before the failure are audited already (each in its transaction); this records the
+        failure itself."""
+        event = job.caller.event(
+            "chat.write_back",
+            subject=job.subject,
+            outcome=outcome_of(exc),
+            detail={"job_id": job.job_id, "message_id": job.message_id, "error": type(exc).__name__},
+        )
+        try:
+            await asyncio.to_thread(self._store.audit.append, tenant_id=job.tenant_id, event=event)
+        except Exception:
+            log.exception("audit append failed for write-back job %s", job.job_id)

@@ -49,7 +49,7 @@ def inspect_memories(
             cursor=params.cursor,
             limit=limit,
         )
-        note.memory_ids = [m.id for m in page.items]
+        note.touch(page.items)
     return MemoryPage(items=[MemoryOut.of(m) for m in page.items], next_cursor=page.next_cursor)
 
 
@@ -57,19 +57,22 @@ def inspect_memories(
 def list_subjects(
     principal: Admin,
     services: ServicesDep,
+    request: Request,
     limit: LimitQuery = None,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> SubjectPage:
     limit = services.limits.page_size(limit, default=100)
-    infos = services.store.list_subjects(tenant_id=principal.tenant_id, limit=limit + 1, offset=offset)
-
+    with services.auditor.record(request, principal, "admin.subjects") as note:
+        infos = services.store.list_subjects(tenant_id=principal.tenant_id, limit=limit + 1, offset=offset)
+        note.detail = {"offset": offset, "count": min(len(infos), limit)}
     more = len(infos) > limit
     return SubjectPage(subjects=[SubjectOut.of(i) for i in infos[:limit]], next_offset=offset + limit if more else None)
 
 
 @router.get("/stats", response_model=StatsOut, summary="Counts and index statistics of the tenant")
-def stats(principal: Admin, services: ServicesDep) -> StatsOut:
-    return StatsOut.of(services.store.stats(tenant_id=principal.tenant_id))
+def stats(principal: Admin, services: ServicesDep, request: Request) -> StatsOut:
+    with services.auditor.record(request, principal, "admin.stats"):
+        return StatsOut.of(services.store.stats(tenant_id=principal.tenant_id))
 
 
 @router.get(
@@ -96,15 +99,15 @@ def export_subject(subject: SubjectPath, principal: Admin, services: ServicesDep
     description="Destroys the subject's data key, deletes its memories, vectors and history. Irreversible.",
 )
 def forget_subject(subject: SubjectPath, principal: Admin, services: ServicesDep, request: Request) -> ForgetResult:
-    with services.auditor.record(request, principal, "subject.forget", subject=subject) as note:
-        removed = services.store.forget_subject(
-            tenant_id=principal.tenant_id, subject=subject, actor=f"admin-key:{principal.key_id}"
-        )
-        note.detail = {"memories_deleted": removed}
     chat = getattr(request.app.state, "chat", None)
-    engine = getattr(chat, "kv_engine", None) if chat is not None else None
-    if engine is not None:  # keys/values derived from the subject's memories leave RAM at once, too
-        engine.forget_subject(principal.tenant_id, subject)
+    try:
+        with services.auditor.record(request, principal, "subject.forget", subject=subject) as note:
+            removed = services.store.forget_subject(
+                tenant_id=principal.tenant_id, subject=subject, actor=note.caller.actor, audit=note.change()
+            )
+    finally:
+        if chat is not None:  # queued write-back stops, and keys/values derived from memories leave RAM
+            chat.forget_subject(principal.tenant_id, subject)
     return ForgetResult(subject=subject, memories_deleted=removed)
 
 
@@ -117,17 +120,24 @@ def reindex(principal: Admin, services: ServicesDep, request: Request) -> Reinde
 
 
 @router.get("/keys", response_model=KeyList, summary="API keys of the tenant (never their secrets)")
-def list_keys(principal: Admin, services: ServicesDep) -> KeyList:
-    return KeyList(keys=[KeyOut.of(k) for k in services.keys.list_keys(tenant_id=principal.tenant_id)])
+def list_keys(principal: Admin, services: ServicesDep, request: Request) -> KeyList:
+    with services.auditor.record(request, principal, "key.list") as note:
+        keys = services.keys.list_keys(tenant_id=principal.tenant_id)
+        note.detail = {"count": len(keys)}
+    return KeyList(keys=[KeyOut.of(k) for k in keys])
 
 
 @router.post("/keys", status_code=201, response_model=KeyCreated, summary="Create an API key (shown once)")
 def create_key(body: KeyCreate, principal: Admin, services: ServicesDep, request: Request) -> KeyCreated:
     with services.auditor.record(request, principal, "key.create") as note:
+        note.detail = {"role": body.role}
         issued = services.keys.create(
-            tenant_id=principal.tenant_id, role=body.role, name=body.name, created_by=principal.key_id
+            tenant_id=principal.tenant_id,
+            role=body.role,
+            name=body.name,
+            created_by=principal.key_id,
+            audit=note.change(),
         )
-        note.detail = {"key_id": issued.info.id, "role": issued.info.role}
     return KeyCreated(**KeyOut.of(issued.info).model_dump(), key=issued.secret)
 
 
@@ -140,7 +150,7 @@ def revoke_key(
 ) -> KeyOut:
     with services.auditor.record(request, principal, "key.revoke") as note:
         note.detail = {"key_id": key_id}
-        info = services.keys.revoke(tenant_id=principal.tenant_id, key_id=key_id)
+        info = services.keys.revoke(tenant_id=principal.tenant_id, key_id=key_id, audit=note.change())
     return KeyOut.of(info)
 
 
@@ -148,6 +158,7 @@ def revoke_key(
 def audit_records(
     principal: Admin,
     services: ServicesDep,
+    request: Request,
     action: Annotated[str | None, Query(min_length=1, max_length=32)] = None,
     subject: Annotated[str | None, Query(min_length=1, max_length=256, pattern=IDENTIFIER_PATTERN)] = None,
     cursor: CursorQuery = None,
@@ -156,16 +167,21 @@ def audit_records(
     limit = services.limits.page_size(limit, default=100)
     before: int | None = None
     if cursor is not None:
-        if not cursor.isdigit() or len(cursor) > 18:
+        if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
             raise InvalidInput("cursor: malformed")
         before = int(cursor)
-    entries = services.auditor.log.entries(
-        tenant_id=principal.tenant_id, before_seq=before, limit=limit, action=action, subject=subject
-    )
+    with services.auditor.record(request, principal, "audit.read", subject=subject) as note:
+        entries = services.auditor.log.entries(
+            tenant_id=principal.tenant_id, before_seq=before, limit=limit, action=action, subject=subject
+        )
+        note.detail = {"count": len(entries), **({"action": action} if action else {})}
     next_cursor = str(entries[-1].seq) if len(entries) == limit else None
     return AuditPage(items=[AuditEntryOut.of(e) for e in entries], next_cursor=next_cursor)
 
 
 @router.get("/audit/verify", response_model=AuditVerifyOut, summary="Recompute the audit hash chain")
-def verify_audit(principal: Admin, services: ServicesDep) -> AuditVerifyOut:
-    return AuditVerifyOut.of(services.auditor.log.verify(tenant_id=principal.tenant_id))
+def verify_audit(principal: Admin, services: ServicesDep, request: Request) -> AuditVerifyOut:
+    report = services.auditor.log.verify(tenant_id=principal.tenant_id)  # the chain before this read's record
+    with services.auditor.record(request, principal, "audit.verify") as note:
+        note.detail = {"ok": report.ok, "head_seq": report.head_seq}
+    return AuditVerifyOut.of(report)

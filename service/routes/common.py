@@ -1,4 +1,4 @@
-"""Helpers shared by the route modules: query parameters, conversions and the store actor name."""
+"""Helpers shared by the route modules: query parameters and conversions."""
 
 from __future__ import annotations
 
@@ -52,13 +52,6 @@ def list_params(
     limit: LimitQuery = None,
 ) -> ListParams:
     return ListParams(subject, agent_id, session_id, kind, cursor, limit)
-
-
-def actor_of(principal: Principal) -> str:
-    """How the store's memory history names who made a change (ids only, never secrets)."""
-    if principal.is_subject_token:
-        return f"subject-token:{principal.token_id}"
-    return f"{principal.role}-key:{principal.key_id}"
 
 
 def new_memory(principal: Principal, item: MemoryCreate, limits: Limits) -> NewMemory:

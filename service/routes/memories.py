@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from service.auth import subject_for
 from service.deps import Reader, ServicesDep, Writer
 from service.errors import ERROR_RESPONSES, InvalidInput
-from service.routes.common import ListParams, actor_of, list_params, new_memory, to_filters
+from service.routes.common import ListParams, list_params, new_memory, to_filters
 from service.schemas import (
     HistoryEntryOut,
     HistoryResponse,
@@ -44,10 +44,13 @@ def add_memories(
     services.limits.batch(len(items))
     with services.auditor.record(request, principal, "memory.add", subject=principal.subject) as note:
         news = [new_memory(principal, item, services.limits) for item in items]
-        subjects = {n.subject for n in news}
-        note.subject = next(iter(subjects)) if len(subjects) == 1 else None
-        records = services.store.add_batch(tenant_id=principal.tenant_id, items=news, actor=actor_of(principal))
-        note.memory_ids = [r.id for r in records]
+        records = services.store.add_batch(
+            tenant_id=principal.tenant_id,
+            items=news,
+            actor=note.caller.actor,
+            audit=note.change(),
+            guard=note.caller.guard(),
+        )
     if isinstance(body, MemoryBatchCreate):
         return MemoryBatchOut(memories=[MemoryOut.of(r) for r in records])
     return MemoryOut.of(records[0])
@@ -70,7 +73,7 @@ def list_memories(
             cursor=params.cursor,
             limit=limit,
         )
-        note.memory_ids = [m.id for m in page.items]
+        note.touch(page.items)
     return MemoryPage(items=[MemoryOut.of(m) for m in page.items], next_cursor=page.next_cursor)
 
 
@@ -125,7 +128,9 @@ def update_memory(
             tenant_id=principal.tenant_id,
             memory_id=memory_id,
             subject=principal.subject,
-            actor=actor_of(principal),
+            actor=note.caller.actor,
+            audit=note.change(),
+            guard=note.caller.guard(),
             **changes,
         )
         note.subject = record.subject
@@ -138,9 +143,14 @@ def delete_memory(memory_id: MemoryId, principal: Writer, services: ServicesDep,
     with services.auditor.record(
         request, principal, "memory.delete", subject=principal.subject, memory_ids=[memory_id]
     ) as note:
-        if note.subject is None:  # an API key: name the owner in the audit record
-            note.subject = store.get(tenant_id=tenant_id, memory_id=memory_id).subject
-        store.delete(tenant_id=tenant_id, memory_id=memory_id, subject=principal.subject, actor=actor_of(principal))
+        store.delete(
+            tenant_id=tenant_id,
+            memory_id=memory_id,
+            subject=principal.subject,
+            actor=note.caller.actor,
+            audit=note.change(),
+            guard=note.caller.guard(),
+        )
     return Response(status_code=204)
 
 

@@ -90,8 +90,10 @@ def test_write_back_distils_atomic_facts_with_provenance(harness: Harness) -> No
         assert (fact.source, fact.session_id, fact.source_ref) == ("chat", "s1", out["message_id"])
         assert fact.metadata["message_id"] == out["message_id"]
         assert fact.metadata["turn_id"] == out["memories_written"][0]["id"]
+    # One record per change, each written in the change's transaction.
     audit = harness.audit(keys.id, "chat.write_back")
-    assert len(audit) == 1 and sorted(audit[0].memory_ids) == sorted(job.added)
+    assert sorted(m for e in audit for m in e.memory_ids) == sorted(job.added)
+    assert {e.detail["job_id"] for e in audit} == {job.job_id} and {e.subject for e in audit} == {"ana"}
 
 
 def test_chit_chat_and_questions_are_not_distilled(harness: Harness) -> None:
@@ -347,12 +349,18 @@ def test_sessions_list_get_delete(harness: Harness) -> None:
     assert harness.client.get("/v1/sessions/s1?subject=ana", headers=bearer(keys.app)).status_code == 404
     remaining = harness.store.list(tenant_id=keys.id, subject="ana").items
     assert [m.text for m in remaining if m.session_id == "s1"] == ["My dog is named Biscuit."]  # the fact stays
+    # Deleting derived facts is a write: a chat-only token may delete its session's turns, not the facts.
+    refused = harness.client.delete("/v1/sessions/s2?subject=ana&include_derived=true", headers=bearer(token))
+    assert refused.status_code == 403 and "'write' scope" in refused.json()["error"]["message"]
+    assert harness.client.get("/v1/sessions/s2", headers=bearer(token)).status_code == 200  # nothing deleted
+    writer = harness.token(keys.app, "ana", ["chat", "write"])
     assert harness.client.delete(
-        "/v1/sessions/s2?subject=ana&include_derived=true", headers=bearer(token)
+        "/v1/sessions/s2?subject=ana&include_derived=true", headers=bearer(writer)
     ).status_code == 204
     assert harness.client.delete("/v1/sessions/s2?subject=ana", headers=bearer(keys.app)).status_code == 404
     deletes = harness.audit(keys.id, "session.delete")
-    assert {e.outcome for e in deletes} == {"ok", "not_found"}
+    assert {e.outcome for e in deletes} == {"ok", "not_found", "rejected"}
+    assert all(e.memory_ids for e in deletes if e.outcome == "ok")  # the change's record names what went
 
 
 def test_models_lists_the_configured_model(harness: Harness) -> None:

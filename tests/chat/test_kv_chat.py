@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from service.auditing import Caller
 from service.chat.kv_injector import KVInjector
 from service.chat.service import ChatRequest
-from service.chat.writeback import Caller
 from service.llm.backend import GenerationParams
 from service.llm.kv import KVRequest, KVResult, KVSettings, KVStream, KVTimings
 from service.llm.loader import BUNDLED_SMOLLM2, LoadedModel, load_model

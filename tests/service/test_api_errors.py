@@ -32,11 +32,23 @@ def test_unknown_route_method_and_auth_errors_share_the_body(api):
     assert_error(api.client.get("/v1/memories", headers={"Authorization": "Basic abc"}), 401, "unauthorized")
 
 
-def test_every_response_has_a_request_id_and_a_valid_client_id_is_kept(api):
+def test_every_response_has_a_unique_server_request_id_and_a_valid_client_id_is_kept_beside_it(api):
     assert len(api.client.get("/healthz").headers["X-Request-ID"]) >= 16
-    assert api.client.get("/healthz", headers={"X-Request-ID": "trace-123"}).headers["X-Request-ID"] == "trace-123"
-    replaced = api.client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"}).headers["X-Request-ID"]
-    assert replaced != "bad id\twith spaces"
+    first, second = (api.client.get("/healthz", headers={"X-Request-ID": "trace-123"}) for _ in range(2))
+    assert first.headers["X-Request-ID"] != second.headers["X-Request-ID"] != "trace-123"
+    assert first.headers["X-Client-Request-ID"] == second.headers["X-Client-Request-ID"] == "trace-123"
+    bad = api.client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert "X-Client-Request-ID" not in bad.headers and bad.headers["X-Request-ID"] != "bad id\twith spaces"
+
+
+def test_a_repeated_client_request_id_still_gets_distinct_audit_records(api):
+    t = api.tenant("acme")
+    headers = {**bearer(t.app), "X-Request-ID": "retry-1"}
+    for _ in range(2):
+        assert api.client.post("/v1/memories", json={"subject": "u", "text": "x"}, headers=headers).status_code == 201
+    entries = api.services.auditor.log.entries(tenant_id=t.id, action="memory.add")
+    assert len({e.request_id for e in entries}) == 2 and all(e.request_id != "retry-1" for e in entries)
+    assert [e.detail["client_request_id"] for e in entries] == ["retry-1", "retry-1"]
 
 
 def test_malformed_json_and_invalid_utf8_are_400(api):

@@ -154,8 +154,10 @@ def test_reindex_export_and_import_round_trip(tmp_path):
         assert sorted((m.text, m.metadata["i"], m.source) for m in page.items) == [
             (f"fact {i}", i, "import") for i in range(3)
         ]
-        actions = [e.action for e in services.auditor.log.entries(tenant_id=target_id)]
-        assert actions == ["memory.import"]
+        entries = services.auditor.log.entries(tenant_id=target_id)
+        assert [e.action for e in entries] == ["memory.import", "key.create"]  # newest first: tenant create, import
+        assert entries[0].subject == "u9" and sorted(entries[0].memory_ids) == sorted(m.id for m in page.items)
+        assert {(e.credential_id, e.role) for e in entries} == {("cli", "operator")}
 
 
 def test_import_rejects_a_bad_file_before_writing_anything(tmp_path):
