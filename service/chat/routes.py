@@ -625,7 +625,8 @@ async def get_session(
     status_code=204,
     summary="Delete a session's turns",
     description="Deletes the session's stored turns. With `include_derived=true` the facts distilled from it "
-    "(and any other memory written with this session id) are deleted too.",
+    "(and any other memory written with this session id) are deleted too; that needs the `write` scope (a "
+    "chat-only subject token may delete its turns, not facts).",
 )
 async def delete_session(
     session_id: SessionId,

@@ -112,3 +112,27 @@ def test_models_and_llm_errors(server: Server) -> None:
     server.fake.fail = None
     with pytest.raises(openai.UnprocessableEntityError):
         client.chat.completions.create(model="m", messages=[{"role": "assistant", "content": "hi"}], user="ana")
+
+
+def test_the_conversation_id_cannot_be_confirmed_from_a_guess_of_the_first_message(server: Server) -> None:
+    """The id is stored in plaintext (memories' session_id, audit details that outlive a forget): it must be
+    keyed by the master key, not a bare hash of subject and first message (issue #11 item 3)."""
+    import hashlib
+
+    first = "My secret is that I am moving to Porto."
+    completion = server.client().chat.completions.create(
+        model="m", messages=[{"role": "user", "content": first}], user="ana"
+    )
+    session_id = completion.model_extra["sealmem"]["session_id"]
+    unkeyed = "conv_" + hashlib.sha256(f"ana\x00{first}".encode()).hexdigest()[:32]
+    assert session_id.startswith("conv_") and len(session_id) == 37 and session_id != unkeyed
+    store = server.harness.store
+    assert session_id == "conv_" + store.pseudonym("conversation", server.tenant_id, "ana", first)[:32]
+    assert store.pseudonym("conversation", server.tenant_id, "bob", first) != store.pseudonym(
+        "conversation", server.tenant_id, "ana", first
+    )
+    # Another master key gives another id: holding the database alone is not enough to test a guess.
+    from memory_store import MasterKey, generate_key
+
+    other = MasterKey(generate_key()).pseudonym("conversation", server.tenant_id, "ana", first)
+    assert session_id[5:] != other[:32]

@@ -67,6 +67,18 @@ def test_version_context_and_invalidation() -> None:
     assert len(cache) == 0 and cache.bytes_used == 0
 
 
+def test_a_request_in_flight_cannot_refill_a_forgotten_subjects_entries(tmp_path: Path) -> None:
+    cache = MemoryKVCache(max_bytes=1 << 20, disk=EncryptedKVDisk(tmp_path))
+    data_key = generate_key()
+    cache.put(_key("m1"), "v1", CTX, _mem(), data_key)
+    cache.forget_subject("t1", "s1")
+    cache.put(_key("m2"), "v1", CTX, _mem(), data_key)  # encoded before the forget, stored after it
+    assert cache.get(_key("m2"), "v1", CTX, data_key) is None and len(cache) == 0
+    assert not [p for p in tmp_path.rglob("*.kv")], "nothing of the forgotten subject on disk"
+    cache.put(_key("m3", subject="s2"), "v1", CTX, _mem())  # other subjects are cached as before
+    assert cache.get(_key("m3", subject="s2"), "v1", CTX) is not None
+
+
 def test_disk_tier_is_sealed_and_bound_to_its_owner(tmp_path: Path) -> None:
     disk = EncryptedKVDisk(tmp_path)
     key = generate_key()

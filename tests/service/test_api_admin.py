@@ -220,3 +220,20 @@ def test_audit_verify_reports_deleted_records(api):
     # Each verify reports the chain as it found it, then appends its own audit.verify record: two since `head`.
     assert truncated["ok"] is False and truncated["first_broken"]["seq"] == 3 and truncated["head_seq"] == head + 2
     assert "missing" in truncated["first_broken"]["reason"] and truncated["records_checked"] == 2
+
+
+def test_admin_reads_are_audited_and_cross_subject_ones_once_per_subject(api):
+    """Listing subjects, keys, stats and the audit itself leave records; a read or write spanning subjects is
+    recorded per subject, so a per-subject audit query finds it (issue #11 item 10)."""
+    t = api.tenant("acme")
+    batch = {"memories": [{"subject": "ana", "text": "a"}, {"subject": "bob", "text": "b"}]}
+    added = api.client.post("/v1/memories", json=batch, headers=bearer(t.app)).json()["memories"]
+    for path in ("/v1/admin/subjects", "/v1/admin/keys", "/v1/admin/stats", "/v1/admin/audit", "/v1/admin/memories"):
+        assert api.client.get(path, headers=bearer(t.admin)).status_code == 200, path
+    log = api.services.auditor.log
+    actions = [e.action for e in log.entries(tenant_id=t.id)]
+    for action in ("admin.subjects", "key.list", "admin.stats", "audit.read", "admin.inspect"):
+        assert action in actions, action
+    for subject, memory in (("ana", added[0]), ("bob", added[1])):
+        mine = {(e.action, tuple(e.memory_ids)) for e in log.entries(tenant_id=t.id, subject=subject)}
+        assert ("memory.add", (memory["id"],)) in mine and ("admin.inspect", (memory["id"],)) in mine

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +192,10 @@ def _read_start(safetensors_bytes: bytes) -> int:
     return int(header["__metadata__"]["start"])
 
 
+# Seconds after a forget during which nothing is cached for the subject (longer than any generation may run).
+FORGET_QUARANTINE_S = 600.0
+
+
 @dataclass
 class MemoryKVCache:
     """Thread-safe RAM LRU of encoded memories bounded by ``max_bytes``, over an optional sealed disk tier."""
@@ -204,6 +209,9 @@ class MemoryKVCache:
         self._entries: OrderedDict[MemoryKey, _Entry] = OrderedDict()
         self._bytes = 0
         self._lock = threading.RLock()
+        # Subjects forgotten recently (monotonic time): a request that was encoding their memories when the
+        # forget came must not put the result back, so nothing is cached for them for a while.
+        self._forgotten: dict[tuple[str, str], float] = {}
 
     @property
     def bytes_used(self) -> int:
@@ -254,6 +262,9 @@ class MemoryKVCache:
         data_key: bytes | None = None,
     ) -> None:
         with self._lock:
+            forgotten = self._forgotten.get((key.tenant_id, key.subject))
+            if forgotten is not None and time.monotonic() - forgotten < FORGET_QUARANTINE_S:
+                return  # an in-flight request of a forgotten subject: caching is only an optimisation
             self._store(key, _Entry(version, context.tag, memory))
         if self.disk is not None and data_key is not None:
             self.disk.put(key, version, context, memory, data_key)
@@ -287,8 +298,12 @@ class MemoryKVCache:
             self.disk.delete(key)
 
     def forget_subject(self, tenant_id: str, subject: str) -> None:
-        """A subject was forgotten: drop all of its entries (RAM and disk)."""
+        """A subject was forgotten: drop all of its entries (RAM and disk), and cache nothing for it for
+        :data:`FORGET_QUARANTINE_S` (longer than any generation may run), so in-flight requests cannot refill it."""
         with self._lock:
+            now = time.monotonic()
+            self._forgotten = {k: at for k, at in self._forgotten.items() if now - at < FORGET_QUARANTINE_S}
+            self._forgotten[(tenant_id, subject)] = now
             for key in [k for k in self._entries if k.tenant_id == tenant_id and k.subject == subject]:
                 self._drop(key)
                 self.stats.invalidations += 1
