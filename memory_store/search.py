@@ -20,6 +20,9 @@ Steps of a search:
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -81,6 +84,42 @@ class VectorSearch(Protocol):
         ...
 
 
+class QueryVectors:
+    """The embedder, with an LRU cache of query vectors keyed by a digest of the query (``size`` 0: no cache).
+
+    Chat loops and dashboards repeat queries (a message is retrieved for, then its distilled statements are
+    searched for again), and a query's embedding is most of a search's CPU. Vectors live in process memory only.
+    """
+
+    def __init__(self, embedder: Embedder, size: int) -> None:
+        self._embedder = embedder
+        self._size = size
+        self._cache: OrderedDict[bytes, Vector] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def vector(self, query: str) -> Vector:
+        if self._size == 0:
+            fresh: Vector = self._embedder.embed([query])[0]
+            return fresh
+        digest = hashlib.blake2b(query.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        with self._lock:
+            cached = self._cache.get(digest)
+            if cached is not None:
+                self._cache.move_to_end(digest)
+                self.hits += 1
+                return cached
+            self.misses += 1
+        vector: Vector = self._embedder.embed([query])[0]
+        vector.setflags(write=False)
+        with self._lock:
+            self._cache[digest] = vector
+            while len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        return vector
+
+
 class HybridSearcher:
     def __init__(
         self,
@@ -89,10 +128,12 @@ class HybridSearcher:
         embedder: Embedder,
         vectors: VectorSearch,
         lexical: LexicalCache,
+        *,
+        query_cache_size: int = 0,
     ) -> None:
         self._sessions = sessions
         self._keys = keys
-        self._embedder = embedder
+        self.queries = QueryVectors(embedder, query_cache_size)
         self._vectors = vectors
         self._lexical = lexical
 
@@ -106,9 +147,7 @@ class HybridSearcher:
     ) -> LexicalIndex:
         """The subject's index as of ``subject.change_seq``: cached (kept current by this process's writes, or
         brought forward by the change log), else built from its rows (``fresh``: always built)."""
-        options = LexicalOptions(
-            context=fusion.lexical_context, dates=fusion.lexical_dates, kinds=fusion.context_kinds
-        )
+        options = LexicalOptions(context=fusion.lexical_context, dates=fusion.lexical_dates, kinds=fusion.context_kinds)
         if not fresh:
             cached = self._lexical.get(subject.id, subject.change_seq, options) or self._lexical_catch_up(
                 session, subject, sealer, options
@@ -157,11 +196,8 @@ class HybridSearcher:
         after = subject.change_seq
         if index.options != options or not before < after <= before + _CATCH_UP_MAX_SEQS:
             return None
-        logged = (
-            select(VectorChange.memory_id)
-            .where(
-                VectorChange.tenant_id == subject.tenant_id, VectorChange.seq > before, VectorChange.seq <= after
-            )
+        logged = select(VectorChange.memory_id).where(
+            VectorChange.tenant_id == subject.tenant_id, VectorChange.seq > before, VectorChange.seq <= after
         )
         changed = session.scalars(logged).all()
         if len(changed) != after - before:  # pruned, or a write that did not log: rebuild
@@ -202,7 +238,7 @@ class HybridSearcher:
                 return [], []
             fetch = int(min(len(candidates), max(4 * k, fusion.pool)))
 
-            vector = self._embedder.embed([query])[0]
+            vector = self.queries.vector(query)
             # Small candidate sets are scored in full by one search; larger ones get a second, exact search
             # of just the pooled ids the first one did not return.
             exhaustive = len(candidates) <= _SCORE_ALL_MAX

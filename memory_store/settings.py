@@ -36,6 +36,12 @@ class StoreSettings(BaseSettings):
     embedding_threads: int = Field(
         default=1, ge=1, le=256, description="Intra-op threads of the embedder (1 is steadiest on shared VMs)."
     )
+    query_cache_size: int = Field(
+        default=4096,
+        ge=0,
+        le=1_000_000,
+        description="Query vectors kept in an LRU cache per process (about 1.5 KB each; 0 turns it off).",
+    )
     faiss_threads: int = Field(
         default=1, ge=1, le=256, description="FAISS OpenMP threads (1 is fastest for single queries)."
     )

@@ -147,7 +147,14 @@ class MemoryStore:
         )
         self.vectors: VectorBackend = self._vector_backend(settings, engine)
         self._lexical = LexicalCache()
-        self._searcher = HybridSearcher(self._sessions, self._keys, embedder, self.vectors, self._lexical)
+        self._searcher = HybridSearcher(
+            self._sessions,
+            self._keys,
+            embedder,
+            self.vectors,
+            self._lexical,
+            query_cache_size=settings.query_cache_size,
+        )
         self._touch_lock = threading.Lock()
         self._touched: dict[int, datetime] = {}
 

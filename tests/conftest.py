@@ -143,7 +143,7 @@ def open_store(settings: StoreSettings, embedder: Embedder) -> Iterator[Callable
     """Open (another) store on the same database; all are closed at teardown."""
     opened: list[MemoryStore] = []
 
-    def _open(*, key: MasterKey | None = None, **overrides: Any) -> MemoryStore:
+    def _open(*, key: MasterKey | None = None, embedder: Embedder = embedder, **overrides: Any) -> MemoryStore:
         store_settings = settings.model_copy(update=overrides) if overrides else settings
         master = key or MasterKey(bytes.fromhex(_hex(store_settings)))
         store = MemoryStore.open(store_settings, master_key=master, embedder=embedder)

@@ -1,0 +1,48 @@
+"""Query vectors are cached (LRU by a digest of the query): a repeated search embeds its query once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from memory_store import HashingEmbedder, MemoryStore, NewMemory
+
+
+class CountingEmbedder(HashingEmbedder):
+    def __init__(self) -> None:
+        super().__init__(384)
+        self.texts: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.texts.extend(texts)
+        return super().embed(texts)
+
+
+def _search(store: MemoryStore, tenant_id: str, query: str) -> list[tuple[str, float]]:
+    return [(h.memory.id, h.score) for h in store.search(tenant_id=tenant_id, subject="ana", query=query, k=5)]
+
+
+def test_a_repeated_query_is_embedded_once_and_ranks_the_same(open_store: Callable[..., MemoryStore]) -> None:
+    embedder = CountingEmbedder()
+    store = open_store(embedder=embedder, query_cache_size=2)
+    tenant_id = store.create_tenant(name="acme").id
+    store.add_batch(tenant_id=tenant_id, items=[NewMemory(subject="ana", text=f"I like jazz {i}") for i in range(5)])
+    embedder.texts.clear()
+    first = _search(store, tenant_id, "jazz")
+    assert _search(store, tenant_id, "jazz") == first and embedder.texts == ["jazz"]
+    _search(store, tenant_id, "tennis")
+    _search(store, tenant_id, "chess")  # the cache holds 2: "jazz" is evicted
+    _search(store, tenant_id, "jazz")
+    assert embedder.texts == ["jazz", "tennis", "chess", "jazz"]
+
+
+def test_the_cache_can_be_turned_off(open_store: Callable[..., MemoryStore]) -> None:
+    embedder = CountingEmbedder()
+    store = open_store(embedder=embedder, query_cache_size=0)
+    tenant_id = store.create_tenant(name="acme").id
+    store.add(tenant_id=tenant_id, item=NewMemory(subject="ana", text="I like jazz"))
+    embedder.texts.clear()
+    _search(store, tenant_id, "jazz")
+    _search(store, tenant_id, "jazz")
+    assert embedder.texts == ["jazz", "jazz"]
