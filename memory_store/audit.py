@@ -13,6 +13,7 @@ which takes a row lock on PostgreSQL and the write lock on SQLite until the tran
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import threading
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -123,39 +124,53 @@ def _entry(row: AuditRecord) -> AuditEntry:
 
 
 def append_in(session: Session, tenant_id: str, event: AuditEvent) -> AuditEntry:
-    """Append one record to the tenant's chain inside the caller's transaction, which then commits the record
-    with whatever else it changes, or neither. Takes the tenant's audit head lock until that commit."""
+    """Append one record to the tenant's chain inside the caller's transaction (see :func:`append_all_in`)."""
+    return append_all_in(session, tenant_id, [event])[0]
+
+
+def append_all_in(session: Session, tenant_id: str, events: Sequence[AuditEvent]) -> list[AuditEntry]:
+    """Append records, in order, to the tenant's chain inside the caller's transaction, which then commits them
+    with whatever else it changes, or neither. Three statements however many records: the head's ``UPDATE``
+    (which takes the tenant's audit head lock until that commit) reserves their sequence numbers, one
+    multi-row ``INSERT`` writes them, one ``UPDATE`` moves the head's hash."""
+    count = len(events)
+    if count == 0:
+        return []
     head = session.execute(
         update(AuditHead)
         .where(AuditHead.tenant_id == tenant_id)
-        .values(seq=AuditHead.seq + 1)
+        .values(seq=AuditHead.seq + count)
         .returning(AuditHead.seq, AuditHead.last_hash)
     ).first()
-    if head is None:
-        session.add(AuditHead(tenant_id=tenant_id, seq=1, last_hash=GENESIS_HASH))
+    if head is None:  # a tenant created before its head row existed (they are created together now)
+        session.add(AuditHead(tenant_id=tenant_id, seq=count, last_hash=GENESIS_HASH))
         session.flush()
-        seq, prev_hash = 1, GENESIS_HASH
+        first, prev_hash = 1, GENESIS_HASH
     else:
-        seq, prev_hash = int(head[0]), str(head[1])
-    values: dict[str, Any] = {
-        "tenant_id": tenant_id,
-        "seq": seq,
-        "at": utcnow(),
-        "credential_id": event.credential_id[:64],
-        "role": event.role[:16],
-        "token_id": event.token_id[:64] if event.token_id else None,
-        "subject": event.subject,
-        "action": event.action[:32],
-        "memory_ids": [str(m) for m in event.memory_ids],
-        "detail": dict(event.detail),
-        "request_id": event.request_id[:64] if event.request_id else None,
-        "outcome": event.outcome[:16],
-        "prev_hash": prev_hash,
-    }
-    row = AuditRecord(**values, hash=chain_hash(values))
-    session.add(row)
-    session.execute(update(AuditHead).where(AuditHead.tenant_id == tenant_id).values(last_hash=row.hash))
-    return _entry(row)
+        first, prev_hash = int(head[0]) - count + 1, str(head[1])
+    at = utcnow()
+    rows: list[dict[str, Any]] = []
+    for offset, event in enumerate(events):
+        values: dict[str, Any] = {
+            "tenant_id": tenant_id,
+            "seq": first + offset,
+            "at": at,
+            "credential_id": event.credential_id[:64],
+            "role": event.role[:16],
+            "token_id": event.token_id[:64] if event.token_id else None,
+            "subject": event.subject,
+            "action": event.action[:32],
+            "memory_ids": [str(m) for m in event.memory_ids],
+            "detail": dict(event.detail),
+            "request_id": event.request_id[:64] if event.request_id else None,
+            "outcome": event.outcome[:16],
+            "prev_hash": prev_hash,
+        }
+        values["hash"] = prev_hash = chain_hash(values)
+        rows.append(values)
+    session.execute(insert(AuditRecord), rows)
+    session.execute(update(AuditHead).where(AuditHead.tenant_id == tenant_id).values(last_hash=prev_hash))
+    return [AuditEntry(**{name: value for name, value in row.items() if name != "tenant_id"}) for row in rows]
 
 
 @dataclass
@@ -229,7 +244,13 @@ class AuditLog:
         batch = sorted(batch, key=lambda w: w.tenant_id)
         try:
             with self._sessions.begin() as session:
-                results = [[append_in(session, w.tenant_id, e) for e in w.events] for w in batch]
+                results: list[list[AuditEntry]] = []
+                for tenant_id, group in itertools.groupby(batch, key=lambda w: w.tenant_id):
+                    callers = list(group)
+                    entries = append_all_in(session, tenant_id, [e for w in callers for e in w.events])
+                    for caller in callers:
+                        results.append(entries[: len(caller.events)])
+                        entries = entries[len(caller.events) :]
         except Exception:
             if len(batch) == 1:
                 self._commit_alone(batch[0])
@@ -250,7 +271,7 @@ class AuditLog:
         for attempt in range(3):
             try:
                 with self._sessions.begin() as session:
-                    return [append_in(session, tenant_id, event) for event in events]
+                    return append_all_in(session, tenant_id, events)
             except IntegrityError:
                 # Two first appends raced to create the head row (PostgreSQL); the loser retries and
                 # then finds it. A tenant that does not exist fails the same way, every time.

@@ -80,9 +80,7 @@ class SentenceTransformerEmbedder:
                 if not self._path.is_dir():
                     raise ConfigurationError(f"embedding model folder {self._path} does not exist")
                 model = SentenceTransformer(str(self._path), device="cpu", local_files_only=True)
-                getter = (
-                    getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-                )
+                getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
                 self._dim = int(getter() or 0)
                 self._model = model
             return self._model

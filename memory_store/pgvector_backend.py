@@ -40,9 +40,7 @@ class PgVectorBackend:
         ef_search: int = 100,
     ) -> None:
         if dim != PGVECTOR_DIM:
-            raise ConfigurationError(
-                f"the pgvector backend stores {PGVECTOR_DIM}-dim vectors; the embedder has {dim}"
-            )
+            raise ConfigurationError(f"the pgvector backend stores {PGVECTOR_DIM}-dim vectors; the embedder has {dim}")
         self._sessions = sessions
         self._keys = keys
         self._exact_max = exact_max
@@ -61,9 +59,7 @@ class PgVectorBackend:
                 return None
             key = generate_key()
             session.add(
-                TenantVectorKey(
-                    tenant_id=tenant_id, wrapped_key=self._keys.master.wrap(key, _key_ad(tenant_id))
-                )
+                TenantVectorKey(tenant_id=tenant_id, wrapped_key=self._keys.master.wrap(key, _key_ad(tenant_id)))
             )
             session.flush()
         else:
@@ -86,9 +82,7 @@ class PgVectorBackend:
             ]
         )
         session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["memory_id"], set_={"embedding": stmt.excluded.embedding}
-            )
+            stmt.on_conflict_do_update(index_elements=["memory_id"], set_={"embedding": stmt.excluded.embedding})
         )
 
     def after_commit(self, tenant_id: str, known: Mapping[int, Vector] | None = None) -> None:
@@ -131,12 +125,8 @@ class PgVectorBackend:
         total = 0
         with self._sessions.begin() as session:
             session.execute(delete(MemoryVector).where(MemoryVector.tenant_id == tenant_id))
-            subjects = {
-                s.id: s for s in session.scalars(select(Subject).where(Subject.tenant_id == tenant_id))
-            }
-            sealers = {
-                sid: MemorySealer(self._keys.subject_key(s), tenant_id, sid) for sid, s in subjects.items()
-            }
+            subjects = {s.id: s for s in session.scalars(select(Subject).where(Subject.tenant_id == tenant_id))}
+            sealers = {sid: MemorySealer(self._keys.subject_key(s), tenant_id, sid) for sid, s in subjects.items()}
             rows = session.execute(
                 select(Memory.id, Memory.uid, Memory.subject_id, Memory.embedding_ct).where(
                     Memory.tenant_id == tenant_id

@@ -40,6 +40,4 @@ class MemorySealer:
         return value
 
     def open_embedding(self, uid: str, blob: bytes) -> npt.NDArray[np.float32]:
-        return np.frombuffer(open_sealed(self._key, blob, self._ad("embedding", uid)), dtype="<f4").astype(
-            np.float32
-        )
+        return np.frombuffer(open_sealed(self._key, blob, self._ad("embedding", uid)), dtype="<f4").astype(np.float32)

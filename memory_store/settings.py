@@ -14,9 +14,7 @@ class StoreSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SEALMEM_", env_file=None, extra="ignore")
 
-    data_dir: Path = Field(
-        default=Path("./data"), description="Directory for SQLite, index files and secrets."
-    )
+    data_dir: Path = Field(default=Path("./data"), description="Directory for SQLite, index files and secrets.")
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default is SQLite at <data_dir>/sealmem.db."
     )
@@ -53,9 +51,7 @@ class StoreSettings(BaseSettings):
         default=200_000, ge=1, description="Above this many vectors a tenant index switches to IVF."
     )
     index_ivf_nprobe: int = Field(default=32, ge=1)
-    index_persist_every: int = Field(
-        default=2000, ge=1, description="Persist a tenant index after this many changes."
-    )
+    index_persist_every: int = Field(default=2000, ge=1, description="Persist a tenant index after this many changes.")
 
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     db_pool_size: int = Field(default=10, ge=1)

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from memory_store import validation
 from memory_store.access import ApiKey, AuditHead
-from memory_store.audit import GENESIS_HASH, AuditEvent, AuditLog, append_in
+from memory_store.audit import GENESIS_HASH, AuditEvent, AuditLog, append_all_in
 from memory_store.crypto import MasterKey, generate_key
 from memory_store.db import make_engine, make_sessionmaker
 from memory_store.embedder import Embedder
@@ -322,9 +322,11 @@ class MemoryStore:
         touched (``touched``: subject -> memory ids), so a per-subject audit query finds every change."""
         if audit is None:
             return
-        for subject, ids in touched.items():
-            event = replace(audit, subject=subject, memory_ids=list(ids), detail={**audit.detail, **detail})
-            append_in(session, tenant_id, event)
+        events = [
+            replace(audit, subject=subject, memory_ids=list(ids), detail={**audit.detail, **detail})
+            for subject, ids in touched.items()
+        ]
+        append_all_in(session, tenant_id, events)
 
     # ---- writes ------------------------------------------------------------------------------------
 
@@ -752,7 +754,9 @@ class MemoryStore:
             moved = self._keys.rotate(session, new_master_key)
             if audit is not None:
                 for tenant_id in session.scalars(select(Tenant.id).order_by(Tenant.id)):
-                    append_in(session, tenant_id, replace(audit, detail={**audit.detail, "keys_rewrapped": moved}))
+                    append_all_in(
+                        session, tenant_id, [replace(audit, detail={**audit.detail, "keys_rewrapped": moved})]
+                    )
         self._keys.use(new_master_key)
         log.info("master key rotated to fingerprint %s: %d data keys re-wrapped", new_master_key.fingerprint, moved)
         return moved

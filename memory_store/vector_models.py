@@ -34,8 +34,6 @@ class MemoryVector(Base):
             postgresql_ops={"embedding": "vector_ip_ops"},
         ),
     )
-    memory_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("memories.id", ondelete="CASCADE"), primary_key=True
-    )
+    memory_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("memories.id", ondelete="CASCADE"), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     embedding: Mapped[bytes] = mapped_column(Vector(PGVECTOR_DIM).with_variant(LargeBinary(), "sqlite"))

@@ -18,9 +18,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 
 def _keystream(key: bytes, nbytes: int) -> bytes:
-    stream_key = HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=None, info=b"sealmem/v1/vector-rotation"
-    ).derive(key)
+    stream_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"sealmem/v1/vector-rotation").derive(key)
     encryptor = Cipher(algorithms.AES(stream_key), modes.CTR(b"\x00" * 16)).encryptor()
     return encryptor.update(b"\x00" * nbytes) + encryptor.finalize()
 
@@ -29,9 +27,7 @@ def orthogonal_matrix(key: bytes, dim: int) -> npt.NDArray[np.float32]:
     """A uniformly random orthogonal ``dim x dim`` matrix determined by ``key`` (stable across numpy versions)."""
     count = dim * dim
     raw = np.frombuffer(_keystream(key, 8 * (count + count % 2)), dtype="<u8")
-    uniform = (raw >> np.uint64(11)).astype(np.float64) * (
-        1.0 / 9007199254740992.0
-    )  # 53-bit floats in [0, 1)
+    uniform = (raw >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)  # 53-bit floats in [0, 1)
     u1, u2 = 1.0 - uniform[0::2], uniform[1::2]
     radius = np.sqrt(-2.0 * np.log(u1))
     gaussian = np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])[:count]

@@ -23,10 +23,10 @@ WHO = AuditEvent(credential_id="crash-writer", role="app", action="memory.change
 
 
 def _die_inside_appends(step: int, when: str) -> None:
-    real = store_module.append_in
+    real = store_module.append_all_in
     count = 0
 
-    def append_in(*args: Any, **kwargs: Any) -> Any:
+    def append_all_in(*args: Any, **kwargs: Any) -> Any:
         nonlocal count
         count += 1
         if count == step and when == "before":
@@ -36,7 +36,7 @@ def _die_inside_appends(step: int, when: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         return entry
 
-    store_module.append_in = append_in  # type: ignore[assignment]
+    store_module.append_all_in = append_all_in  # type: ignore[assignment]
 
 
 def main() -> None:

@@ -88,7 +88,7 @@ def test_a_failed_append_rolls_the_change_back(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("the audit append failed")
 
-    monkeypatch.setattr(store_module, "append_in", broken)
+    monkeypatch.setattr(store_module, "append_all_in", broken)
     monkeypatch.setattr(credentials_module, "append_in", broken)
     with pytest.raises(RuntimeError, match="audit append failed"):
         run()
