@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -308,12 +309,32 @@ def wrk_run(url: str, key: str, args: argparse.Namespace, *, share: float, durat
     return result
 
 
+def _postgres(work: Path) -> Callable[[str], str]:
+    """A PostgreSQL 16 + pgvector server (pgserver) for this run; returns a function that creates a fresh
+    database and gives its SQLAlchemy URL."""
+    import pgserver
+    from sqlalchemy import create_engine, text
+
+    server = pgserver.get_server(str(work / "pg"), cleanup_mode="stop")  # type: ignore[attr-defined]
+    base = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+
+    def database(name: str) -> str:
+        admin = create_engine(base, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "bench_{name}"'))
+        admin.dispose()
+        return base.replace("/postgres?", f"/bench_{name}?", 1)
+
+    return database
+
+
 def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[str], work: Path) -> dict[str, Any]:
     """Each variant on a fresh, seeded server: warm-up, then the mix, search only and add only."""
     if shutil.which("wrk") is None:
         raise SystemExit("--driver wrk needs the wrk load generator (Debian: apt-get install wrk)")
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {"database": args.database}
     variants = args.variants.split(",")
+    postgres = _postgres(work) if args.database != "sqlite" else None
     for variant in variants:
         runtime, _, workers = variant.partition(":")
         folder = work / variant.replace(":", "-")
@@ -324,6 +345,9 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
             "SEALMEM_WORKERS": workers or "0",
             "SEALMEM_CHAT_ENABLED": "false",
         }
+        if postgres is not None:
+            env["SEALMEM_DATABASE_URL"] = postgres(variant.replace(":", "_"))
+            env["SEALMEM_VECTOR_BACKEND"] = "pgvector" if args.database == "pgvector" else "faiss"
         folder.mkdir()
         server = Server(command, env, folder / "serve.log")
         try:
@@ -351,9 +375,7 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
         "clients_64": args.clients >= 64,
         "mix_200_per_s": mix["rps"] >= 200,
         "p99_250_ms": mix["p99_ms"] <= 250,
-        "zero_errors": all(
-            report[v][p]["errors"] == 0 for v in variants for p in ("mix", "search", "add")
-        ),
+        "zero_errors": all(report[v][p]["errors"] == 0 for v in variants for p in ("mix", "search", "add")),
     }
     return report
 
@@ -383,6 +405,12 @@ def main() -> None:
     parser.add_argument("--llm-cache", default=os.environ.get("SEALMEM_TEST_LLM_CACHE", "/tmp/sealmem-llm-cache"))
     parser.add_argument("--torch-threads", type=int, default=1, help="Embedder intra-op threads.")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--database",
+        choices=["sqlite", "postgres", "pgvector"],
+        default="sqlite",
+        help="wrk driver: SQLite + FAISS (default), or a PostgreSQL started with pgserver, with FAISS or pgvector.",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
