@@ -7,7 +7,7 @@ question is then asked through ``MemoryStore.search(k=10)`` and scored by the ev
 recall@k (share of a question's evidence in the top k, averaged over questions) and hit@10 (any evidence in
 the top 10), per category and overall (categories 1-4; 5, adversarial, reported on its own).
 
-    python bench/locomo_retrieval.py [--data ../shared/data/locomo-dev.json] [--embedding-runtime onnx|torch]
+    python bench/locomo_retrieval.py [--data ../shared/data/locomo-dev.json] [--embedding-runtime onnx|onnx-int8|torch]
         [--ablations] [--out FILE]
 
 The embedder is all-MiniLM-L6-v2 run by ONNX Runtime (the service's default; exported once into
@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1,
                         help="embedder threads (1, the store default, is steadiest on shared cores)")
-    parser.add_argument("--embedding-runtime", choices=("onnx", "torch"), default="onnx",
+    parser.add_argument("--embedding-runtime", choices=("onnx", "onnx-int8", "torch"), default="onnx",
                         help="ONNX Runtime (the service default) or sentence-transformers on torch")
     parser.add_argument("--model-cache", type=Path,
                         help="onnx: folder for the exported model (default: the run's temporary data folder, "

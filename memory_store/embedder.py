@@ -138,7 +138,8 @@ class HashingEmbedder:
 
 
 def embedder_from_settings(settings: StoreSettings) -> Embedder:
-    """The embedder the settings name: ONNX Runtime (default) or sentence-transformers on torch."""
+    """The embedder the settings name: ONNX Runtime (default; ``onnx-int8`` its int8-quantised graph) or
+    sentence-transformers on torch."""
     if settings.embedding_runtime == "torch":
         return SentenceTransformerEmbedder(
             settings.embedding_model, batch_size=settings.embedding_batch_size, torch_threads=settings.embedding_threads
@@ -150,4 +151,5 @@ def embedder_from_settings(settings: StoreSettings) -> Embedder:
         cache_dir=settings.data_dir / "models",
         batch_size=settings.embedding_batch_size,
         threads=settings.embedding_threads,
+        int8=settings.embedding_runtime == "onnx-int8",
     )

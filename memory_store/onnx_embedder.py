@@ -87,6 +87,21 @@ def export_onnx(source: Path, target: Path) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def quantise_int8(source: Path, target: Path) -> None:
+    """Dynamic int8 quantisation of the exported graph's weights (ONNX Runtime's ``quantize_dynamic``):
+    about 1.6x faster per sentence on one core here, at a recall cost measured by ``bench/locomo_retrieval.py``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        quantize_dynamic(str(source), str(temporary), weight_type=QuantType.QInt8)
+        with temporary.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 class OnnxEmbedder:
     """A sentence-transformers model (mean pooling + normalisation) run by ONNX Runtime, loaded on first use."""
 
@@ -97,8 +112,10 @@ class OnnxEmbedder:
         cache_dir: Path,
         batch_size: int = 64,
         threads: int = 1,
+        int8: bool = False,
     ) -> None:
         self._path, self._model_id = model_folder(model)
+        self._int8 = int8
         self._cache_dir = Path(cache_dir)
         self._batch_size = batch_size
         self._threads = threads
@@ -120,7 +137,8 @@ class OnnxEmbedder:
 
     def onnx_path(self) -> Path:
         """Where the exported graph of this model lives (exported on first load when missing)."""
-        return self._cache_dir / f"{self.model_id}-{_source_digest(self._path)}.onnx"
+        suffix = "-int8" if self._int8 else ""
+        return self._cache_dir / f"{self.model_id}-{_source_digest(self._path)}{suffix}.onnx"
 
     def _ensure_export(self) -> Path:
         target = self.onnx_path()
@@ -131,8 +149,13 @@ class OnnxEmbedder:
         with (self._cache_dir / ".export.lock").open("a") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             if not target.is_file():
-                log.info("exporting embedding model %s to ONNX (once)", self.model_id)
-                export_onnx(self._path, target)
+                full = self._cache_dir / f"{self.model_id}-{_source_digest(self._path)}.onnx"
+                if not full.is_file():
+                    log.info("exporting embedding model %s to ONNX (once)", self.model_id)
+                    export_onnx(self._path, full)
+                if self._int8:
+                    log.info("quantising embedding model %s to int8 (once)", self.model_id)
+                    quantise_int8(full, target)
         return target
 
     def _load(self) -> None:

@@ -98,3 +98,21 @@ def test_settings_choose_the_runtime(tmp_path: Path):
     assert isinstance(embedder_from_settings(StoreSettings(data_dir=tmp_path)), OnnxEmbedder)
     torch_one = embedder_from_settings(StoreSettings(data_dir=tmp_path, embedding_runtime="torch"))
     assert isinstance(torch_one, SentenceTransformerEmbedder)
+
+
+def test_the_int8_variant_stays_close_to_the_full_model_and_shares_its_export(tmp_path: Path):
+    """``SEALMEM_EMBEDDING_RUNTIME=onnx-int8``: the exported graph, quantised once beside it; its recall cost on
+    LoCoMo is measured by bench/locomo_retrieval.py (README)."""
+    cache = tmp_path / "models"
+    full = OnnxEmbedder(cache_dir=cache)
+    int8 = embedder_from_settings(StoreSettings(data_dir=tmp_path, embedding_runtime="onnx-int8"))
+    assert isinstance(int8, OnnxEmbedder) and int8.onnx_path().name.endswith("-int8.onnx")
+    sentences = real_sentences(200)
+    exact, quantised = full.embed(sentences), int8.embed(sentences)
+    cosines = np.sum(exact * quantised, axis=1)
+    assert float(cosines.mean()) >= 0.94 and float(cosines.min()) >= 0.85  # measured: mean 0.959
+    # Nearest neighbours mostly agree: the ranking, not the vectors, is what search uses.
+    same = sum(int(np.argsort(-exact @ exact[i])[1] == np.argsort(-quantised @ quantised[i])[1]) for i in range(50))
+    assert same >= 40
+    names = sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
+    assert names == sorted([full.onnx_path().name, int8.onnx_path().name])  # one export, quantised once
