@@ -228,6 +228,11 @@ class AuditLog:
             batch, self._queue = self._queue, []
         try:
             self._commit(batch)
+        except BaseException as exc:  # e.g. KeyboardInterrupt: every caller of the batch learns it
+            for waiting in batch:
+                if waiting.entries is None and waiting.error is None:
+                    waiting.error = exc
+            raise
         finally:
             with self._lock:
                 if self._queue:

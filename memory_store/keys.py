@@ -88,8 +88,10 @@ class KeyManager:
     def rotate(self, session: Session, new_master: MasterKey) -> int:
         """Re-wrap every data key under ``new_master`` inside the caller's transaction; returns keys moved."""
         # Tenants first, then the keyring: the order writers take them in (tenant write lock, then keyring
-        # check), so a rotation waits for running writes instead of deadlocking with them.
-        session.execute(select(Tenant.id).order_by(Tenant.id).with_for_update())
+        # check), so a rotation waits for running writes instead of deadlocking with them. FOR NO KEY UPDATE:
+        # it must not block the foreign-key checks (FOR KEY SHARE on the tenant) of audit appends that hold
+        # their tenant's audit head, or the two would deadlock.
+        session.execute(select(Tenant.id).order_by(Tenant.id).with_for_update(key_share=True))
         ring = session.scalar(select(Keyring).where(Keyring.id == 1).with_for_update())
         if ring is None or not self._master.verify(ring.key_check):
             raise WrongMasterKeyError("current master key does not match the database")

@@ -58,6 +58,7 @@ class PgVectorBackend:
             if not create:
                 return None
             key = generate_key()
+            self._keys.require_current(session)
             session.add(
                 TenantVectorKey(tenant_id=tenant_id, wrapped_key=self._keys.master.wrap(key, _key_ad(tenant_id)))
             )

@@ -85,25 +85,28 @@ class VectorSearch(Protocol):
 
 
 class QueryVectors:
-    """The embedder, with an LRU cache of query vectors keyed by a digest of the query (``size`` 0: no cache).
+    """The embedder, with an LRU cache of query vectors per subject (``size`` 0: no cache).
 
     Chat loops and dashboards repeat queries (a message is retrieved for, then its distilled statements are
-    searched for again), and a query's embedding is most of a search's CPU. Vectors live in process memory only.
+    searched for again), and a query's embedding is most of a search's CPU. Entries are keyed by the subject
+    and a digest of the query, so a fast (cached) answer tells a caller only about its own subject's earlier
+    searches, never another subject's or tenant's; a forget drops the subject's entries. Process memory only.
     """
 
     def __init__(self, embedder: Embedder, size: int) -> None:
         self._embedder = embedder
         self._size = size
-        self._cache: OrderedDict[bytes, Vector] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, bytes], Vector] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def vector(self, query: str) -> Vector:
+    def vector(self, subject_id: str, query: str) -> Vector:
+        """``query``'s vector, searched for by the subject with internal id ``subject_id``."""
         if self._size == 0:
             fresh: Vector = self._embedder.embed([query])[0]
             return fresh
-        digest = hashlib.blake2b(query.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        digest = (subject_id, hashlib.blake2b(query.encode("utf-8", "surrogatepass"), digest_size=16).digest())
         with self._lock:
             cached = self._cache.get(digest)
             if cached is not None:
@@ -118,6 +121,11 @@ class QueryVectors:
             while len(self._cache) > self._size:
                 self._cache.popitem(last=False)
         return vector
+
+    def forget(self, subject_id: str) -> None:
+        with self._lock:
+            for key in [key for key in self._cache if key[0] == subject_id]:
+                del self._cache[key]
 
 
 class HybridSearcher:
@@ -238,7 +246,7 @@ class HybridSearcher:
                 return [], []
             fetch = int(min(len(candidates), max(4 * k, fusion.pool)))
 
-            vector = self.queries.vector(query)
+            vector = self.queries.vector(owner.id, query)
             # Small candidate sets are scored in full by one search; larger ones get a second, exact search
             # of just the pooled ids the first one did not return.
             exhaustive = len(candidates) <= _SCORE_ALL_MAX

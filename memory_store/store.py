@@ -292,7 +292,10 @@ class MemoryStore:
         if guard.begun_at < utcnow() - TOMBSTONE_RETENTION:
             raise SubjectForgottenError("the request is too old to write; nothing was written")
         if guard.credential_id is not None:
-            key = session.execute(select(ApiKey.revoked_at).where(ApiKey.id == guard.credential_id)).first()
+            # Share-locked: a revoke waits for this write's commit, so none can commit after the revoke returned.
+            key = session.execute(
+                select(ApiKey.revoked_at).where(ApiKey.id == guard.credential_id).with_for_update(read=True)
+            ).first()
             if key is None or key[0] is not None:
                 raise CredentialRevokedError("the API key of this request has been revoked; nothing was written")
         digests = {self.subject_digest(tenant_id, subject) for subject in subjects}
@@ -699,16 +702,25 @@ class MemoryStore:
         with self._sessions.begin() as session:
             self._bump(session, tenant_id, 0)  # write lock first
             owner = self._subject(session, tenant_id, subject)
-            session.add(
-                SubjectTombstone(
-                    tenant_id=tenant_id, digest=self.subject_digest(tenant_id, subject), forgotten_at=utcnow()
-                )
-            )
             ids = self._shred(session, tenant_id, owner)
             self._record_audit(session, tenant_id, audit, {subject: []}, memories_deleted=len(ids))
             subject_id = owner.id
+            tombstone = SubjectTombstone(
+                tenant_id=tenant_id, digest=self.subject_digest(tenant_id, subject), forgotten_at=utcnow()
+            )
+            session.add(tombstone)
+            session.flush()
+            tombstone_id = tombstone.id
+        # Stamped again once the forget has committed: a request that began while the forget ran could still
+        # read the old data (its snapshot predates the commit), and it began before this stamp, so its writes
+        # are refused; one that begins after it cannot have seen anything of the subject.
+        with self._sessions.begin() as session:
+            session.execute(
+                update(SubjectTombstone).where(SubjectTombstone.id == tombstone_id).values(forgotten_at=utcnow())
+            )
         self._keys.forget(subject_id)
         self._lexical.drop(subject_id)
+        self._searcher.queries.forget(subject_id)
         self.vectors.after_commit(tenant_id)
         self.vectors.persist(tenant_id, force=True)
         if self._engine.dialect.name == "sqlite":
@@ -754,9 +766,7 @@ class MemoryStore:
             moved = self._keys.rotate(session, new_master_key)
             if audit is not None:
                 for tenant_id in session.scalars(select(Tenant.id).order_by(Tenant.id)):
-                    append_all_in(
-                        session, tenant_id, [replace(audit, detail={**audit.detail, "keys_rewrapped": moved})]
-                    )
+                    append_all_in(session, tenant_id, [audit])
         self._keys.use(new_master_key)
         log.info("master key rotated to fingerprint %s: %d data keys re-wrapped", new_master_key.fingerprint, moved)
         return moved

@@ -46,3 +46,18 @@ def test_the_cache_can_be_turned_off(open_store: Callable[..., MemoryStore]) -> 
     _search(store, tenant_id, "jazz")
     _search(store, tenant_id, "jazz")
     assert embedder.texts == ["jazz", "jazz"]
+
+
+def test_cached_vectors_are_per_subject_and_leave_with_a_forget(open_store: Callable[..., MemoryStore]) -> None:
+    """A cached (fast) answer must not tell one subject that another searched the same words."""
+    embedder = CountingEmbedder()
+    store = open_store(embedder=embedder, query_cache_size=100)
+    tenant_id = store.create_tenant(name="acme").id
+    for subject in ("ana", "bob"):
+        store.add(tenant_id=tenant_id, item=NewMemory(subject=subject, text="I like jazz"))
+    embedder.texts.clear()
+    for subject in ("ana", "bob", "ana"):
+        store.search(tenant_id=tenant_id, subject=subject, query="my diagnosis", k=1)
+    assert embedder.texts == ["my diagnosis", "my diagnosis"]  # once per subject
+    store.forget_subject(tenant_id=tenant_id, subject="ana")
+    assert len(store._searcher.queries._cache) == 1  # bob's entry only

@@ -175,8 +175,20 @@ class _Turn:
         self.stream = self.chat.service.stream(self.prepared, self.stats, cancel=self.cancel)
 
     async def finish(self, reply: str) -> ChatOutcome:
-        """Store the turns (audited as ``chat.write`` in their transaction) and queue distillation."""
-        return await self.chat.service.finish(self.prepared, reply, self.stats)
+        """Store the turns (audited as ``chat.write`` in their transaction) and queue distillation; a refusal or
+        failure to store them is recorded too."""
+        try:
+            return await self.chat.service.finish(self.prepared, reply, self.stats)
+        except Exception as exc:
+            req = self.prepared.request
+            event = req.caller.event(
+                "chat.write",
+                subject=req.subject,
+                outcome=outcome_of(exc),
+                detail={"session_id": req.session_id, "message_id": req.message_id},
+            )
+            await asyncio.to_thread(self.services.auditor.failed, self.principal.tenant_id, event)
+            raise
 
     async def complete(self) -> ChatOutcome:
         """The whole reply, then :meth:`finish`; a generation error propagates to the error handler."""

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -213,6 +214,7 @@ class WriteBackWorker:
         self._store = store
         self.distiller = distiller
         self._forgotten: dict[tuple[str, str], datetime] = {}
+        self._forgotten_lock = threading.Lock()  # forget() runs on request threads
         self._reconciler = Reconciler(store, duplicate_similarity=duplicate_similarity, duplicate_dense=duplicate_dense)
         self._queue_max = queue_max
         self._queue: asyncio.Queue[WriteBackJob] | None = None
@@ -262,12 +264,14 @@ class WriteBackWorker:
         """A subject was forgotten: its jobs queued or running now are cancelled (their remaining writes would
         be refused by the store anyway, in every process; this stops them doing the work)."""
         now = utcnow()
-        self._forgotten[(tenant_id, subject)] = now
-        for key in [k for k, at in self._forgotten.items() if at < now - TOMBSTONE_RETENTION]:
-            del self._forgotten[key]
+        with self._forgotten_lock:
+            kept = {k: at for k, at in self._forgotten.items() if at >= now - TOMBSTONE_RETENTION}
+            kept[(tenant_id, subject)] = now
+            self._forgotten = kept
 
     def _cancelled(self, job: WriteBackJob) -> bool:
-        forgotten = self._forgotten.get((job.tenant_id, job.subject))
+        with self._forgotten_lock:
+            forgotten = self._forgotten.get((job.tenant_id, job.subject))
         return forgotten is not None and forgotten >= job.caller.begun_at
 
     def result(self, job_id: str) -> WriteBackResult | None:
@@ -305,6 +309,7 @@ class WriteBackWorker:
             result.status = "cancelled" if self._cancelled(job) else "done"
         except (SubjectForgottenError, CredentialRevokedError) as exc:
             result.status, result.error = "cancelled", exc.code
+            await self._record_failure(job, result, exc)  # a refused write attempt stays on the record
         except Exception as exc:
             result.status, result.error = "failed", type(exc).__name__
             await self._record_failure(job, result, exc)

@@ -149,6 +149,8 @@ def test_forget_during_a_streaming_chat(served: Any) -> None:
             assert "event: error" in events and any("subject_forgotten" in line for line in events), events
             h.drain()
             _assert_gone(h, t, subject)
+        refused = [e for e in h.audit(t.id, "chat.write") if e.outcome == "rejected"]
+        assert len(refused) == RUNS  # each refused turn is on the record
         # A request made after the forget starts the subject afresh.
         backend.resume.set()
         assert h.chat(t.app, subject="stream-0", message="Hello again.")["memories_written"]
@@ -246,3 +248,24 @@ def test_revoking_a_key_stops_its_queued_write_back(served: Any) -> None:
         assert result is not None and (result.status, result.error) == ("cancelled", "credential_revoked")
         facts = [m for m in h.store.list(tenant_id=t.id, subject="ana").items if m.kind != "turn"]
         assert facts == []
+
+
+def test_concurrent_forgets_do_not_trip_the_worker() -> None:
+    """forget() runs on request threads: many at once must neither fail nor lose one."""
+    worker = WriteBackWorker.__new__(WriteBackWorker)
+    WriteBackWorker.__init__(worker, None, RuleDistiller())  # type: ignore[arg-type]
+    errors: list[BaseException] = []
+
+    def forget(n: int) -> None:
+        try:
+            for i in range(300):
+                worker.forget("t", f"s{n}-{i}")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=forget, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(worker._forgotten) == 6 * 300

@@ -192,8 +192,10 @@ def _read_start(safetensors_bytes: bytes) -> int:
     return int(header["__metadata__"]["start"])
 
 
-# Seconds after a forget during which nothing is cached for the subject (longer than any generation may run).
-FORGET_QUARANTINE_S = 600.0
+# Seconds after a forget during which nothing is cached for the subject: as long as the store keeps tombstones
+# (a request older than that cannot write either), so no request that began before the forget, however long it
+# waited in the generation queue, can refill the cache.
+FORGET_QUARANTINE_S = 86_400.0
 
 
 @dataclass
