@@ -279,6 +279,22 @@ class MemoryStore:
         that must not be stored or guessable, such as a conversation's first message."""
         return self._keys.master.pseudonym(purpose, *parts)
 
+    def tombstones_since(self, since: datetime) -> builtins.list[tuple[int, str, str, datetime]]:
+        """Forgets stamped after ``since``, as (tombstone id, tenant id, subject digest, time), oldest first: how
+        other processes learn of a forget to drop what they hold of the subject in RAM."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(
+                    SubjectTombstone.id,
+                    SubjectTombstone.tenant_id,
+                    SubjectTombstone.digest,
+                    SubjectTombstone.forgotten_at,
+                )
+                .where(SubjectTombstone.forgotten_at > since)
+                .order_by(SubjectTombstone.forgotten_at)
+            ).all()
+        return [(int(r[0]), str(r[1]), str(r[2]), _utc(r[3])) for r in rows]
+
     def subject_digest(self, tenant_id: str, subject: str) -> str:
         """The keyed digest that names a subject where its id must not be kept (tombstones)."""
         return self.pseudonym("subject", tenant_id, subject)

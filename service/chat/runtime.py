@@ -8,6 +8,7 @@ worker; ``await runtime.stop()`` finishes queued write-backs and releases the ba
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from memory_store import MemoryStore
 from service.chat.distill import Distiller, LLMDistiller, RuleDistiller
+from service.chat.forgets import ForgetFollower
 from service.chat.service import ChatService
 from service.chat.settings import ChatSettings
 from service.chat.writeback import WriteBackWorker
@@ -97,11 +99,17 @@ class ChatRuntime:
             duplicate_dense=settings.chat_duplicate_dense,
         )
         self.service = ChatService(store=store, backend=backend, settings=settings, worker=self.worker)
+        self._store = store
+        self._following: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.backend.start()
         await self._register_kv()
         self.worker.start()
+        engine = self.kv_engine
+        if engine is not None:  # keys/values of subjects forgotten by other worker processes leave RAM too
+            follower = ForgetFollower(self._store, engine.cache.subjects, engine.forget_subject)
+            self._following = asyncio.get_running_loop().create_task(follower.run(), name="sealmem-forgets")
 
     async def _register_kv(self) -> None:
         """``injection: "kv"`` on the local backend: one KV engine on the loaded model, built at start.
@@ -138,6 +146,10 @@ class ChatRuntime:
             self.kv_engine.forget_subject(tenant_id, subject)
 
     async def stop(self, *, drain_timeout: float = 10.0) -> None:
+        if self._following is not None:
+            self._following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._following
         await self.worker.stop(drain_timeout=drain_timeout)
         await self.backend.aclose()
 

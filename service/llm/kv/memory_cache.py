@@ -222,6 +222,11 @@ class MemoryKVCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def subjects(self) -> set[tuple[str, str]]:
+        """(tenant id, subject) of every entry held in RAM."""
+        with self._lock:
+            return {(key.tenant_id, key.subject) for key in self._entries}
+
     def set_model(self, model_fingerprint: str) -> None:
         """Bind the cache to a model; a different model drops every entry of the previous one (RAM and disk)."""
         with self._lock:
