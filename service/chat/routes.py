@@ -338,6 +338,17 @@ def _k(chat: ChatRuntime, k: int | None, services: Services) -> int:
     return value
 
 
+# Error responses both chat endpoints document beside their own 502/504 wording.
+_GENERATION_ERRORS: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": ErrorBody,
+        "description": "Rate limited, or the tenant's share of the generation queue is full (`llm_busy`).",
+    },
+    501: {"model": ErrorBody, "description": "The requested injection mode is not available."},
+    503: {"model": ErrorBody, "description": "The model is loading, or chat is disabled."},
+}
+
+
 @router.post(
     "/v1/chat",
     response_model=ChatResponse,
@@ -348,13 +359,8 @@ def _k(chat: ChatRuntime, k: int | None, services: Services) -> int:
     "(or an `error` event).",
     responses={
         200: {"content": {"text/event-stream": {}}},
-        501: {"model": ErrorBody, "description": "The requested injection mode is not available."},
+        **_GENERATION_ERRORS,
         502: {"model": ErrorBody, "description": "The LLM server failed or cannot be reached."},
-        429: {
-            "model": ErrorBody,
-            "description": "Rate limited, or the tenant's share of the generation queue is full (`llm_busy`).",
-        },
-        503: {"model": ErrorBody, "description": "The model is loading, or chat is disabled."},
         504: {"model": ErrorBody, "description": "The LLM server timed out."},
     },
 )
@@ -526,13 +532,8 @@ class _OpenAIFormat:
             "content": {"text/event-stream": {}},
             "description": "OpenAI's chat.completion, or with `stream: true` its chunk events.",
         },
-        501: {"model": ErrorBody, "description": "The requested injection mode is not available."},
+        **_GENERATION_ERRORS,
         502: {"model": ErrorBody, "description": "LLM failure."},
-        429: {
-            "model": ErrorBody,
-            "description": "Rate limited, or the tenant's share of the generation queue is full (`llm_busy`).",
-        },
-        503: {"model": ErrorBody, "description": "The model is loading, or chat is disabled."},
         504: {"model": ErrorBody, "description": "LLM timeout."},
     },
 )
