@@ -1,0 +1,478 @@
+"""Custom Presidio recognizers for what Presidio's predefined set lacks.
+
+Everything here is pure regex + arithmetic, offline and stateless after
+construction (the compiled patterns are module constants), so ``analyze`` is
+safe to call from many threads at once.
+
+Recognizers:
+
+* :class:`ApiKeyRecognizer` -> ``API_KEY``: tokens with a known vendor prefix
+  (OpenAI ``sk-``/``sk-proj-``, Anthropic ``sk-ant-``, GitHub
+  ``ghp_``/``gho_``/``ghu_``/``ghs_``/``ghr_``/``github_pat_``, GitLab ``glpat-``,
+  Slack ``xox[abposr]-``, Stripe ``sk_``/``rk_``/``pk_`` + ``live_``/``test_``,
+  AWS ``AKIA``/``ASIA`` access key ids, Google ``AIza``, HuggingFace ``hf_``,
+  npm ``npm_``, SendGrid ``SG.x.y``, Twilio ``SK`` + 32 hex), plus *generic*
+  tokens that follow a secret keyword ("token", "api key", "secret",
+  "bearer", "access key", ...).  A generic token must be >= 16 characters of
+  ``[A-Za-z0-9_\\-./+=~]``, contain a letter and a digit, and have a Shannon
+  entropy of at least ``GENERIC_MIN_ENTROPY`` = 2.5 bits per character
+  (random base62 of length 16 scores ~3.7, hex of length 32 ~3.8; English
+  words or ``my-session-cookie`` style identifiers score below 2.5 or have no
+  digit).  Bare hex hashes (git commits, sha256 digests) are *not* keys unless
+  a secret keyword precedes them.
+* :class:`PrivateKeyRecognizer` -> ``PRIVATE_KEY``: PEM / OpenSSH
+  ``-----BEGIN ... PRIVATE KEY-----`` blocks through the matching END line;
+  a block without an END line (truncated paste) is taken up to the end of its
+  base64 body.
+* :class:`PasswordRecognizer` -> ``PASSWORD``: the *value* after a password
+  keyword ("password: hunter2", "my password is X", "pwd=X", "passcode X",
+  "the wifi password for the cabin is X", "PIN is 4821").  See the class
+  docstring for the acceptance rules.
+* :class:`JwtRecognizer` -> ``JWT``: three base64url parts whose header
+  decodes to a JSON object (starts ``eyJ``).
+* :class:`EthAddressRecognizer` -> ``CRYPTO``: ``0x`` + 40 hex digits
+  (Presidio's CRYPTO recognizer only covers Bitcoin).
+* :class:`FormatAwarePhoneRecognizer` -> ``PHONE_NUMBER``: Presidio's
+  phonenumbers-based recognizer with a wider region list and a score that
+  depends on how the number is written (see class docstring).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from collections import Counter
+from typing import Any
+
+import phonenumbers
+from presidio_analyzer import (
+    AnalysisExplanation,
+    LocalRecognizer,
+    RecognizerResult,
+)
+from presidio_analyzer.nlp_engine import NlpArtifacts
+from presidio_analyzer.predefined_recognizers.generic.email_recognizer import (
+    EmailRecognizer,
+)
+from presidio_analyzer.predefined_recognizers.generic.phone_recognizer import (
+    PhoneRecognizer,
+)
+
+__all__ = [
+    "GENERIC_MIN_ENTROPY",
+    "ApiKeyRecognizer",
+    "EthAddressRecognizer",
+    "FormatAwarePhoneRecognizer",
+    "JwtRecognizer",
+    "OfflineEmailRecognizer",
+    "PasswordRecognizer",
+    "PrivateKeyRecognizer",
+    "shannon_entropy",
+]
+
+GENERIC_MIN_ENTROPY = 2.5
+GENERIC_MIN_LENGTH = 16
+
+
+def shannon_entropy(value: str) -> float:
+    """Shannon entropy of ``value`` in bits per character."""
+    if not value:
+        return 0.0
+    n = len(value)
+    return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
+
+
+class _RegexRecognizer(LocalRecognizer):
+    """A LocalRecognizer that emits one entity type from ``_spans``."""
+
+    ENTITY = ""
+    CONTEXT: list[str] = []
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_entities=[self.ENTITY],
+            supported_language="en",
+            context=list(self.CONTEXT),
+            name=type(self).__name__,
+        )
+
+    def load(self) -> None:
+        return None
+
+    def _spans(self, text: str) -> list[tuple[int, int, float]]:
+        raise NotImplementedError
+
+    def analyze(
+        self,
+        text: str,
+        entities: list[str],
+        nlp_artifacts: NlpArtifacts | None = None,
+    ) -> list[RecognizerResult]:
+        if self.ENTITY not in entities:
+            return []
+        out: list[RecognizerResult] = []
+        for start, end, score in self._spans(text):
+            out.append(
+                RecognizerResult(
+                    entity_type=self.ENTITY,
+                    start=start,
+                    end=end,
+                    score=score,
+                    analysis_explanation=AnalysisExplanation(
+                        recognizer=type(self).__name__,
+                        original_score=score,
+                        textual_explanation=f"{type(self).__name__} match",
+                    ),
+                    recognition_metadata={
+                        RecognizerResult.RECOGNIZER_NAME_KEY: type(self).__name__,
+                        RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+                    },
+                )
+            )
+        return out
+
+
+# --------------------------------------------------------------------------- keys
+
+_B = r"(?<![A-Za-z0-9_\-])"  # left boundary for token-like values
+_E = r"(?![A-Za-z0-9_\-])"  # right boundary
+
+_PREFIXED_KEY = re.compile(
+    _B
+    + r"(?:"
+    + r"sk-ant-[A-Za-z0-9_\-]{20,}"
+    + r"|sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}"
+    + r"|gh[pousr]_[A-Za-z0-9]{30,}"
+    + r"|github_pat_[A-Za-z0-9_]{22,}"
+    + r"|glpat-[A-Za-z0-9_\-]{20,}"
+    + r"|xox[abposr]-[A-Za-z0-9\-]{10,}"
+    + r"|[srp]k_(?:live|test)_[A-Za-z0-9]{16,}"
+    + r"|(?:AKIA|ASIA)[A-Z0-9]{16}"
+    + r"|AIza[A-Za-z0-9_\-]{35}"
+    + r"|hf_[A-Za-z0-9]{30,}"
+    + r"|npm_[A-Za-z0-9]{36}"
+    + r"|SG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,}"
+    + r"|SK[0-9a-fA-F]{32}"
+    + r")"
+    + _E
+)
+
+_KEY_WORDS_RE = (  # keyword regex, not a secret
+    r"(?:api[\s_\-]?key|api[\s_\-]?token|apikey|access[\s_\-]?key(?:[\s_\-]?id)?"
+    r"|secret[\s_\-]?access[\s_\-]?key|access[\s_\-]?token|auth[\s_\-]?token"
+    r"|refresh[\s_\-]?token|bearer(?:[\s_\-]?token)?|client[\s_\-]?secret"
+    r"|secret(?:[\s_\-]?key)?|token|signing[\s_\-]?key|webhook[\s_\-]?secret"
+    r"|private[\s_\-]?token|deploy[\s_\-]?key|license[\s_\-]?key)"
+)
+
+_GENERIC_KEY = re.compile(
+    r"(?i:\b" + _KEY_WORDS_RE + r"s?\b)"
+    # optional qualifier: "token for the staging cluster", "key of my bot"
+    r"(?:\s+(?:for|of|on|to)\s+(?:(?:my|the|our|your|a)\s+)?[\w.@'\-]+(?:\s+[\w.\-]+)?)?"
+    r"(?:\s*[:=]\s*|\s+(?i:is|was|=)\s+(?:(?i:now|still)\s+)?|\s+)"
+    r"[\"'`]?(?P<value>[A-Za-z0-9_\-./+=~]{" + str(GENERIC_MIN_LENGTH) + r",512})"
+)
+
+
+def _generic_secret_ok(value: str) -> bool:
+    value = value.rstrip(".")
+    if len(value) < GENERIC_MIN_LENGTH:
+        return False
+    if not any(c.isdigit() for c in value) or not any(c.isalpha() for c in value):
+        return False
+    if value.startswith(("http", "www.")) or "://" in value:
+        return False
+    return shannon_entropy(value) >= GENERIC_MIN_ENTROPY
+
+
+class ApiKeyRecognizer(_RegexRecognizer):
+    """API keys / tokens: known vendor prefixes and keyword-anchored generic tokens."""
+
+    ENTITY = "API_KEY"
+
+    def _spans(self, text: str) -> list[tuple[int, int, float]]:
+        spans = [(m.start(), m.end(), 0.95) for m in _PREFIXED_KEY.finditer(text)]
+        for m in _GENERIC_KEY.finditer(text):
+            value = m.group("value")
+            if not _generic_secret_ok(value):
+                continue
+            start = m.start("value")
+            end = start + len(value.rstrip("."))
+            spans.append((start, end, 0.8))
+        return spans
+
+
+# --------------------------------------------------------------------- private keys
+
+_PEM = re.compile(
+    r"-----BEGIN (?P<label>(?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?)-----"
+    r"(?:.*?-----END (?P=label)-----|[\sA-Za-z0-9+/=:,\-]*[A-Za-z0-9+/=])",
+    re.DOTALL,
+)
+
+
+class PrivateKeyRecognizer(_RegexRecognizer):
+    """PEM and OpenSSH private key blocks, BEGIN line through END line."""
+
+    ENTITY = "PRIVATE_KEY"
+
+    def _spans(self, text: str) -> list[tuple[int, int, float]]:
+        if "-----BEGIN" not in text:
+            return []
+        return [(m.start(), m.end(), 1.0) for m in _PEM.finditer(text)]
+
+
+# ------------------------------------------------------------------------ passwords
+
+_PW_KEYWORD = (
+    r"(?:pass(?:word|wd|code|phrase)s?|pass\s+phrase|pwd|pw|wi-?fi\s+key"
+    r"|pin(?:\s+(?:code|number))?)"
+)
+# "password for my gmail account", "passcode of the safe", "wifi password at home"
+_PW_QUALIFIER = (
+    r"(?:\s+(?:for|of|on|at|to)\s+(?:(?:my|the|our|your|his|her|their|a)\s+)?"
+    r"[\w.@'\-]+(?:\s+(?:account|login|wifi|router|app|server|box|site|laptop|phone))?)?"
+)
+_PW_VALUE = r"(?P<value>[^\s\"'`<>]{1,128})"
+_PW_QUOTED = "[\"'`\u201c\u2018](?P<qvalue>[^\"'`\u201c\u201d\u2018\u2019\n]{1,128})[\"'`\u201d\u2019]"
+_PASSWORD = re.compile(
+    r"(?i:\b" + _PW_KEYWORD + r"\b)" + _PW_QUALIFIER + r"(?P<sep>"
+    r"\s*[:=]\s*"
+    r"|\s+(?i:is|was|are|=)\s+(?:(?i:now|still|actually|just|set\s+to|changed\s+to)\s+)?"
+    r"|\s+(?i:(?:changed|set|updated|reset)\s+)?(?i:to)\s+"
+    r"|\s+)" + r"(?:" + _PW_QUOTED + r"|" + _PW_VALUE + r")"
+)
+
+# Words that follow "password is ..." / "password ..." in ordinary prose.
+_PW_STOPWORDS = frozenset(
+    """
+    a an the this that these those it its my your his her our their me you him us them
+    i we he she they is are was were be been being am do does did not no never none nil
+    null n/a na unknown same different new old also still now just really very too so
+    and or but if then than as of for on in at to from by with about again again.
+    wrong incorrect correct right invalid valid expired expiring required optional
+    weak strong secure insecure safe unsafe long short simple complex complicated easy
+    hard difficult good bad fine ok okay saved stored written hidden encrypted hashed
+    reset changed updated set locked forgotten lost compromised leaked stolen shared
+    manager managers protected case-sensitive sensitive change changes reset. field
+    prompt box policy policies rules rule requirements length hint hints reminder
+    recovery link email emails page screen dialog please here there somewhere something
+    anything everything nothing which what who where when why how will would should
+    could can cannot can't won't isn't wasn't doesn't didn't don't must might may
+    """.split()  # noqa: SIM905 - a word list reads better as text
+)
+
+
+def _looks_like_prose(value: str, sep: str) -> bool:
+    if sep in ("", "to") and value.isalpha():
+        return True  # "password reset", "password again", "changed to something"
+    return (
+        sep not in (":", "=")
+        and value.isalpha()
+        and value.islower()
+        and value.endswith(("ed", "ing", "ly"))
+    )
+
+
+class PasswordRecognizer(_RegexRecognizer):
+    """The value of a password / passcode / PIN, never the keyword itself.
+
+    Acceptance rules (keyword = password, passwd, pwd, pw, passcode,
+    passphrase, wifi key, PIN):
+
+    * quoted value after a separator (``password is "correct horse"``):
+      always, the span is the inside of the quotes;
+    * ``password: X`` / ``pwd=X``: X unless it is a stop-word ("none", "n/a");
+    * ``password is X`` / ``password changed to X``: X unless it is a
+      stop-word or an all-lowercase word ending in -ed/-ing/-ly ("my password
+      is expired", "is changing", "is really long");
+    * ``password X`` (no separator word): only when X contains a digit or a
+      symbol ("passcode 4821", "password hunter2!"), so "password reset link"
+      or "I forgot my password again" are not passwords;
+    * PIN: the value must be 4-8 digits.
+
+    Trailing sentence punctuation (``.,;:``) and closing brackets are trimmed
+    from unquoted values.  Placeholders (``<PASSWORD_1>``) are never values.
+    """
+
+    ENTITY = "PASSWORD"
+
+    def _spans(self, text: str) -> list[tuple[int, int, float]]:
+        spans: list[tuple[int, int, float]] = []
+        for m in _PASSWORD.finditer(text):
+            keyword = m.group(0)[: m.start("sep") - m.start()].lower()
+            is_pin = keyword.startswith("pin")
+            sep = m.group("sep").strip().lower()
+            if m.group("qvalue") is not None:
+                start, end = m.span("qvalue")
+                value = m.group("qvalue")
+                if value.strip() != value or (is_pin and not value.isdigit()):
+                    continue
+                spans.append((start, end, 0.9))
+                continue
+            start = m.start("value")
+            value = m.group("value").rstrip(".,;:)]}")
+            if not value:
+                continue
+            low = value.lower().rstrip("!?")
+            if is_pin:
+                if not (value.isdigit() and 4 <= len(value) <= 8):
+                    continue
+            elif low in _PW_STOPWORDS or _looks_like_prose(value, sep):
+                continue
+            spans.append((start, start + len(value), 0.85))
+        return spans
+
+
+# ------------------------------------------------------------------------------ JWT
+
+_JWT = re.compile(
+    _B + r"(?P<h>eyJ[A-Za-z0-9_\-]{8,})\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}" + _E
+)
+
+
+def _b64url_json(part: str) -> bool:
+    try:
+        raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        obj: Any = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(obj, dict)
+
+
+class JwtRecognizer(_RegexRecognizer):
+    """JSON Web Tokens: header.payload.signature, header decodes to a JSON object."""
+
+    ENTITY = "JWT"
+
+    def _spans(self, text: str) -> list[tuple[int, int, float]]:
+        if "eyJ" not in text:
+            return []
+        return [
+            (m.start(), m.end(), 1.0)
+            for m in _JWT.finditer(text)
+            if _b64url_json(m.group("h"))
+        ]
+
+
+# ---------------------------------------------------------------------------- crypto
+
+_ETH = re.compile(r"(?<![0-9A-Za-z])0x[0-9a-fA-F]{40}(?![0-9A-Za-z])")
+
+
+class EthAddressRecognizer(_RegexRecognizer):
+    """Ethereum addresses (0x + 40 hex); reported as CRYPTO."""
+
+    ENTITY = "CRYPTO"
+    CONTEXT = ["wallet", "eth", "ethereum", "crypto", "address"]
+
+    def _spans(self, text: str) -> list[tuple[int, int, float]]:
+        return [(m.start(), m.end(), 0.85) for m in _ETH.finditer(text)]
+
+
+# ----------------------------------------------------------------------------- email
+
+
+class OfflineEmailRecognizer(EmailRecognizer):
+    """Presidio's email recognizer validated with an injected, offline TLD extractor.
+
+    Presidio's ``EmailRecognizer.validate_result`` calls the module-level
+    ``tldextract.extract``, whose global extractor may download the public
+    suffix list and write a cache under ``~/.cache``.  This subclass uses the
+    extractor it is given instead (built with ``suffix_list_urls=()`` and
+    ``cache_dir=None``: bundled snapshot only, no network, no disk writes).
+    """
+
+    def __init__(self, extractor: Any) -> None:
+        self._extractor = extractor
+        super().__init__()
+
+    def validate_result(self, pattern_text: str) -> bool:
+        return bool(self._extractor(pattern_text).fqdn != "")
+
+
+# ----------------------------------------------------------------------------- phone
+
+PHONE_REGIONS = (
+    "US", "GB", "DE", "FR", "ES", "IT", "PT", "IN", "BR", "NL", "IE", "CA", "AU",
+)  # fmt: skip
+
+_PHONE_SEPARATORS = frozenset(" -.()/\u00a0")
+
+
+class FormatAwarePhoneRecognizer(PhoneRecognizer):
+    """Presidio's phone recognizer, scored by how the number is written.
+
+    * international (``+CC ...`` or ``00CC ...``): 0.7;
+    * national with separators (``(415) 555-2671``, ``0612 345 678``): 0.5;
+    * a bare run of digits (``4155552671``): 0.3, i.e. below the default
+      threshold unless a context word ("phone", "mobile", "call", "text",
+      "whatsapp", ...) is near -- bare digit runs are mostly order and
+      tracking numbers.  "number" is deliberately *not* a context word
+      ("order number 5138691673").
+    * a match glued to a larger token (``SN-2498-3085-23``, ``51.77.248.156``,
+      ``37.3933``) is dropped.
+
+    Matches are found with ``phonenumbers.PhoneNumberMatcher`` at leniency
+    VALID for each region in ``PHONE_REGIONS`` and de-duplicated by span.
+    """
+
+    CONTEXT = [
+        "phone", "telephone", "tel", "cell", "cellphone", "mobile",
+        "call", "text", "whatsapp", "signal", "reach", "landline", "fax", "dial",
+    ]  # fmt: skip
+
+    def __init__(self) -> None:
+        super().__init__(
+            context=list(self.CONTEXT),
+            supported_regions=PHONE_REGIONS,
+            leniency=1,
+        )
+
+    def analyze(
+        self,
+        text: str,
+        entities: list[str],
+        nlp_artifacts: NlpArtifacts | None = None,
+    ) -> list[RecognizerResult]:
+        seen: dict[tuple[int, int], str] = {}
+        for region in self.supported_regions:
+            for match in phonenumbers.PhoneNumberMatcher(
+                text, region, leniency=1 if self.leniency is None else self.leniency
+            ):
+                seen.setdefault((match.start, match.end), region)
+        out: list[RecognizerResult] = []
+        for (start, end), region in seen.items():
+            raw = text[start:end]
+            before = text[start - 1] if start > 0 else " "
+            after = text[end : end + 2]
+            if before.isalnum() or before in "-./_" or (
+                after[:1] in "-./_" and after[1:2].isalnum()
+            ) or after[:1].isalnum():
+                continue
+            if raw.startswith(("+", "00")):
+                score = 0.7
+            elif any(c in _PHONE_SEPARATORS for c in raw):
+                score = 0.5
+            else:
+                score = 0.3
+            out.append(
+                RecognizerResult(
+                    entity_type="PHONE_NUMBER",
+                    start=start,
+                    end=end,
+                    score=score,
+                    analysis_explanation=AnalysisExplanation(
+                        recognizer=type(self).__name__,
+                        original_score=score,
+                        textual_explanation=f"phone number ({region} matcher)",
+                    ),
+                    recognition_metadata={
+                        RecognizerResult.RECOGNIZER_NAME_KEY: type(self).__name__,
+                        RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+                    },
+                )
+            )
+        return out
