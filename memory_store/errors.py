@@ -5,6 +5,7 @@ StoreError
  │   └── MasterKeyChangedError   the keyring names another master key than this process's (rotated while running)
  ├── WrongMasterKeyError     the master key does not match the database
  ├── CredentialRevokedError  a delayed write's API key was revoked after the request began
+ ├── PolicyChangedError      the tenant's desensitisation policy changed while a write was screened (retried)
  ├── DecryptionError         a ciphertext failed authentication
  ├── NotFoundError           no such tenant / subject / memory (or not visible to the caller)
  ├── ValidationError         bad input to an operation
@@ -35,6 +36,13 @@ class MasterKeyChangedError(ConfigurationError):
 
 class CredentialRevokedError(StoreError):
     code = "credential_revoked"
+
+
+class PolicyChangedError(StoreError):
+    """Raised inside a write's transaction when the policy its texts were screened under is no longer the
+    tenant's; nothing was written and :func:`memory_store.retry.retry_write` runs the write again."""
+
+    code = "policy_changed"
 
 
 class DecryptionError(StoreError):

@@ -84,6 +84,9 @@ class Tenant(Base):
     embedding_model: Mapped[str] = mapped_column(String(200))
     embedding_dim: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Desensitisation policy (None: the defaults) and its revision, which writes re-check under the write lock.
+    sensitive_policy: Mapped[dict[str, Any] | None] = mapped_column(types.JSON, nullable=True)
+    policy_rev: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Subject(Base):
@@ -166,3 +169,22 @@ class SubjectTombstone(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     digest: Mapped[str] = mapped_column(String(64))
     forgotten_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class SensitiveValue(Base):
+    """A pseudonymised original (see :mod:`memory_store.sensitive.vault`): sealed under the subject's data key,
+    found by a digest keyed by that key, named in stored text as ``<entity_type_ordinal>``."""
+
+    __tablename__ = "sensitive_values"
+    __table_args__ = (
+        UniqueConstraint("subject_id", "digest", name="uq_sensitive_values_subject_digest"),
+        UniqueConstraint("subject_id", "entity_type", "ordinal", name="uq_sensitive_values_subject_type_ordinal"),
+    )
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    subject_id: Mapped[str] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"))
+    entity_type: Mapped[str] = mapped_column(String(48))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+    value_ct: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError
 from tenacity import before_sleep_log, retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from memory_store.errors import PolicyChangedError
+
 log = logging.getLogger("sealmem.db")
 F = TypeVar("F", bound=Callable[..., Any])
 _NOT_COMMITTED = {"40001", "40P01", "55P03"}  # serialization_failure, deadlock_detected, lock_not_available
@@ -24,6 +26,8 @@ def _sqlstate(exc: DBAPIError) -> str | None:
 
 
 def is_retryable_write(exc: BaseException) -> bool:
+    if isinstance(exc, PolicyChangedError):
+        return True
     if not isinstance(exc, DBAPIError):
         return False
     return _sqlstate(exc) in _NOT_COMMITTED or "database is locked" in str(exc.orig)

@@ -6,6 +6,7 @@ import builtins
 import logging
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -36,12 +37,25 @@ from memory_store.index_registry import IndexRegistry
 from memory_store.keys import KeyManager
 from memory_store.lexical import LexicalCache, LexicalSource
 from memory_store.migrate import require_head
-from memory_store.models import Memory, MemoryEvent, Subject, SubjectTombstone, Tenant, VectorChange, utcnow
+from memory_store.models import (
+    Memory,
+    MemoryEvent,
+    SensitiveValue,
+    Subject,
+    SubjectTombstone,
+    Tenant,
+    VectorChange,
+    utcnow,
+)
 from memory_store.pgvector_backend import PgVectorBackend
 from memory_store.records import apply_filters, decode, decode_cursor, encode_cursor, metadata_matches, record
 from memory_store.retry import retry_read, retry_write
 from memory_store.sealing import MemorySealer
 from memory_store.search import HybridSearcher, lexical_source
+from memory_store.sensitive.detector import Detector
+from memory_store.sensitive.policy import SensitivePolicy
+from memory_store.sensitive.screener import Screener
+from memory_store.sensitive.vault import Screened, Vault, placeholders_in, restore
 from memory_store.settings import StoreSettings
 from memory_store.types import (
     Filters,
@@ -127,6 +141,7 @@ class MemoryStore:
         master_key: MasterKey,
         embedder: Embedder,
         settings: StoreSettings,
+        detector: Detector | None = None,
     ) -> None:
         self._engine = engine
         self._sessions: sessionmaker[Session] = make_sessionmaker(engine)
@@ -134,6 +149,7 @@ class MemoryStore:
         self._settings = settings
         self._keys = KeyManager(master_key)
         self.audit = AuditLog(self._sessions)
+        self.screener = Screener(self._sessions, detector)
         faiss.omp_set_num_threads(settings.faiss_threads)
         require_head(engine)
         self._bind_master_key()
@@ -176,8 +192,21 @@ class MemoryStore:
         return PgVectorBackend(self._sessions, self._keys, dim=self._embedder.dim)
 
     @classmethod
-    def open(cls, settings: StoreSettings, *, master_key: MasterKey, embedder: Embedder) -> MemoryStore:
-        return cls(engine=make_engine(settings), master_key=master_key, embedder=embedder, settings=settings)
+    def open(
+        cls,
+        settings: StoreSettings,
+        *,
+        master_key: MasterKey,
+        embedder: Embedder,
+        detector: Detector | None = None,
+    ) -> MemoryStore:
+        return cls(
+            engine=make_engine(settings),
+            master_key=master_key,
+            embedder=embedder,
+            settings=settings,
+            detector=detector,
+        )
 
     @property
     def engine(self) -> Engine:
@@ -262,17 +291,30 @@ class MemoryStore:
     def _sealer(self, subject: Subject) -> MemorySealer:
         return MemorySealer(self._keys.subject_key(subject), subject.tenant_id, subject.id)
 
-    def _bump(self, session: Session, tenant_id: str, count: int) -> int:
-        """Take the tenant's write lock and reserve ``count`` change sequence numbers; returns the last."""
-        seq = session.execute(
+    def _bump(self, session: Session, tenant_id: str, count: int, policy: SensitivePolicy | None = None) -> int:
+        """Take the tenant's write lock and reserve ``count`` change sequence numbers; returns the last. A write
+        whose texts were screened under ``policy`` fails (and is retried) if the tenant's policy changed since."""
+        row = session.execute(
             update(Tenant)
             .where(Tenant.id == tenant_id)
             .values(change_seq=Tenant.change_seq + count)
-            .returning(Tenant.change_seq)
-        ).scalar_one_or_none()
-        if seq is None:
+            .returning(Tenant.change_seq, Tenant.policy_rev)
+        ).first()
+        if row is None:
             raise NotFoundError("tenant not found")
-        return int(seq)
+        if policy is not None:
+            self.screener.check(tenant_id, policy, int(row[1] or 0))
+        return int(row[0])
+
+    def _vault(self, session: Session, subject: Subject) -> Vault:
+        return Vault(session, tenant_id=subject.tenant_id, subject_id=subject.id, key=self._keys.subject_key(subject))
+
+    def _stored_text(self, session: Session, subject: Subject, screened: Screened) -> str:
+        """The text to store: pseudonymised values numbered (and sealed) in the subject's vault."""
+        pending = screened.pending
+        if not pending:
+            return screened.embedded
+        return screened.render(self._vault(session, subject).number(pending))
 
     def pseudonym(self, purpose: str, *parts: str) -> str:
         """A keyed digest of ``parts`` (HMAC under a key derived from the master key): a stable name for values
@@ -335,16 +377,22 @@ class MemoryStore:
         tenant_id: str,
         audit: AuditEvent | None,
         touched: Mapping[str, Sequence[str]],
+        desensitised: Mapping[str, Mapping[str, int]] | None = None,
         **detail: Any,
     ) -> None:
         """Append ``audit`` to the tenant's chain inside the change's transaction, one record per subject
-        touched (``touched``: subject -> memory ids), so a per-subject audit query finds every change."""
+        touched (``touched``: subject -> memory ids), so a per-subject audit query finds every change.
+        ``desensitised`` (subject -> sensitive values found by type) goes into that subject's record: counts,
+        never values."""
         if audit is None:
             return
-        events = [
-            replace(audit, subject=subject, memory_ids=list(ids), detail={**audit.detail, **detail})
-            for subject, ids in touched.items()
-        ]
+        events = []
+        for subject, ids in touched.items():
+            extra = {**audit.detail, **detail}
+            found = (desensitised or {}).get(subject)
+            if found:
+                extra["desensitised"] = dict(sorted(found.items()))
+            events.append(replace(audit, subject=subject, memory_ids=list(ids), detail=extra))
         append_all_in(session, tenant_id, events)
 
     # ---- writes ------------------------------------------------------------------------------------
@@ -379,12 +427,13 @@ class MemoryStore:
             return []
         for item in items:
             validation.check_new_memory(item)
-        vectors = self._embedder.embed([item.text for item in items])
+        policy, screened = self.screener.screen(tenant_id, [item.text for item in items])
+        vectors = self._embedder.embed([s.embedded for s in screened])
         now = utcnow()
         known: dict[int, np.ndarray] = {}
         records: list[MemoryRecord] = []
         with self._sessions.begin() as session:
-            last_seq = self._bump(session, tenant_id, len(items))
+            last_seq = self._bump(session, tenant_id, len(items), policy)
             first_seq = last_seq - len(items) + 1
             wanted = {item.subject for item in items}
             self._guard(session, tenant_id, wanted, guard)
@@ -395,11 +444,16 @@ class MemoryStore:
                 )
             }
             rows: list[Memory] = []
-            for item, vector in zip(items, vectors, strict=True):
+            texts: list[str] = []
+            found: dict[str, Counter[str]] = {}
+            for item, vector, screen in zip(items, vectors, screened, strict=True):
                 subject = subjects.get(item.subject) or self._subject_or_create(session, tenant_id, item.subject)
                 subjects[item.subject] = subject
                 sealer = self._sealer(subject)
                 uid = str(uuid.uuid4())
+                text = self._stored_text(session, subject, screen)
+                texts.append(text)
+                found.setdefault(item.subject, Counter()).update(screen.counts)
                 rows.append(
                     Memory(
                         uid=uid,
@@ -409,7 +463,7 @@ class MemoryStore:
                         session_id=item.session_id,
                         kind=item.kind,
                         status="active",
-                        text_ct=sealer.seal_text(uid, item.text),
+                        text_ct=sealer.seal_text(uid, text),
                         metadata_ct=sealer.seal_metadata(uid, item.metadata),
                         embedding_ct=sealer.seal_embedding(uid, vector),
                         importance=float(item.importance),
@@ -445,17 +499,17 @@ class MemoryStore:
                 subject.change_seq = last_seq
                 subject.last_activity_at = now
             records = [
-                record(row, item.subject, text=item.text, metadata=item.metadata)
-                for row, item in zip(rows, items, strict=True)
+                record(row, item.subject, text=text, metadata=item.metadata)
+                for row, item, text in zip(rows, items, texts, strict=True)
             ]
             touched: dict[str, list[str]] = {}
             for item, row in zip(items, rows, strict=True):
                 touched.setdefault(item.subject, []).append(row.uid)
-            self._record_audit(session, tenant_id, audit, touched)
+            self._record_audit(session, tenant_id, audit, touched, desensitised=found)
         self.vectors.after_commit(tenant_id, known)
         added: dict[str, list[LexicalSource]] = {}
-        for row, item in zip(rows, items, strict=True):
-            added.setdefault(row.subject_id, []).append(lexical_source(row, item.text))
+        for row, text in zip(rows, texts, strict=True):
+            added.setdefault(row.subject_id, []).append(lexical_source(row, text))
         for subject_id, sources in added.items():
             self._lexical.advance(subject_id, lexical_before[subject_id], last_seq, upserts=sources)
         return records
@@ -485,16 +539,17 @@ class MemoryStore:
             validation.check_kind(kind)
         if importance is not None:
             validation.check_importance(importance)
-        vector = self._embedder.embed([text])[0] if text is not None else None
+        policy, screened = self.screener.screen(tenant_id, [text] if text is not None else [])
+        vector = self._embedder.embed([screened[0].embedded])[0] if screened else None
         now = utcnow()
         with self._sessions.begin() as session:
-            seq = self._bump(session, tenant_id, 1)  # write lock first: no SQLite read->write upgrade
+            seq = self._bump(session, tenant_id, 1, policy)  # write lock first: no SQLite read->write upgrade
             row, owner = self._memory_row(session, tenant_id, memory_id, subject)
             self._guard(session, tenant_id, [owner.external_id], guard)
             sealer = self._sealer(owner)
             changed: list[str] = []
-            if text is not None:
-                row.text_ct = sealer.seal_text(row.uid, text)
+            if screened:
+                row.text_ct = sealer.seal_text(row.uid, self._stored_text(session, owner, screened[0]))
                 row.embedding_ct = sealer.seal_embedding(row.uid, vector)  # type: ignore[arg-type]
                 changed.append("text")
             if metadata is not None:
@@ -531,7 +586,14 @@ class MemoryStore:
                     detail={"fields": changed},
                 )
             )
-            self._record_audit(session, tenant_id, audit, {owner.external_id: [row.uid]}, fields=changed)
+            self._record_audit(
+                session,
+                tenant_id,
+                audit,
+                {owner.external_id: [row.uid]},
+                desensitised={owner.external_id: screened[0].counts} if screened else None,
+                fields=changed,
+            )
             record = decode(row, owner, sealer)
             row_id = row.id
         self.vectors.after_commit(tenant_id, {row_id: vector} if vector is not None else None)
@@ -764,6 +826,7 @@ class MemoryStore:
             session.add(VectorChange(tenant_id=tenant_id, seq=first_seq, memory_id=-1, op="delete"))
         session.execute(delete(Memory).where(*mine))
         session.execute(delete(MemoryEvent).where(MemoryEvent.subject_id == owner.id))
+        session.execute(delete(SensitiveValue).where(SensitiveValue.subject_id == owner.id))
         session.delete(owner)
         tenant = session.get(Tenant, tenant_id)
         assert tenant is not None
@@ -835,6 +898,99 @@ class MemoryStore:
         return sum(self.purge_expired(tenant_id=tenant_id) for tenant_id in tenants)
 
     # ---- reads -------------------------------------------------------------------------------------
+
+    # ---- desensitisation -----------------------------------------------------------------------------
+
+    def sensitive_policy(self, tenant_id: str) -> SensitivePolicy:
+        """The tenant's desensitisation policy (at most a couple of seconds old)."""
+        return self.screener.read_policy(tenant_id)
+
+    @retry_write
+    def set_sensitive_policy(
+        self,
+        *,
+        tenant_id: str,
+        actions: Mapping[str, str] | None = None,
+        reveal_roles: Iterable[str] | None = None,
+        audit: AuditEvent | None = None,
+    ) -> SensitivePolicy:
+        """Change the tenant's policy (``actions`` for some types, ``reveal_roles`` as a whole); audited in the
+        same transaction with the types whose action changed. Writes already screened under the old policy
+        are screened again before they commit. Nothing already stored is rewritten."""
+        with self._sessions.begin() as session:
+            self._bump(session, tenant_id, 0)  # write lock first
+            row = session.execute(
+                select(Tenant.sensitive_policy, Tenant.policy_rev).where(Tenant.id == tenant_id)
+            ).one()
+            before = SensitivePolicy.stored(row[0], int(row[1] or 0))
+            after = self.screener.store_policy(
+                session, tenant_id, before.changed(actions=actions, reveal_roles=reveal_roles)
+            )
+            if audit is not None:
+                changes = {t: a for t, a in after.actions.items() if before.actions.get(t) != a}
+                detail = {**audit.detail, "actions": changes, "reveal_roles": sorted(after.reveal_roles)}
+                append_all_in(session, tenant_id, [replace(audit, detail=detail)])
+        self.screener.remember(tenant_id, after)
+        return after
+
+    @retry_read
+    def reveal(
+        self, *, tenant_id: str, records: Sequence[MemoryRecord], role: str | None
+    ) -> builtins.list[MemoryRecord]:
+        """``records`` with pseudonymised placeholders replaced by the originals from their subjects' vaults,
+        if the tenant's policy shows originals to ``role`` (None: the operator, always). Placeholders with no
+        original (masked values, or text that merely looks like one) stay as they are."""
+        if not records or (role is not None and not self.sensitive_policy(tenant_id).reveals_to(role)):
+            return list(records)
+        wanted: dict[str, set[tuple[str, int]]] = {}
+        for item in records:
+            found = placeholders_in(item.text)
+            if found:
+                wanted.setdefault(item.subject, set()).update(found)
+        if not wanted:
+            return list(records)
+        originals: dict[str, dict[tuple[str, int], str]] = {}
+        with self._sessions() as session:
+            owners = session.scalars(
+                select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id.in_(wanted))
+            )
+            for owner in owners:
+                originals[owner.external_id] = self._vault(session, owner).originals(wanted[owner.external_id])
+        return [
+            replace(item, text=restore(item.text, originals[item.subject])) if item.subject in originals else item
+            for item in records
+        ]
+
+    @retry_read
+    def originals(
+        self, *, tenant_id: str, subject: str, placeholders: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], str]:
+        """The originals behind a subject's numbered placeholders (type, ordinal) that its vault holds. The
+        caller checks the policy (:meth:`SensitivePolicy.reveals_to`)."""
+        wanted = set(placeholders)
+        if not wanted:
+            return {}
+        with self._sessions() as session:
+            owner = session.scalar(
+                select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject)
+            )
+            return {} if owner is None else self._vault(session, owner).originals(wanted)
+
+    @retry_read
+    def pseudonyms(
+        self, *, tenant_id: str, subject: str, values: Sequence[tuple[str, str]]
+    ) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+        """For text about to leave the process (a prompt to an outside LLM): the ordinals the subject's vault
+        already gives ``values`` (type, original), and the highest ordinal of each type, so new values can be
+        numbered after them. Nothing is added to the vault."""
+        with self._sessions() as session:
+            owner = session.scalar(
+                select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject)
+            )
+            if owner is None:
+                return {}, {}
+            vault = self._vault(session, owner)
+            return vault.find(values), vault.top_ordinals()
 
     def _memory_row(
         self,

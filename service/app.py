@@ -87,6 +87,7 @@ def open_store(settings: Settings, embedder: Embedder | None = None) -> MemorySt
     store = MemoryStore.open(settings, master_key=master_key_from_settings(settings), embedder=embedder)
     try:
         _ = embedder.dim
+        store.screener.detect("warm-up")  # load the sensitive-data detector now, not on the first write
     except Exception:
         store.close()
         raise

@@ -241,6 +241,13 @@ def export(
     tenant: Annotated[str, typer.Option(help="Tenant id or name.")],
     subject: Annotated[str, typer.Option(help="Subject to export.")],
     out: Annotated[Path, typer.Argument(help="New JSONL file to write (mode 0600; holds plaintext).")],
+    reveal: Annotated[
+        bool,
+        typer.Option(
+            help="Write pseudonymised values as their originals (for a subject's access request, or to import "
+            "elsewhere); by default they stay placeholders such as <EMAIL_ADDRESS_1>."
+        ),
+    ] = False,
 ) -> None:
     """Export everything held about a subject as JSON lines: a subject line, memories, history."""
     if out.exists():
@@ -251,10 +258,15 @@ def export(
             data = store.export_subject(tenant_id=tenant_id, subject=subject)
         except NotFoundError as exc:
             raise _fail(str(exc)) from exc
+        if reveal:
+            data["memories"] = store.reveal(tenant_id=tenant_id, records=data["memories"], role=None)
         store.audit.append(
             tenant_id=tenant_id,
             event=Caller.operator().event(
-                "subject.export", subject=subject, memory_ids=[m.id for m in data["memories"]]
+                "subject.export",
+                subject=subject,
+                memory_ids=[m.id for m in data["memories"]],
+                detail={"revealed": reveal},
             ),
         )
     _write_private(out, _export_lines(data))

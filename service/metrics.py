@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from memory_store.store import MemoryStore
@@ -39,6 +39,14 @@ class StoreCollector(Collector):
             "Approximate size of the loaded FAISS indexes.",
             value=totals.loaded_index_bytes,
         )
+        detections = CounterMetricFamily(
+            "sealmem_sensitive_detections",
+            "Sensitive values detected in writes by this process, by type (whatever the policy did with them).",
+            labels=["type"],
+        )
+        for entity_type, count in sorted(self._store.screener.counts().items()):
+            detections.add_metric([entity_type], count)
+        yield detections
 
 
 class Metrics:

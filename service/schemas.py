@@ -20,6 +20,8 @@ from pydantic import (
 from memory_store import validation
 from memory_store.audit import AuditEntry, VerifyReport
 from memory_store.credentials import ApiKeyInfo, Role
+from memory_store.sensitive.detector import ENTITY_TYPES
+from memory_store.sensitive.policy import SensitivePolicy
 from memory_store.types import HistoryEntry, MemoryRecord, SearchHit, Stats, SubjectInfo
 from service.tokens import Scope
 
@@ -409,3 +411,40 @@ class AuditVerifyOut(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+SensitiveAction = Literal["keep", "mask", "pseudonymise", "reject"]
+RevealRole = Literal["admin", "app", "reader", "subject"]
+
+
+class DesensitisationOut(BaseModel):
+    actions: dict[str, SensitiveAction] = Field(
+        description="What a write does with each type of sensitive value: `keep` it, `mask` it for good "
+        "(`<TYPE>`), `pseudonymise` it (`<TYPE_N>`, stable within the subject, the original sealed under the "
+        "subject's key) or `reject` the write (422 `sensitive_data_rejected`)."
+    )
+    reveal_roles: list[RevealRole] = Field(
+        description="Roles that see pseudonymised originals in reads (others see `<TYPE_N>`)."
+    )
+    types: dict[str, Literal["pii", "secret"]] = Field(description="Every type the detector finds, by category.")
+    revision: int
+
+    @classmethod
+    def of(cls, policy: SensitivePolicy) -> DesensitisationOut:
+        return cls(
+            actions=dict(policy.actions),
+            reveal_roles=sorted(policy.reveal_roles),
+            types=dict(ENTITY_TYPES),
+            revision=policy.revision,
+        )
+
+
+class DesensitisationUpdate(Request):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"actions": {"CREDIT_CARD": "reject"}, "reveal_roles": ["app", "subject"]}]}
+    )
+
+    actions: dict[Annotated[str, StringConstraints(min_length=1, max_length=48)], SensitiveAction] | None = Field(
+        default=None, description="New actions for some types; the others keep theirs."
+    )
+    reveal_roles: list[RevealRole] | None = Field(default=None, description="The whole new set of roles.")

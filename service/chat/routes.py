@@ -309,7 +309,7 @@ def _chat_response(outcome: ChatOutcome) -> ChatResponse:
         model=outcome.model,
         injection=req.injection,
         finish_reason=stats.finish_reason,
-        memories_used=[UsedMemory.of(h) for h in prepared.used],
+        memories_used=[UsedMemory.of(h, prepared.shield.restore(h.memory.text)) for h in prepared.used],
         memories_dropped=list(prepared.prompt.dropped_memory_ids),
         memories_written=written,
         write_back=WriteBackStatus(**outcome.write_back),
@@ -629,6 +629,9 @@ async def get_session(
         subject=subject,
         memory_ids=[t.id for t in turns],
         detail={"session_id": session_id},
+    )
+    turns = await asyncio.to_thread(
+        services.store.reveal, tenant_id=principal.tenant_id, records=turns, role=principal.role
     )
     return SessionDetail(session_id=session_id, subject=subject, turns=[TurnOut.of(t) for t in turns])
 

@@ -54,10 +54,10 @@ class UsedMemory(BaseModel):
     occurred_at: datetime | None
 
     @classmethod
-    def of(cls, hit: SearchHit) -> UsedMemory:
+    def of(cls, hit: SearchHit, text: str | None = None) -> UsedMemory:
         m = hit.memory
         return cls(
-            id=m.id, text=m.text, score=round(hit.score, 6), dense_score=hit.dense_score,
+            id=m.id, text=m.text if text is None else text, score=round(hit.score, 6), dense_score=hit.dense_score,
             lexical_score=hit.lexical_score, kind=m.kind, created_at=m.created_at, occurred_at=m.occurred_at,
         )
 

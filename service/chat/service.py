@@ -20,6 +20,7 @@ from memory_store import Filters, MemoryRecord, MemoryStore, NotFoundError, Sear
 from service.auditing import Caller
 from service.chat.sessions import TURN_KIND, SessionStore
 from service.chat.settings import ChatSettings
+from service.chat.shield import Shield, shield_turn
 from service.chat.writeback import FACT_KINDS, WriteBackJob, WriteBackWorker
 from service.errors import InvalidInput, ServiceError
 from service.llm.backend import ChatMessage, GenerationParams, GenerationStats, LLMBackend, LLMNotReadyError
@@ -91,6 +92,7 @@ class Prepared:
     started: float
     history_ids: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    shield: Shield = field(default_factory=Shield)
 
     @property
     def used(self) -> list[SearchHit]:
@@ -202,16 +204,29 @@ class ChatService:
             asyncio.to_thread(self._retrieve, req), asyncio.to_thread(self._history, req)
         )
         retrieved = time.perf_counter()
+        shielded = await asyncio.to_thread(  # SensitiveDataRejected (422) when the message holds a rejected type
+            shield_turn,
+            self.store,
+            tenant_id=req.tenant_id,
+            subject=req.subject,
+            role=req.caller.role,
+            external=self.backend.external,
+            message=req.message,
+            history=history,
+            extra_system=req.extra_system,
+            memory_texts=[h.memory.text for h in hits],
+        )
+        screened = time.perf_counter()
         budget = self.backend.context_tokens - req.params.max_new_tokens
         builder = PromptBuilder(self.backend.counter, self.style)
         prompt = builder.build(  # PromptTooLongError (422 message_too_long) when the message cannot fit
-            message=req.message,
+            message=shielded.message,
             memories=[_item(h) for h in hits],
-            history=history,
+            history=shielded.history,
             budget_tokens=budget,
             working_memory_tokens=self.settings.chat_working_memory_tokens,
             memory_tokens=self.settings.chat_memory_tokens,
-            extra_system=req.extra_system,
+            extra_system=shielded.extra_system,
         )
         built = time.perf_counter()
         return Prepared(
@@ -220,7 +235,12 @@ class ChatService:
             hits=hits,
             started=started,
             history_ids=history_ids,
-            timings={"retrieval_ms": _ms(retrieved - started), "prompt_ms": _ms(built - retrieved)},
+            timings={
+                "retrieval_ms": _ms(retrieved - started),
+                "screening_ms": _ms(screened - retrieved),
+                "prompt_ms": _ms(built - screened),
+            },
+            shield=shielded.shield,
         )
 
     # ---- step 2: generation -----------------------------------------------------------------------
@@ -239,9 +259,13 @@ class ChatService:
                 hits=tuple(prepared.used),
                 backend=self.backend,
             )
-            return injector.stream(request, req.params.for_tenant(req.tenant_id), stats, cancel=cancel)
-        messages = prepared.prompt.messages(with_memories=req.injection == "prompt")
-        return self.backend.stream(messages, req.params.for_tenant(req.tenant_id), stats, cancel=cancel)
+            deltas = injector.stream(request, req.params.for_tenant(req.tenant_id), stats, cancel=cancel)
+        else:
+            messages = prepared.prompt.messages(with_memories=req.injection == "prompt")
+            deltas = self.backend.stream(messages, req.params.for_tenant(req.tenant_id), stats, cancel=cancel)
+        if prepared.shield.masked:
+            stats.info["masked_values"] = prepared.shield.masked
+        return prepared.shield.restore_stream(deltas)
 
     # ---- step 3: write-back -----------------------------------------------------------------------
 

@@ -172,6 +172,8 @@ class LLMBackend(abc.ABC):
     """One LLM. Subclasses implement :meth:`stream`; everything else has defaults."""
 
     kind: str = "abstract"
+    # Whether prompts leave this process (a remote server): the chat loop then masks sensitive values in them.
+    external: bool = False
 
     @property
     @abc.abstractmethod

@@ -49,6 +49,7 @@ def map_openai_error(exc: BaseException) -> LLMError:
 
 class OpenAIBackend(LLMBackend):
     kind = "openai"
+    external = True
 
     def __init__(
         self,

@@ -14,6 +14,8 @@ from service.schemas import (
     AuditEntryOut,
     AuditPage,
     AuditVerifyOut,
+    DesensitisationOut,
+    DesensitisationUpdate,
     ForgetResult,
     HistoryEntryOut,
     KeyCreate,
@@ -50,7 +52,8 @@ def inspect_memories(
             limit=limit,
         )
         note.touch(page.items)
-    return MemoryPage(items=[MemoryOut.of(m) for m in page.items], next_cursor=page.next_cursor)
+        items = services.store.reveal(tenant_id=principal.tenant_id, records=page.items, role=principal.role)
+    return MemoryPage(items=[MemoryOut.of(m) for m in items], next_cursor=page.next_cursor)
 
 
 @router.get("/subjects", response_model=SubjectPage, summary="Subjects with memory counts and last activity")
@@ -84,10 +87,11 @@ def export_subject(subject: SubjectPath, principal: Admin, services: ServicesDep
     with services.auditor.record(request, principal, "subject.export", subject=subject) as note:
         data = services.store.export_subject(tenant_id=principal.tenant_id, subject=subject)
         note.memory_ids = [m.id for m in data["memories"]]
+        memories = services.store.reveal(tenant_id=principal.tenant_id, records=data["memories"], role=principal.role)
     return SubjectExport(
         subject=data["subject"],
         created_at=data["created_at"],
-        memories=[MemoryOut.of(m) for m in data["memories"]],
+        memories=[MemoryOut.of(m) for m in memories],
         history=[HistoryEntryOut.of(e) for e in data["history"]],
     )
 
@@ -185,3 +189,39 @@ def verify_audit(principal: Admin, services: ServicesDep, request: Request) -> A
     with services.auditor.record(request, principal, "audit.verify") as note:
         note.detail = {"ok": report.ok, "head_seq": report.head_seq}
     return AuditVerifyOut.of(report)
+
+
+@router.get(
+    "/desensitisation",
+    response_model=DesensitisationOut,
+    summary="The tenant's desensitisation policy",
+    description="What writes do with sensitive values (emails, phone numbers, cards, IBANs, IP addresses, "
+    "national ids, crypto addresses, API keys, private keys, passwords, JWTs), and which roles see "
+    "pseudonymised originals. Names and places are not detected.",
+)
+def get_desensitisation(principal: Admin, services: ServicesDep, request: Request) -> DesensitisationOut:
+    with services.auditor.record(request, principal, "policy.read"):
+        policy = services.store.sensitive_policy(principal.tenant_id)
+    return DesensitisationOut.of(policy)
+
+
+@router.patch(
+    "/desensitisation",
+    response_model=DesensitisationOut,
+    summary="Change the tenant's desensitisation policy",
+    description="Applies to writes from now on (a write in flight is screened again under the new policy); "
+    "memories already stored keep the text they were stored with.",
+)
+def set_desensitisation(
+    body: DesensitisationUpdate, principal: Admin, services: ServicesDep, request: Request
+) -> DesensitisationOut:
+    if body.actions is None and body.reveal_roles is None:
+        raise InvalidInput("nothing to change: send actions, reveal_roles or both")
+    with services.auditor.record(request, principal, "policy.update") as note:
+        policy = services.store.set_sensitive_policy(
+            tenant_id=principal.tenant_id,
+            actions=body.actions,
+            reveal_roles=body.reveal_roles,
+            audit=note.change(),
+        )
+    return DesensitisationOut.of(policy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -51,6 +52,7 @@ def add_memories(
             audit=note.change(),
             guard=note.caller.guard(),
         )
+    records = services.store.reveal(tenant_id=principal.tenant_id, records=records, role=principal.role)
     if isinstance(body, MemoryBatchCreate):
         return MemoryBatchOut(memories=[MemoryOut.of(r) for r in records])
     return MemoryOut.of(records[0])
@@ -74,7 +76,8 @@ def list_memories(
             limit=limit,
         )
         note.touch(page.items)
-    return MemoryPage(items=[MemoryOut.of(m) for m in page.items], next_cursor=page.next_cursor)
+        items = services.store.reveal(tenant_id=principal.tenant_id, records=page.items, role=principal.role)
+    return MemoryPage(items=[MemoryOut.of(m) for m in items], next_cursor=page.next_cursor)
 
 
 @router.post("/search", response_model=SearchResponse, summary="Hybrid (vector + keyword) search of a subject")
@@ -90,7 +93,10 @@ def search_memories(body: SearchRequest, principal: Reader, services: ServicesDe
         )
         services.metrics.search_latency.observe(time.perf_counter() - started)
         note.memory_ids = [h.memory.id for h in hits]
-    return SearchResponse(results=[SearchResult.of_hit(h) for h in hits])
+        shown = services.store.reveal(
+            tenant_id=principal.tenant_id, records=[h.memory for h in hits], role=principal.role
+        )
+    return SearchResponse(results=[SearchResult.of_hit(replace(h, memory=m)) for h, m in zip(hits, shown, strict=True)])
 
 
 @router.get("/{memory_id}", response_model=MemoryOut, summary="Read one memory")
@@ -100,6 +106,7 @@ def get_memory(memory_id: MemoryId, principal: Reader, services: ServicesDep, re
     ) as note:
         record = services.store.get(tenant_id=principal.tenant_id, memory_id=memory_id, subject=principal.subject)
         note.subject = record.subject
+        (record,) = services.store.reveal(tenant_id=principal.tenant_id, records=[record], role=principal.role)
     return MemoryOut.of(record)
 
 
@@ -134,6 +141,7 @@ def update_memory(
             **changes,
         )
         note.subject = record.subject
+    (record,) = services.store.reveal(tenant_id=principal.tenant_id, records=[record], role=principal.role)
     return MemoryOut.of(record)
 
 

@@ -25,6 +25,8 @@ class Script:
     delay_s: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    echo: bool = False  # reply with the last user message instead of the fake's answer
+    chunk_chars: int = 0  # stream the reply in pieces of this many characters (0: word by word)
 
 
 def fake_openai_app(script: Script, *, model: str = "tiny-remote") -> FastAPI:
@@ -41,7 +43,8 @@ def fake_openai_app(script: Script, *, model: str = "tiny-remote") -> FastAPI:
         if script.delay_s:
             await asyncio.sleep(script.delay_s)
         messages = [ChatMessage(m["role"], m["content"]) for m in body["messages"]]
-        words = FakeBackend.reply_for(messages).split(" ")[: body.get("max_tokens") or 1000]
+        reply = "Echo: " + messages[-1].content if script.echo else FakeBackend.reply_for(messages)
+        words = reply.split(" ")[: body.get("max_tokens") or 1000]
         created = int(time.time())
         if not body.get("stream"):
             return {
@@ -58,7 +61,11 @@ def fake_openai_app(script: Script, *, model: str = "tiny-remote") -> FastAPI:
                 return f"data: {json.dumps(payload)}\n\n"
 
             yield chunk({"role": "assistant", "content": ""})
-            for i, word in enumerate(words):
+            if script.chunk_chars:
+                text = " ".join(words)
+                for at in range(0, len(text), script.chunk_chars):
+                    yield chunk({"content": text[at : at + script.chunk_chars]})
+            for i, word in enumerate(words if not script.chunk_chars else []):
                 yield chunk({"content": word if i == 0 else " " + word})
             yield chunk({}, "stop")
             yield "data: [DONE]\n\n"

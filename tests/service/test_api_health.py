@@ -79,6 +79,8 @@ def test_openapi_documents_every_operation_with_the_error_body_and_examples(api)
         ("DELETE", "/v1/admin/keys/{key_id}"),
         ("GET", "/v1/admin/audit"),
         ("GET", "/v1/admin/audit/verify"),
+        ("GET", "/v1/admin/desensitisation"),
+        ("PATCH", "/v1/admin/desensitisation"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
         ("GET", "/metrics"),
