@@ -1089,13 +1089,32 @@ class MemoryStore:
         hits, row_ids = self._searcher.search(
             tenant_id=tenant_id,
             subject=subject,
-            query=query,
+            query=self._screen_query(tenant_id, subject, query),
             k=k,
             filters=filters or Filters(),
             fusion=fusion or FusionConfig(),
         )
         self._touch(row_ids)
         return hits
+
+    def _screen_query(self, tenant_id: str, subject: str, query: str) -> str:
+        """A query as memories are stored: a value the subject's vault holds becomes its ``<TYPE_N>`` (so the
+        keyword index finds it), any other value the policy does not keep becomes ``<TYPE>``; the embedder
+        never sees it. Nothing is rejected or added to the vault."""
+        policy = self.screener.policy(tenant_id)
+        if not policy.screens:
+            return query
+        findings = [f for f in self.screener.detect(query) if policy.action(f.entity_type) != "keep"]
+        if not findings:
+            return query
+        values = [(f.entity_type, query[f.start : f.end]) for f in findings]
+        known = self.pseudonyms(tenant_id=tenant_id, subject=subject, values=values)[0]
+        parts, at = [], 0
+        for finding, value in zip(findings, values, strict=True):
+            ordinal = known.get(value)
+            parts += [query[at : finding.start], f"<{value[0]}_{ordinal}>" if ordinal else f"<{value[0]}>"]
+            at = finding.end
+        return "".join(parts) + query[at:]
 
     @retry_read
     def history(self, *, tenant_id: str, memory_id: str, subject: str | None = None) -> builtins.list[HistoryEntry]:

@@ -88,6 +88,12 @@ def test_pseudonyms_are_stable_within_a_subject_and_revealed_by_role(
     # Search finds the memory by what the placeholder stands for, and hands out the stored text.
     hits = vstore.search(tenant_id=tenant_id, subject="ana", query="what is my email address", k=3)
     assert hits and all(EMAIL not in h.memory.text for h in hits)
+    # A query holding a value is screened like a write: the embedder never sees it, and the value the vault
+    # holds is searched as its placeholder, so the keyword index finds the memories that mention it.
+    recording.seen.clear()
+    hits = vstore.search(tenant_id=tenant_id, subject="ana", query=f"card {CARD.replace(' ', '-')}", k=3)
+    assert recording.seen == ["card <CREDIT_CARD_1>"]
+    assert {h.memory.id for h in hits if h.lexical_score} == {first.id, again.id}
 
 
 def test_secrets_are_masked_for_good_and_rejection_stores_nothing(vstore: MemoryStore) -> None:
