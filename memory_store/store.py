@@ -1080,8 +1080,10 @@ class MemoryStore:
         k: int = 10,
         filters: Filters | None = None,
         fusion: FusionConfig | None = None,
+        role: str | None = None,
     ) -> builtins.list[SearchHit]:
-        """Hybrid dense + BM25 search over one subject's memories, filters applied inside the search."""
+        """Hybrid dense + BM25 search over one subject's memories, filters applied inside the search. The query
+        is screened as a write would be (:meth:`as_stored`, for a caller of ``role``)."""
         if not isinstance(query, str) or not query.strip():
             raise ValidationError("query must be a non-empty string")
         if not 1 <= k <= 1000:
@@ -1089,7 +1091,7 @@ class MemoryStore:
         hits, row_ids = self._searcher.search(
             tenant_id=tenant_id,
             subject=subject,
-            query=self._screen_query(tenant_id, subject, query),
+            query=self.as_stored(tenant_id=tenant_id, subject=subject, text=query, role=role),
             k=k,
             filters=filters or Filters(),
             fusion=fusion or FusionConfig(),
@@ -1097,24 +1099,28 @@ class MemoryStore:
         self._touch(row_ids)
         return hits
 
-    def _screen_query(self, tenant_id: str, subject: str, query: str) -> str:
-        """A query as memories are stored: a value the subject's vault holds becomes its ``<TYPE_N>`` (so the
-        keyword index finds it), any other value the policy does not keep becomes ``<TYPE>``; the embedder
-        never sees it. Nothing is rejected or added to the vault."""
-        policy = self.screener.policy(tenant_id)
+    def as_stored(self, *, tenant_id: str, subject: str, text: str, role: str | None = None) -> str:
+        """``text`` as memories are stored, without writing anything: a value the subject's vault holds becomes
+        its ``<TYPE_N>`` (so a search finds the memories that mention it), any other value the policy does not
+        keep becomes ``<TYPE>``. Vault ordinals are used only for ``role`` None (the service itself) or a role
+        the policy shows originals to: to anyone else a match would confirm a guessed value. Nothing is
+        rejected; a search query passes through here, so the embedder never sees a value."""
+        policy = self.screener.policy(tenant_id, max_age_s=self.screener.read_ttl_s)
         if not policy.screens:
-            return query
-        findings = [f for f in self.screener.detect(query) if policy.action(f.entity_type) != "keep"]
+            return text
+        findings = [f for f in self.screener.detect(text) if policy.action(f.entity_type) != "keep"]
         if not findings:
-            return query
-        values = [(f.entity_type, query[f.start : f.end]) for f in findings]
-        known = self.pseudonyms(tenant_id=tenant_id, subject=subject, values=values)[0]
+            return text
+        values = [(f.entity_type, text[f.start : f.end]) for f in findings]
+        known: dict[tuple[str, str], int] = {}
+        if role is None or policy.reveals_to(role):
+            known = self.pseudonyms(tenant_id=tenant_id, subject=subject, values=values)[0]
         parts, at = [], 0
         for finding, value in zip(findings, values, strict=True):
             ordinal = known.get(value)
-            parts += [query[at : finding.start], f"<{value[0]}_{ordinal}>" if ordinal else f"<{value[0]}>"]
+            parts += [text[at : finding.start], f"<{value[0]}_{ordinal}>" if ordinal else f"<{value[0]}>"]
             at = finding.end
-        return "".join(parts) + query[at:]
+        return "".join(parts) + text[at:]
 
     @retry_read
     def history(self, *, tenant_id: str, memory_id: str, subject: str | None = None) -> builtins.list[HistoryEntry]:

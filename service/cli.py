@@ -21,6 +21,7 @@ from memory_store.db import make_engine, make_sessionmaker
 from memory_store.embedder import Embedder
 from memory_store.errors import NotFoundError, StoreError
 from memory_store.migrate import current_revision, upgrade
+from memory_store.sensitive.vault import SensitiveDataRejected
 from memory_store.store import MemoryStore
 from memory_store.types import NewMemory
 from service.auditing import OPERATOR, Caller
@@ -298,6 +299,10 @@ def import_(
     with _env(ctx).opened() as (_, store):
         tenant_id = _tenant_id_of(store, tenant)
         caller = Caller.operator("cli-import")
+        try:  # a type the tenant's policy rejects stops the import before its first batch is written
+            store.screener.screen(tenant_id, [item.text for item in items])
+        except SensitiveDataRejected as exc:
+            raise _fail(f"nothing imported: {exc}") from exc
         with _progress() as progress:
             task = progress.add_task("importing memories", total=len(items))
             for start in range(0, len(items), IMPORT_BATCH):

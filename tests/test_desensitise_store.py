@@ -201,3 +201,19 @@ def test_forget_removes_the_sealed_originals(vstore: MemoryStore) -> None:
     assert again.text == "My email is <EMAIL_ADDRESS_1>."
     (shown,) = vstore.reveal(tenant_id=tenant_id, records=[again], role=None)
     assert shown.text == "My email is new@example.org."
+
+
+def test_a_policy_relaxed_by_another_process_reaches_this_one_within_the_cache_age(
+    vstore: MemoryStore, open_store: Callable[..., MemoryStore]
+) -> None:
+    import time
+
+    tenant_id = vstore.create_tenant(name="acme").id
+    other = open_store()
+    other.set_sensitive_policy(tenant_id=tenant_id, actions={"CREDIT_CARD": "reject"})
+    vstore.screener.read_ttl_s = 0.2
+    with pytest.raises(SensitiveDataRejected):
+        add(vstore, tenant_id, f"Pay with {CARD}.")  # this process now caches "reject"
+    other.set_sensitive_policy(tenant_id=tenant_id, actions={"CREDIT_CARD": "pseudonymise"})
+    time.sleep(0.3)
+    assert add(vstore, tenant_id, f"Pay with {CARD}.").text == "Pay with <CREDIT_CARD_1>."

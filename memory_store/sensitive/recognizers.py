@@ -40,6 +40,7 @@ Recognizers:
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import re
@@ -155,6 +156,9 @@ _PREFIXED_KEY = re.compile(
     + r"|npm_[A-Za-z0-9]{36}"
     + r"|SG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,}"
     + r"|SK[0-9a-fA-F]{32}"
+    # incoming-webhook URLs carry their secret in the path: the whole URL is the key
+    + r"|https?://hooks\.slack\.com/(?:services|workflows|triggers)/T[A-Z0-9]{6,}/[A-Z0-9]{6,}/[A-Za-z0-9]{16,}"
+    + r"|https?://(?:canary\.|ptb\.)?discord(?:app)?\.com/api/webhooks/[0-9]{15,22}/[A-Za-z0-9_\-]{40,}"
     + r")"
     + _E
 )
@@ -213,15 +217,80 @@ _PEM = re.compile(
 )
 
 
+_B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_B58_INDEX = {c: i for i, c in enumerate(_B58_ALPHABET)}
+_B58 = "[1-9A-HJ-NP-Za-km-z]"
+
+# Bitcoin WIF private keys (version 0x80): uncompressed "5H/5J/5K" + 49 chars,
+# compressed "K"/"L" + 51 chars; BIP32 extended private keys xprv/tprv.
+_WIF = re.compile(
+    r"(?<![A-Za-z0-9])(?:5[HJK]" + _B58 + r"{49}|[KL]" + _B58 + r"{51}"
+    r"|[xt]prv" + _B58 + r"{107,108})(?![A-Za-z0-9])"
+)
+# A raw 256-bit key in hex is indistinguishable from a sha256 digest, so it
+# is only a key right after a wallet-key phrase ("private key", "wallet key",
+# "seed", "privkey", ...), possibly with a few words in between
+# ("private key for my MetaMask wallet is 0x...").
+_HEX_KEY = re.compile(
+    r"(?i:\b(?:(?:wallet|eth(?:ereum)?|bitcoin|btc|crypto|metamask|account|hex)[\s_\-]+)?"
+    r"(?:private[\s_\-]?key|priv[\s_\-]?key|privkey|wallet[\s_\-]?key|seed(?:[\s_\-]?hex)?|secret[\s_\-]?exponent)s?\b)"
+    r"(?:[^\n.!?]|\.(?!\s)){0,48}?"
+    r"(?<![0-9A-Za-z])(?P<value>(?:0x)?[0-9a-fA-F]{64})(?![0-9A-Za-z])"
+)
+_HEX_KEY_HINT = re.compile(r"(?i:key|seed|secret)")
+
+
+def _base58check_payload(value: str) -> bytes | None:
+    n = 0
+    for c in value:
+        n = n * 58 + _B58_INDEX[c]
+    pad = len(value) - len(value.lstrip("1"))
+    raw = b"\0" * pad + n.to_bytes((n.bit_length() + 7) // 8, "big")
+    payload, check = raw[:-4], raw[-4:]
+    if len(raw) < 5 or hashlib.sha256(hashlib.sha256(payload).digest()).digest()[:4] != check:
+        return None
+    return payload
+
+
+def _is_private_key_b58(value: str) -> bool:
+    payload = _base58check_payload(value)
+    if payload is None:
+        return False
+    if value[1:4] == "prv":
+        return len(payload) == 78
+    return payload[0] == 0x80 and (
+        len(payload) == 33 or (len(payload) == 34 and payload[-1] == 0x01)
+    )
+
+
 class PrivateKeyRecognizer(_RegexRecognizer):
-    """PEM and OpenSSH private key blocks, BEGIN line through END line."""
+    """Private keys: PEM / OpenSSH blocks and cryptocurrency wallet keys.
+
+    * ``-----BEGIN ... PRIVATE KEY-----`` blocks, BEGIN line through END line
+      (score 1.0);
+    * Bitcoin WIF keys (``5...``, 51 chars; ``K...``/``L...``, 52 chars) and
+      BIP32 ``xprv``/``tprv`` extended keys whose base58check checksum and
+      version byte verify (score 1.0, no context needed);
+    * 64 hex digits (optionally ``0x``-prefixed) within a few words after
+      "private key", "privkey", "wallet key", "seed", ... (score 0.95).  A
+      bare 64-hex value is a sha256 digest, not a key.
+    """
 
     ENTITY = "PRIVATE_KEY"
 
     def _spans(self, text: str) -> list[tuple[int, int, float]]:
-        if "-----BEGIN" not in text:
-            return []
-        return [(m.start(), m.end(), 1.0) for m in _PEM.finditer(text)]
+        spans: list[tuple[int, int, float]] = []
+        if "-----BEGIN" in text:
+            spans.extend((m.start(), m.end(), 1.0) for m in _PEM.finditer(text))
+        if len(text) >= 51:
+            spans.extend(
+                (m.start(), m.end(), 1.0)
+                for m in _WIF.finditer(text)
+                if _is_private_key_b58(m.group(0))
+            )
+        if len(text) >= 64 and _HEX_KEY_HINT.search(text):
+            spans.extend((*m.span("value"), 0.95) for m in _HEX_KEY.finditer(text))
+        return spans
 
 
 # ------------------------------------------------------------------------ passwords

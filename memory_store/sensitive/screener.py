@@ -20,10 +20,11 @@ from memory_store.sensitive.vault import Screened, plain, screen
 class Screener:
     """Screens texts by their tenant's policy before they are embedded or encrypted.
 
-    Policies are cached per process. A write screens with the cached policy and re-checks its revision inside
-    its transaction, under the tenant's write lock (:meth:`check`): a policy changed by another process since is
-    a :class:`PolicyChangedError`, and the write runs again with the new one. Reads (who may see originals)
-    use a policy at most ``read_ttl_s`` old.
+    Policies are cached per process, at most ``read_ttl_s`` old when used. A write also re-checks the
+    revision it screened under inside its transaction, under the tenant's write lock (:meth:`check`): a policy
+    changed by another process since is a :class:`PolicyChangedError`, and the write runs again with the new
+    one. So no write commits under an old policy, and a change reaches every process's reads, prompts and
+    rejections within ``read_ttl_s``.
     """
 
     def __init__(
@@ -31,7 +32,7 @@ class Screener:
     ) -> None:
         self._sessions = sessions
         self._detector = detector
-        self._read_ttl_s = read_ttl_s
+        self.read_ttl_s = read_ttl_s
         self._lock = threading.Lock()
         self._policies: dict[str, tuple[SensitivePolicy, float]] = {}
         self._counts: Counter[str] = Counter()
@@ -61,7 +62,7 @@ class Screener:
         return policy
 
     def read_policy(self, tenant_id: str) -> SensitivePolicy:
-        return self.policy(tenant_id, max_age_s=self._read_ttl_s)
+        return self.policy(tenant_id, max_age_s=self.read_ttl_s)
 
     def check(self, tenant_id: str, policy: SensitivePolicy, revision: int) -> None:
         """Inside a write: ``revision`` is the tenant's current one (read with its write lock)."""
@@ -90,17 +91,33 @@ class Screener:
 
     def screen(self, tenant_id: str, texts: Sequence[str]) -> tuple[SensitivePolicy, list[Screened]]:
         """``texts`` after the tenant's policy (raises ``SensitiveDataRejected``), with the policy used."""
-        policy = self.policy(tenant_id)
+        policy = self.policy(tenant_id, max_age_s=self.read_ttl_s)
         if not policy.screens:
             return policy, [plain(text) for text in texts]
         findings = [self.detect(text) for text in texts]
-        found = Counter(f.entity_type for items in findings for f in items)
+        self.count(Counter(f.entity_type for items in findings for f in items))
+        return policy, [screen(text, items, policy) for text, items in zip(texts, findings, strict=True)]
+
+    def mask_rejected(self, tenant_id: str, text: str) -> str:
+        """``text`` with values of the types the policy rejects replaced by ``<TYPE>`` (for text that must be
+        stored although it was not the caller's to refuse, such as an LLM's reply)."""
+        policy = self.policy(tenant_id, max_age_s=self.read_ttl_s)
+        if "reject" not in policy.actions.values():
+            return text
+        parts, at = [], 0
+        for finding in self.detect(text):
+            if policy.action(finding.entity_type) == "reject":
+                parts += [text[at : finding.start], f"<{finding.entity_type}>"]
+                at = finding.end
+        return "".join(parts) + text[at:]
+
+    def count(self, found: Counter[str]) -> None:
+        """Add detections made outside writes (prompts masked for an outside LLM) to :meth:`counts`."""
         if found:
             with self._lock:
                 self._counts.update(found)
-        return policy, [screen(text, items, policy) for text, items in zip(texts, findings, strict=True)]
 
     def counts(self) -> dict[str, int]:
-        """Values detected in writes since this process started, by type (for /metrics)."""
+        """Values detected since this process started, by type (for /metrics)."""
         with self._lock:
             return dict(self._counts)

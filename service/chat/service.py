@@ -93,6 +93,7 @@ class Prepared:
     history_ids: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     shield: Shield = field(default_factory=Shield)
+    masked_message: str | None = None  # the message as an outside LLM saw it (None: prompts stay in process)
 
     @property
     def used(self) -> list[SearchHit]:
@@ -163,6 +164,7 @@ class ChatService:
                 query=req.message,
                 k=req.k,
                 filters=Filters(kinds=kinds),
+                role=req.caller.role,
             )
         except NotFoundError:
             return []  # a subject's first message: nothing to remember yet
@@ -216,12 +218,13 @@ class ChatService:
             extra_system=req.extra_system,
             memory_texts=[h.memory.text for h in hits],
         )
+        shown = dict(zip((h.memory.id for h in hits), shielded.memory_texts, strict=True))
         screened = time.perf_counter()
         budget = self.backend.context_tokens - req.params.max_new_tokens
         builder = PromptBuilder(self.backend.counter, self.style)
         prompt = builder.build(  # PromptTooLongError (422 message_too_long) when the message cannot fit
             message=shielded.message,
-            memories=[_item(h) for h in hits],
+            memories=[_item(h, shown[h.memory.id]) for h in hits],
             history=shielded.history,
             budget_tokens=budget,
             working_memory_tokens=self.settings.chat_working_memory_tokens,
@@ -241,6 +244,7 @@ class ChatService:
                 "prompt_ms": _ms(built - screened),
             },
             shield=shielded.shield,
+            masked_message=shielded.message if self.backend.external else None,
         )
 
     # ---- step 2: generation -----------------------------------------------------------------------
@@ -270,6 +274,9 @@ class ChatService:
     # ---- step 3: write-back -----------------------------------------------------------------------
 
     def _store_turns(self, req: ChatRequest, reply: str) -> list[MemoryRecord]:
+        # The caller has the reply already: a type the policy rejects in it (a card the model made up, an
+        # original restored for the caller) is masked in the stored turn rather than failing the turn.
+        reply = self.store.screener.mask_rejected(req.tenant_id, reply)
         return self.sessions.append_turns(
             tenant_id=req.tenant_id,
             subject=req.subject,
@@ -301,6 +308,8 @@ class ChatService:
                     caller=req.caller,
                     turn_id=turns[0].id if turns else None,
                     agent_id=req.agent_id,
+                    masked_text=prepared.masked_message,
+                    shield=prepared.shield,
                 )
                 result = self.worker.submit(job)
                 write_back = {"status": result.status, "job_id": job.job_id}
@@ -336,9 +345,9 @@ class ChatService:
         return await self.finish(prepared, "".join(parts).strip(), stats)
 
 
-def _item(hit: SearchHit) -> MemoryItem:
+def _item(hit: SearchHit, text: str) -> MemoryItem:
     memory = hit.memory
-    return MemoryItem(memory.id, memory.text, hit.score, memory.occurred_at or memory.created_at)
+    return MemoryItem(memory.id, text, hit.score, memory.occurred_at or memory.created_at)
 
 
 def _turn_message(record: MemoryRecord) -> ChatMessage:

@@ -11,6 +11,7 @@ role. A placeholder split across streamed chunks is held back until it is comple
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -59,6 +60,7 @@ class Shielded:
     message: str
     history: list[ChatMessage]
     extra_system: str
+    memory_texts: list[str]
 
 
 def shield_turn(
@@ -74,11 +76,17 @@ def shield_turn(
     memory_texts: Sequence[str],
 ) -> Shielded:
     """Screen one chat turn (raises :class:`SensitiveDataRejected` when the message holds a rejected type, before
-    anything is generated or stored) and build the shield that restores its reply."""
+    anything is generated or stored) and build the shield that restores its reply.
+
+    For an ``external`` backend every text of the prompt is screened, memories included (one stored before its
+    type was screened, or while it was kept, may hold a value). A value the subject's vault holds gets the
+    vault's placeholder when ``role`` may see originals; otherwise, and for new values, the next free ordinal
+    of its type, so the reply can be restored without confirming anything to a caller who may not see it."""
     policy = store.sensitive_policy(tenant_id)
     shield = Shield()
-    texts = [message, extra_system, *(m.content for m in history)]
+    texts = [message, extra_system, *(m.content for m in history), *memory_texts]
     masked = list(texts)
+    revealing = policy.reveals_to(role)
     if policy.screens:
         detect = store.screener.detect
         found = [detect(text) if (i == 0 or external) and text else [] for i, text in enumerate(texts)]
@@ -86,6 +94,7 @@ def shield_turn(
         if rejected:
             raise SensitiveDataRejected(rejected)
         if external:
+            store.screener.count(Counter(f.entity_type for items in found for f in items))
             values = [
                 (f.entity_type, text[f.start : f.end])
                 for text, items in zip(texts, found, strict=True)
@@ -94,7 +103,7 @@ def shield_turn(
             ]
             if values:
                 known, top = store.pseudonyms(tenant_id=tenant_id, subject=subject, values=values)
-                numbered = dict(known)
+                numbered = dict(known) if revealing else {}
                 for pair in values:
                     if pair not in numbered:
                         top[pair[0]] = top.get(pair[0], 0) + 1
@@ -111,14 +120,16 @@ def shield_turn(
                         at = f.end
                         shield.masked += 1
                     masked[i] = "".join(out) + text[at:]
-    if policy.reveals_to(role):
-        stored = set().union(*(placeholders_in(t) for t in [*memory_texts, *(m.content for m in history)]))
+    if revealing:
+        stored = set().union(*(placeholders_in(t) for t in texts[2:]))
         missing = stored - set(shield.originals)
         if missing:
             shield.originals.update(store.originals(tenant_id=tenant_id, subject=subject, placeholders=missing))
+    cut = 2 + len(history)
     return Shielded(
         shield=shield,
         message=masked[0],
-        history=[replace(m, content=c) for m, c in zip(history, masked[2:], strict=True)],
+        history=[replace(m, content=c) for m, c in zip(history, masked[2:cut], strict=True)],
         extra_system=masked[1],
+        memory_texts=masked[cut:],
     )

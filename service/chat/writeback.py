@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +32,7 @@ from memory_store.store import TOMBSTONE_RETENTION
 from service.auditing import Caller, outcome_of
 from service.chat.distill import Distiller, Slot, Statement, slot_of
 from service.chat.sessions import CHAT_SOURCE
+from service.chat.shield import Shield
 
 log = logging.getLogger("sealmem.chat")
 FACT_KINDS = ("fact", "preference", "event", "note", "summary")
@@ -49,6 +50,10 @@ class WriteBackJob:
     turn_id: str | None = None
     agent_id: str | None = None
     job_id: str = field(default_factory=lambda: "wb_" + uuid.uuid4().hex)
+    # The message as the chat's LLM saw it (sensitive values as placeholders) when the backend is outside the
+    # process: the distiller, which may call that LLM, gets this, and ``shield`` restores its statements.
+    masked_text: str | None = None
+    shield: Shield | None = None
 
 
 @dataclass
@@ -117,8 +122,11 @@ class Reconciler:
     def apply(self, job: WriteBackJob, statement: Statement, result: WriteBackResult) -> None:
         audit = job.caller.event("chat.write_back", detail={"job_id": job.job_id, "message_id": job.message_id})
         guard = job.caller.guard(delayed=True)
-        slot = slot_of(statement.text)
-        candidates = self._candidates(job, statement, slot)
+        # Slots and similarity are judged on the statement as it would be stored (sensitive values as their
+        # placeholders): slot values go into metadata, which is not screened.
+        stored = self._store.as_stored(tenant_id=job.tenant_id, subject=job.subject, text=statement.text)
+        slot = slot_of(stored)
+        candidates = self._candidates(job, replace(statement, text=stored), slot)
         conflicts: list[MemoryRecord] = []
         duplicate: MemoryRecord | None = None
         best = 0.0
@@ -133,7 +141,7 @@ class Reconciler:
                 continue
             if slot is not None and other is not None:
                 continue  # about different things
-            similarity = jaccard(statement.text, record.text)
+            similarity = jaccard(stored, record.text)
             dense = hit.dense_score or 0.0
             if (similarity >= self._dup_words or dense >= self._dup_dense) and max(similarity, dense) > best:
                 duplicate, best = record, max(similarity, dense)
@@ -152,7 +160,7 @@ class Reconciler:
             }
             if slot is not None:
                 merged.update(slot=slot.key, slot_value=slot.value)
-            newer_text = statement.text if statement.text.strip() != duplicate.text.strip() else None
+            newer_text = statement.text if stored.strip() != duplicate.text.strip() else None
             self._store.update(
                 tenant_id=job.tenant_id,
                 memory_id=duplicate.id,
@@ -300,7 +308,11 @@ class WriteBackWorker:
         started = time.perf_counter()
         try:
             if not self._cancelled(job):
-                statements = await self.distiller.distill(job.text)
+                if job.masked_text is not None and job.shield is not None:
+                    statements = await self.distiller.distill(job.masked_text)
+                    statements = [replace(s, text=job.shield.restore(s.text)) for s in statements]
+                else:
+                    statements = await self.distiller.distill(job.text)
                 result.statements = len(statements)
                 for statement in statements:
                     if self._cancelled(job):

@@ -89,7 +89,12 @@ def search_memories(body: SearchRequest, principal: Reader, services: ServicesDe
         filters = to_filters(body.filters, services.limits)
         started = time.perf_counter()
         hits = services.store.search(
-            tenant_id=principal.tenant_id, subject=subject, query=body.query, k=k, filters=filters
+            tenant_id=principal.tenant_id,
+            subject=subject,
+            query=body.query,
+            k=k,
+            filters=filters,
+            role=principal.role,
         )
         services.metrics.search_latency.observe(time.perf_counter() - started)
         note.memory_ids = [h.memory.id for h in hits]

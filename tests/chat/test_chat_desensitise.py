@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import func, select
 
 from memory_store.models import SensitiveValue
-from service.chat.shield import Shield
+from service.chat.distill import LLMDistiller
+from service.chat.shield import Shield, shield_turn
 from service.llm.openai_backend import OpenAIBackend
 from tests.chat.fakes import serve
 from tests.chat.openai_server import Script, fake_openai_app
@@ -175,3 +176,78 @@ def test_placeholders_split_across_chunks_are_restored() -> None:
         parts = asyncio.run(collect(size))
         assert "".join(parts) == expected
         assert not [p for p in parts if "EMAIL_ADDRESS_1" in p or "CREDIT_CARD_1" in p]
+
+
+def test_the_llm_distiller_sees_masked_text_and_its_statements_are_stored_screened(
+    make_chat: Callable[..., Harness], llm_url: str, script: Script
+) -> None:
+    backend = OpenAIBackend(base_url=llm_url, model="tiny-remote", timeout_s=5.0, max_retries=0)
+    harness = make_chat(llm=backend, distiller=LLMDistiller(backend))
+    keys = harness.tenant()
+    script.echo = True  # not a JSON list: the distiller falls back to its rules, on the text it was given
+    harness.chat(keys.app, subject="ana", session_id="s1", message=f"My email is {EMAIL}. I live in Porto.")
+    harness.drain()
+    assert len(script.requests) == 2  # the reply, then the distillation
+    assert not [c for c in CANARIES if c in sent(script)]
+    facts = [m for m in harness.store.list(tenant_id=keys.id, subject="ana", limit=50).items if m.kind != "turn"]
+    assert "My email is <EMAIL_ADDRESS_1>." in [m.text for m in facts]
+    shown = harness.store.reveal(tenant_id=keys.id, records=facts, role="app")
+    assert f"My email is {EMAIL}." in [m.text for m in shown]
+    for memory in facts:  # slots are kept as placeholders too: metadata is not screened
+        assert EMAIL not in json.dumps(memory.metadata)
+
+
+def test_write_back_metadata_never_holds_a_value(harness: Harness) -> None:
+    keys = harness.tenant()
+    harness.chat(keys.app, subject="ana", session_id="s1", message=f"My email is {EMAIL}.")
+    harness.chat(keys.app, subject="ana", session_id="s1", message="My email is other.person@example.net.")
+    harness.drain()
+    listed = harness.client.get("/v1/memories", params={"subject": "ana", "limit": 100}, headers=bearer(keys.reader))
+    assert listed.status_code == 200
+    assert EMAIL not in listed.text and "other.person" not in listed.text
+    facts = [m for m in listed.json()["items"] if m["kind"] != "turn"]
+    # The slot is judged on the text as stored (the turn went first, so the vault numbered the value).
+    assert {m["metadata"].get("slot_value") for m in facts} == {"<email_address_1>", "<email_address_2>"}
+
+
+def test_memories_stored_before_screening_are_masked_in_prompts(remote: Harness, script: Script) -> None:
+    keys = remote.tenant()
+    patch = {"actions": {"EMAIL_ADDRESS": "keep"}}
+    assert remote.client.patch("/v1/admin/desensitisation", json=patch, headers=bearer(keys.admin)).status_code == 200
+    remote.add(keys.app, "ana", f"My email address is {EMAIL}.")
+    patch = {"actions": {"EMAIL_ADDRESS": "pseudonymise"}}
+    assert remote.client.patch("/v1/admin/desensitisation", json=patch, headers=bearer(keys.admin)).status_code == 200
+    out = remote.chat(keys.app, subject="ana", session_id="s1", message="What is my email address?", write_back=False)
+    assert EMAIL not in sent(script) and "<EMAIL_ADDRESS_1>" in sent(script)
+    assert EMAIL in out["reply"]
+
+
+def test_a_rejected_type_in_the_reply_is_masked_in_the_stored_turn(harness: Harness) -> None:
+    keys = harness.tenant()
+    patch = {"actions": {"CREDIT_CARD": "keep"}}
+    assert harness.client.patch("/v1/admin/desensitisation", json=patch, headers=bearer(keys.admin)).status_code == 200
+    harness.add(keys.app, "ana", f"My card number is {CARD}.")
+    patch = {"actions": {"CREDIT_CARD": "reject"}}
+    assert harness.client.patch("/v1/admin/desensitisation", json=patch, headers=bearer(keys.admin)).status_code == 200
+    out = harness.chat(keys.app, subject="ana", session_id="s1", message="What is my card number?")
+    assert CARD in out["reply"]  # the local model read the old memory; the caller gets its answer
+    turns = harness.store.list(tenant_id=keys.id, subject="ana", limit=50).items
+    replies = [t.text for t in turns if t.kind == "turn" and t.metadata.get("role") == "assistant"]
+    assert len(replies) == 1 and replies[0].startswith("You told me: My card number is <CREDIT_CARD>.")
+
+
+def test_callers_who_may_not_see_originals_get_no_vault_placeholders(remote: Harness, script: Script) -> None:
+    keys = remote.tenant()
+    remote.add(keys.app, "ana", f"My email address is {EMAIL}.")
+    shielded = shield_turn(
+        remote.store, tenant_id=keys.id, subject="ana", role="reader", external=True,
+        message=f"Is {EMAIL} the address?", history=[], extra_system="", memory_texts=[],
+    )
+    assert shielded.message == "Is <EMAIL_ADDRESS_2> the address?"  # not the vault's <EMAIL_ADDRESS_1>
+    allowed = shield_turn(
+        remote.store, tenant_id=keys.id, subject="ana", role="app", external=True,
+        message=f"Is {EMAIL} the address?", history=[], extra_system="", memory_texts=[],
+    )
+    assert allowed.message == "Is <EMAIL_ADDRESS_1> the address?"
+    hits = remote.store.search(tenant_id=keys.id, subject="ana", query=EMAIL, role="reader", k=1)
+    assert hits  # searched as <EMAIL_ADDRESS>, matching no particular value

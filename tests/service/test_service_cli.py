@@ -177,3 +177,28 @@ def test_import_rejects_a_bad_file_before_writing_anything(tmp_path):
         services = client.app.state.services
         tenant_id = services.store.list_tenants()[0].id
         assert services.store.stats(tenant_id=tenant_id).memories == 0
+
+
+def test_export_keeps_placeholders_unless_revealed_and_import_refuses_rejected_types(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data")
+    cli = make_cli(settings=settings, embedder=HashingEmbedder())
+    source = _tenant(cli, "source")
+    target = _tenant(cli, "target")
+    with TestClient(create_app(settings, embedder=HashingEmbedder(), llm=FakeBackend())) as client:
+        body = {"subject": "u1", "text": "My email is ana.canary@example.org and card 4111 1111 1111 1111."}
+        assert client.post("/v1/memories", json=body, headers=bearer(source["admin_key"])).status_code == 201
+        target_admin = target["admin_key"]
+        changed = client.patch("/v1/admin/desensitisation", json={"actions": {"CREDIT_CARD": "reject"}},
+                               headers=bearer(target_admin))
+        assert changed.status_code == 200
+    masked, revealed = tmp_path / "masked.jsonl", tmp_path / "revealed.jsonl"
+    assert runner.invoke(cli, ["export", "--tenant", "source", "--subject", "u1", str(masked)]).exit_code == 0
+    assert "<EMAIL_ADDRESS_1>" in masked.read_text() and "ana.canary" not in masked.read_text()
+    result = runner.invoke(cli, ["export", "--tenant", "source", "--subject", "u1", "--reveal", str(revealed)])
+    assert result.exit_code == 0 and "ana.canary@example.org" in revealed.read_text()
+    refused = runner.invoke(cli, ["import", "--tenant", "target", str(revealed)])
+    assert refused.exit_code == 1 and "CREDIT_CARD" in refused.output and "4111" not in refused.output
+    with TestClient(create_app(settings, embedder=HashingEmbedder(), llm=FakeBackend())) as client:
+        store = client.app.state.services.store
+        target_id = next(t.id for t in store.list_tenants() if t.name == "target")
+        assert store.stats(tenant_id=target_id).memories == 0
