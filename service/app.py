@@ -31,6 +31,7 @@ from service.maintenance import Maintenance
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.routes import admin, health, memories, tokens
+from service.routes.operations import operation_id
 from service.services import build_services
 from service.settings import Settings
 
@@ -172,6 +173,7 @@ def create_app(
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
         dependencies=[Depends(reject_unknown_query)],
     )
     install_error_handlers(app)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 
-from service.auth import subject_for
+from service.auth import Principal, subject_for
 from service.deps import Reader, ServicesDep, Writer
 from service.errors import ERROR_RESPONSES, InvalidInput
 from service.routes.common import ListParams, list_params, new_memory, to_filters
@@ -17,6 +17,7 @@ from service.schemas import (
     HistoryResponse,
     MemoryBatchCreate,
     MemoryBatchOut,
+    MemoryCreate,
     MemoryCreateBody,
     MemoryOut,
     MemoryPage,
@@ -25,6 +26,7 @@ from service.schemas import (
     SearchResponse,
     SearchResult,
 )
+from service.services import Services
 
 router = APIRouter(prefix="/v1/memories", tags=["memories"], responses=ERROR_RESPONSES)
 MemoryId = Annotated[str, Path(min_length=1, max_length=64, description="The memory's id.")]
@@ -41,7 +43,25 @@ MemoryId = Annotated[str, Path(min_length=1, max_length=64, description="The mem
 def add_memories(
     body: MemoryCreateBody, principal: Writer, services: ServicesDep, request: Request
 ) -> MemoryOut | MemoryBatchOut:
-    items = body.memories if isinstance(body, MemoryBatchCreate) else [body]
+    if isinstance(body, MemoryBatchCreate):
+        return MemoryBatchOut(memories=_add(body.memories, principal, services, request))
+    return _add([body], principal, services, request)[0]
+
+
+@router.post(
+    "/batch",
+    status_code=201,
+    response_model=MemoryBatchOut,
+    summary="Add a batch of memories (atomically)",
+    description="All or nothing: one bad item, or one the desensitisation policy rejects, stores none.",
+)
+def add_memory_batch(
+    body: MemoryBatchCreate, principal: Writer, services: ServicesDep, request: Request
+) -> MemoryBatchOut:
+    return MemoryBatchOut(memories=_add(body.memories, principal, services, request))
+
+
+def _add(items: list[MemoryCreate], principal: Principal, services: Services, request: Request) -> list[MemoryOut]:
     services.limits.batch(len(items))
     with services.auditor.record(request, principal, "memory.add", subject=principal.subject) as note:
         news = [new_memory(principal, item, services.limits) for item in items]
@@ -53,9 +73,7 @@ def add_memories(
             guard=note.caller.guard(),
         )
     records = services.store.reveal(tenant_id=principal.tenant_id, records=records, role=principal.role)
-    if isinstance(body, MemoryBatchCreate):
-        return MemoryBatchOut(memories=[MemoryOut.of(r) for r in records])
-    return MemoryOut.of(records[0])
+    return [MemoryOut.of(r) for r in records]
 
 
 @router.get("", response_model=MemoryPage, summary="List a subject's memories, newest first")

@@ -61,6 +61,7 @@ def test_openapi_documents_every_operation_with_the_error_body_and_examples(api)
     operations = {(m.upper(), p) for p, item in spec["paths"].items() for m in item}
     assert operations == {
         ("POST", "/v1/memories"),
+        ("POST", "/v1/memories/batch"),
         ("GET", "/v1/memories"),
         ("POST", "/v1/memories/search"),
         ("GET", "/v1/memories/{memory_id}"),
@@ -118,3 +119,27 @@ def test_lifespan_persists_and_closes_the_store(tmp_path, migrated_db):
             "/v1/memories/search", json={"subject": "a", "query": "persist"}, headers=bearer(key.secret)
         ).json()
         assert found["results"][0]["text"] == "persist me"
+
+
+def test_operation_ids_are_the_stable_names_clients_call(api):
+    spec = api.client.get("/openapi.json").json()
+    ids = {(m.upper(), p): op["operationId"] for p, item in spec["paths"].items() for m, op in item.items()}
+    assert ids[("POST", "/v1/memories/search")] == "memories_search"
+    assert ids[("POST", "/v1/memories")] == "memories_add"
+    assert ids[("POST", "/v1/memories/batch")] == "memories_add_batch"
+    assert ids[("DELETE", "/v1/admin/subjects/{subject}")] == "admin_subjects_forget"
+    assert len(set(ids.values())) == len(ids)
+    assert all(op_id.isidentifier() and op_id.islower() for op_id in ids.values())
+    for item in spec["paths"].values():
+        assert all(op["tags"] for op in item.values())
+
+
+def test_batch_add_has_its_own_operation_and_the_combined_form_still_works(api):
+    t = api.tenant()
+    batch = {"memories": [{"subject": "ana", "text": "one"}, {"subject": "ana", "text": "two"}]}
+    own = api.client.post("/v1/memories/batch", json=batch, headers=bearer(t.app))
+    assert own.status_code == 201 and [m["text"] for m in own.json()["memories"]] == ["one", "two"]
+    combined = api.client.post("/v1/memories", json=batch, headers=bearer(t.app))
+    assert combined.status_code == 201 and len(combined.json()["memories"]) == 2
+    single = api.client.post("/v1/memories/batch", json={"subject": "ana", "text": "x"}, headers=bearer(t.app))
+    assert single.status_code == 422
