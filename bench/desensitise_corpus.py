@@ -8,6 +8,15 @@ sentences are full of lookalikes (order/invoice/tracking numbers, dates,
 times, prices, versions, Luhn-invalid 16-digit numbers, IBANs with bad check
 digits, hashes, UUIDs, URLs, "password" without a value, ...).
 
+A second block (``planted_v2`` / ``clean_v2``, own seeded stream) covers the
+error classes found by a held-out evaluation: Mastercard 2-series cards,
+wallet private keys (hex after a key phrase, WIF, xprv), password phrasings
+(credential pairs, "pass:"/"pw:", quoted passphrases, PINs and door codes,
+"changed it to X", URL userinfo), separated Spanish NIF/NIE, Slack/Discord
+webhook URLs; and clean lookalikes (dotted dates, versions after a keyword,
+subnet masks, ZIP+4, number lists, documentation IPs, public DNS resolvers,
+digests without key context, bad-checksum WIF, "boarding pass: ...").
+
 Each output line: ``{"text": ..., "spans": [{"type", "start", "end"}],
 "kind": "planted"|"clean"}``.
 
@@ -628,9 +637,217 @@ def clean(rng: random.Random) -> list[dict[str, object]]:
     ]
 
 
+# ------------------------------------------------- held-out error classes (v2)
+# Added after an independent held-out evaluation; generated from their own
+# seeded stream (seed + 2), so the rows above are unchanged.
+
+
+def make_card_2series(rng: random.Random) -> str:
+    body = str(rng.randint(2221, 2720)) + digits(rng, 11)
+    num = body + luhn_digit(body)
+    sep = rng.choice(["-", " ", "", "-"])
+    return sep.join(num[i : i + 4] for i in range(0, 16, 4))
+
+
+def make_bad_card_2series(rng: random.Random) -> str:
+    body = str(rng.randint(2221, 2720)) + digits(rng, 11)
+    bad = str((int(luhn_digit(body)) + rng.randint(1, 9)) % 10)
+    num = body + bad
+    return rng.choice(["-", " "]).join(num[i : i + 4] for i in range(0, 16, 4))
+
+
+def make_hex_key(rng: random.Random) -> str:
+    return rng.choice(["", "0x"]) + rand(rng, 64, "0123456789abcdef" if rng.random() < 0.8 else "0123456789ABCDEF")
+
+
+def make_wif(rng: random.Random) -> str:
+    secret = bytes(rng.randrange(256) for _ in range(32))
+    if rng.random() < 0.4:
+        return base58check(b"\x80" + secret)  # uncompressed: 5H/5J/5K, 51 chars
+    return base58check(b"\x80" + secret + b"\x01")  # compressed: K/L, 52 chars
+
+
+def make_xprv(rng: random.Random) -> str:
+    payload = bytes.fromhex("0488ade4") + bytes(rng.randrange(256) for _ in range(41)) + b"\x00"
+    return base58check(payload + bytes(rng.randrange(256) for _ in range(32)))
+
+
+def make_bad_wif(rng: random.Random) -> str:
+    wif = make_wif(rng)
+    i = rng.randrange(5, len(wif) - 1)
+    return wif[:i] + rng.choice([c for c in B58 if c != wif[i]]) + wif[i + 1 :]
+
+
+def make_nif_sep(rng: random.Random) -> str:
+    n = make_nif(rng)
+    style = rng.random()
+    if style < 0.4:
+        return f"{n[:2]}.{n[2:5]}.{n[5:8]}-{n[8]}"
+    if style < 0.7:
+        return f"{n[:8]} {n[8]}"
+    return f"{n[:8]}-{n[8]}"
+
+
+def make_nie_sep(rng: random.Random) -> str:
+    n = make_nie(rng)
+    sep = rng.choice(["-", " "])
+    return f"{n[0]}{sep}{n[1:8]}{sep}{n[8]}"
+
+
+def make_strong_password(rng: random.Random) -> str:
+    w = rng.choice([*PASSWORD_WORDS, "winter", "summer", "autumn", "dragon", "monkey"])
+    return rng.choice([
+        f"{w.capitalize()}#{rng.randint(2015, 2026)}",
+        f"{w}{rng.randint(10, 999)}!",
+        rand(rng, rng.randint(8, 14), ALNUM + "!#$%&*@"),
+        f"{w.capitalize()}{rng.randint(1, 99)}",
+    ])  # fmt: skip
+
+
+def make_passphrase(rng: random.Random) -> str:
+    words = ["purple", "monkey", "dishwasher", "correct", "horse", "battery", "staple", "blue", "river", "lantern", "tiger", "cactus"]
+    return " ".join(rng.sample(words, rng.randint(3, 5)))
+
+
+def make_code(rng: random.Random) -> str:
+    return digits(rng, rng.choice([4, 4, 4, 5, 6]))
+
+
+def make_slack_webhook(rng: random.Random) -> str:
+    up = string.ascii_uppercase + string.digits
+    return f"https://hooks.slack.com/services/T{rand(rng, 8, up)}/B{rand(rng, 10, up)}/{rand(rng, 24)}"
+
+
+def make_discord_webhook(rng: random.Random) -> str:
+    return f"https://discord.com/api/webhooks/{digits(rng, 18)}/{rand(rng, 68, ALNUM + '_-')}"
+
+
+def make_lan_ip(rng: random.Random) -> str:
+    return rng.choice([f"192.168.{rng.randint(0, 5)}.{rng.randint(2, 254)}", f"10.0.{rng.randint(0, 20)}.{rng.randint(2, 254)}"])
+
+
+V2_PLANTED: list[tuple[str, dict[str, tuple[str, Callable[[random.Random], str]]]]] = [
+    # 1. Mastercard 2-series
+    *[(t, {"v": ("CREDIT_CARD", make_card_2series)}) for t in [
+        "My new Mastercard is {v}, expires 11/28.", "paid the deposit with {v}", "card number: {v}",
+        "{v} is the replacement card the bank sent", "Use the debit card {v} for online orders",
+        "the Mastercard ending 4 digits, full number {v}",
+    ]],
+    # 2. crypto wallet private keys
+    *[(t, {"v": ("PRIVATE_KEY", make_hex_key)}) for t in [
+        "My wallet private key is {v}, never share it", "private key: {v}", "MetaMask private key {v}",
+        "wallet key = {v}", "the seed for the old wallet is {v}", "ETH private key for the hot wallet: {v}",
+        "privkey {v} (testnet only)", "Backup of my wallet key: {v}",
+    ]],
+    *[(t, {"v": ("PRIVATE_KEY", make_wif)}) for t in [
+        "Bitcoin private key (WIF): {v}", "import {v} into Electrum", "{v} is the paper wallet key",
+        "the WIF for the cold wallet is {v}", "sweep {v} before the fork",
+    ]],
+    *[(t, {"v": ("PRIVATE_KEY", make_xprv)}) for t in [
+        "xprv for the multisig: {v}", "master extended key {v}",
+    ]],
+    # 3. passwords
+    *[(t, {"v": ("PASSWORD", make_strong_password)}) for t in [
+        "credentials admin / {v}", "Router credentials: admin/{v}", "creds for the staging db are root / {v}",
+        "login: {u} / pass: {v}", "user {u} pass: {v}", "pass: {v}", "pw: {v}", "PW={v}",
+        "My password is literally {v}", "the password is actually {v} now",
+        "username and password: {u}:{v}", "Login for the NAS: {u} / {v}",
+    ]],
+    *[(t, {"v": ("PASSWORD", make_password)}) for t in [
+        "pass: {v}", "pw: {v} (don't tell anyone)", "my password is literally {v}",
+        "credentials are {u} / {v}", "creds: {u} / {v}",
+    ]],
+    *[(t, {"v": ("PASSWORD", make_passphrase)}) for t in [
+        "The passphrase is '{v}'", "my wallet passphrase is \"{v}\"", "passphrase for the backup drive: '{v}'",
+        "GPG passphrase \u201c{v}\u201d", "pass phrase is '{v}'",
+    ]],
+    *[(t, {"v": ("PASSWORD", make_code)}) for t in [
+        "My PIN is {v}", "PIN: {v}", "bank card PIN {v}", "the SIM PIN code is {v}",
+        "the door code is {v}", "Alarm code: {v}", "garage code is {v}, the gate code is the same",
+        "front door code {v}", "the keypad code for the building is {v}", "the lockbox code at the cabin is {v}",
+    ]],
+    ("my password was {w} but I changed it to {v}", {"w": ("PASSWORD", make_strong_password), "v": ("PASSWORD", make_strong_password)}),
+    ("The wifi password is {w}; I changed it to {v} after the party", {"w": ("PASSWORD", make_password), "v": ("PASSWORD", make_strong_password)}),
+    ("I forgot my email password so I reset it to {v}", {"v": ("PASSWORD", make_strong_password)}),
+    ("old password {w}, the new one is {v}", {"w": ("PASSWORD", make_strong_password), "v": ("PASSWORD", make_password)}),
+    # 5. Spanish ids with separators
+    *[(t, {"v": ("ES_NIF", make_nif_sep)}) for t in [
+        "Mi DNI es {v}.", "NIF {v} for the invoice", "My DNI: {v}", "{v} is my Spanish tax id",
+    ]],
+    *[(t, {"v": ("ES_NIE", make_nie_sep)}) for t in [
+        "My NIE is {v}.", "NIE {v} for the rental", "{v} is on my residency card", "The notary wrote {v}",
+    ]],
+    # 6. secrets in URLs
+    *[(t, {"v": ("API_KEY", make_slack_webhook)}) for t in [
+        "Slack webhook: {v}", "post alerts to {v}", "the incoming webhook is {v} for #ops",
+    ]],
+    ("Discord webhook {v}", {"v": ("API_KEY", make_discord_webhook)}),
+    *[(t, {"v": ("PASSWORD", make_strong_password)}) for t in [
+        "clone https://{u}:{v}@git.example.com/team/repo.git", "DATABASE_URL=postgres://{u}:{v}@db.internal:5432/app",
+        "the feed is at https://{u}:{v}@feeds.example.org/rss", "ftp://{u}:{v}@files.example.net/backups",
+    ]],
+    # lookalikes next to real values
+    ("The router at {v} runs firmware 2.0.0.1 now", {"v": ("IP_ADDRESS", make_lan_ip)}),
+    ("ssh {v}; the mask is 255.255.255.0 and DNS is 8.8.8.8", {"v": ("IP_ADDRESS", make_lan_ip)}),
+    # a NINO starting "PW" is not a password keyword
+    ("my NI number is {v}", {"v": ("UK_NINO", lambda r: "PW " + " ".join(digits(r, 2) for _ in range(3)) + " " + r.choice("ABCD"))}),
+    ("{v} is my national insurance number", {"v": ("UK_NINO", lambda r: "PW" + digits(r, 6) + r.choice("ABCD"))}),
+]  # fmt: skip
+
+USERS = ["admin", "root", "ana", "bob", "pi", "ubnt", "deploy", "maria.s"]
+
+V2_CLEAN: list[Callable[[random.Random], str]] = [
+    lambda r: f"We met on {r.randint(1, 28):02d}.{r.randint(1, 12):02d}.{r.randint(2019, 2025)} in {r.choice(CITIES)}",
+    lambda r: f"The party is on {r.randint(1, 28)}.{r.randint(1, 12)}.{r.randint(23, 26)}, bring snacks",
+    lambda r: f"Chrome is on {r.randint(110, 130)}.0.{r.randint(5000, 6999)}.{r.randint(10, 199)} after the update",
+    lambda r: f"Windows {r.choice(['10', '11'])}.0.{r.randint(19041, 22631)}.{r.randint(1000, 4000)} broke the printer driver",
+    lambda r: f"We updated to {r.randint(1, 4)}.0.0.{r.randint(1, 9)} last night",
+    lambda r: f"The minimum is at least {r.randint(100, 130)}.0.0.0",
+    lambda r: f"release {r.randint(1, 12)}.{r.randint(0, 9)}.{r.randint(0, 99)}.{r.randint(0, 999)} is tagged",
+    lambda r: f"the build was tagged {r.randint(1, 9)}.{r.randint(0, 9)}.{r.randint(0, 9)}.{r.randint(0, 99)} yesterday",
+    lambda r: f"The subnet mask is 255.255.{r.choice(['255.0', '0.0', '255.128', '255.252'])}",
+    lambda r: f"Ship it to the office, ZIP {r.randint(10000, 99999)}-{r.randint(1000, 9999)}",
+    lambda r: f"My lottery numbers are {' '.join(str(n) for n in sorted(r.sample(range(1, 50), 6)))}",
+    lambda r: f"The docs use {r.choice(['192.0.2', '198.51.100', '203.0.113'])}.{r.randint(1, 254)} as the example host",
+    lambda r: f"Set the DNS to {r.choice(['8.8.8.8', '1.1.1.1', '9.9.9.9', '8.8.4.4', '1.0.0.1'])} if pages don't load",
+    lambda r: f"My card starts with {r.randint(2221, 2720)} but the voucher {make_bad_card_2series(r)} is not a card",
+    lambda r: f"The sha256 of the wallet backup is {rand(r, 64, '0123456789abcdef')}",
+    lambda r: f"Random seed {r.randint(1, 99999)} gave the best run",
+    lambda r: f"The checksum {rand(r, 64, '0123456789abcdef')} matches the release",
+    lambda r: f"The string {make_bad_wif(r)} failed to import, typo somewhere",
+    lambda r: f"My boarding pass: {rand(r, 6, string.ascii_uppercase + string.digits)} for the {r.randint(6, 22)}:{r.choice(['05', '40'])} flight",
+    lambda r: f"I got {r.randint(3, 9)} login attempts out of {r.randint(10, 12)} before the lockout",
+    lambda r: "The credentials are in the vault, ask Maria",
+    lambda r: "the door code changed again, ask the landlord",
+    lambda r: f"The area code for {r.choice(CITIES)} is {r.randint(200, 999)}",
+    lambda r: f"Pass the salt please, and {r.randint(2, 5)} eggs",
+    lambda r: "I forgot my password so I reset it to the default",
+    lambda r: f"The repo is at https://git.example.com/team/repo{r.randint(1, 99)}.git",
+    lambda r: f"The hook URL is https://hooks.example.com/services/build/{r.randint(100, 999)}",
+    lambda r: f"My PIN is {r.choice(['the usual one', 'on the card letter', 'four digits'])}",
+]  # fmt: skip
+
+V2_CLEAN_COUNT = 84
+
+
+def planted_v2(rng: random.Random) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for template, slots in V2_PLANTED:
+        values = {slot: (etype, maker(rng)) for slot, (etype, maker) in slots.items()}
+        filled = re.sub(r"\{u\}", lambda _m: rng.choice(USERS), template)
+        out.append(render(filled, values, rng))
+    return out
+
+
+def clean_v2(rng: random.Random) -> list[dict[str, object]]:
+    return [{"text": V2_CLEAN[i % len(V2_CLEAN)](rng), "spans": [], "kind": "clean"} for i in range(V2_CLEAN_COUNT)]
+
+
 def generate(seed: int = DEFAULT_SEED) -> list[dict[str, object]]:
     rng = random.Random(seed)
     rows = planted(rng) + clean(rng)
+    rng2 = random.Random(seed + 2)
+    rows += planted_v2(rng2) + clean_v2(rng2)
     random.Random(seed + 1).shuffle(rows)
     return rows
 

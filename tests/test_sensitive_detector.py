@@ -277,3 +277,123 @@ def test_corpus_targets(detector: PresidioDetector) -> None:
         assert v["recall"] >= 0.98, (etype, v)
         assert v["precision"] >= 0.95, (etype, v)
     assert report["clean_changed_rate"] <= 0.02
+
+
+# ------------------------------------------------ held-out error classes (v2)
+
+V2_POSITIVE = [
+    # 1. Mastercard 2-series (BIN 2221-2720, Luhn-valid)
+    ("my new card is 2221-0000-0000-0009", "CREDIT_CARD", "2221-0000-0000-0009"),
+    ("paid with 2720 9900 0000 0007 yesterday", "CREDIT_CARD", "2720 9900 0000 0007"),
+    ("mastercard 2223000048400011", "CREDIT_CARD", "2223000048400011"),
+    # 2. crypto wallet private keys
+    ("the private key is 4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318",
+     "PRIVATE_KEY", "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"),
+    ("wallet key: 0x4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318",
+     "PRIVATE_KEY", "0x4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"),
+    ("the seed for my old wallet is 8da4ef21b864d2cc526dbdb2a120bd2874c36c9d0a1fb7f8c63d7f7a8b41de8f.",
+     "PRIVATE_KEY", "8da4ef21b864d2cc526dbdb2a120bd2874c36c9d0a1fb7f8c63d7f7a8b41de8f"),
+    ("WIF 5HueCGU8rMjxEXxiPuD5BDku4MkFqeZyd4dZ1jvhTVqvbTLvyTJ",
+     "PRIVATE_KEY", "5HueCGU8rMjxEXxiPuD5BDku4MkFqeZyd4dZ1jvhTVqvbTLvyTJ"),
+    ("import KwDiBf89QgGbjEhKnhXJuH7LrciVrZi3qYjgd9M7rFU73sVHnoWn into Electrum",
+     "PRIVATE_KEY", "KwDiBf89QgGbjEhKnhXJuH7LrciVrZi3qYjgd9M7rFU73sVHnoWn"),
+    # 3. passwords
+    ("credentials admin / Winter#2023", "PASSWORD", "Winter#2023"),
+    ("Router credentials: admin/Passw0rd!", "PASSWORD", "Passw0rd!"),
+    ("creds root:toor123", "PASSWORD", "toor123"),
+    ("pass: Sunny22", "PASSWORD", "Sunny22"),
+    ("pw: hunter22", "PASSWORD", "hunter22"),
+    ("the passphrase is 'purple monkey dishwasher'", "PASSWORD", "purple monkey dishwasher"),
+    ('the passphrase for the backup drive is "don\'t tread on me"', "PASSWORD", "don't tread on me"),
+    ("my password is literally Tr0ub4dor", "PASSWORD", "Tr0ub4dor"),
+    ("My password is literally just 'qwerty'.", "PASSWORD", "qwerty"),
+    ("PIN is 1234", "PASSWORD", "1234"),
+    ("the door code is 7391", "PASSWORD", "7391"),
+    ("Alarm code: 4455", "PASSWORD", "4455"),
+    ("garage code is 2580, don't forget", "PASSWORD", "2580"),
+    ("The door code is 7391# for the side entrance", "PASSWORD", "7391"),
+    ("I forgot my password, so I reset it to Summer#2024 yesterday", "PASSWORD", "Summer#2024"),
+    ("PW 38 85 35 D is my NI number", "UK_NINO", "PW 38 85 35 D"),
+    # 5. Spanish ids with separators (valid check letters)
+    ("NIE Y-7573377-C", "ES_NIE", "Y-7573377-C"),
+    ("My NIE is X 7056902 L.", "ES_NIE", "X 7056902 L"),
+    ("NIF 67.554.396-S for the invoice", "ES_NIF", "67.554.396-S"),
+    ("Mi DNI es 44641489 F", "ES_NIF", "44641489 F"),
+    # 6. secrets in URLs
+    ("webhook https://hooks.slack.com/services/T0123ABCD/B0456EFGH/abcdefghijklmnopqrstuvwx",
+     "API_KEY", "https://hooks.slack.com/services/T0123ABCD/B0456EFGH/abcdefghijklmnopqrstuvwx"),
+    ("clone https://admin:S3cret!@git.example.com/repo.git", "PASSWORD", "S3cret!"),
+    ("DATABASE_URL=postgres://deploy:Porto#2017@db.internal:5432/app", "PASSWORD", "Porto#2017"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "etype", "value"), V2_POSITIVE)
+def test_v2_error_classes_detected(detector: PresidioDetector, text: str, etype: str, value: str) -> None:
+    assert found(detector, text) == [(etype, value)]
+
+
+def test_password_pair_and_changed_password(detector: PresidioDetector) -> None:
+    assert found(detector, "login: bob / pass: Xy7!pq") == [("PASSWORD", "Xy7!pq")]
+    assert found(detector, "my password was hunter2 but I changed it to Kitten#77") == [
+        ("PASSWORD", "hunter2"),
+        ("PASSWORD", "Kitten#77"),
+    ]
+    assert found(detector, "The garage code is 2580 and the gate code 1379") == [
+        ("PASSWORD", "2580"),
+        ("PASSWORD", "1379"),
+    ]
+
+
+def test_lan_ip_kept_next_to_versions_and_resolvers(detector: PresidioDetector) -> None:
+    text = "The router at 192.168.1.1 runs firmware 2.0.0.1; mask 255.255.255.0, DNS 8.8.8.8, NAS 10.0.0.12"
+    assert found(detector, text) == [("IP_ADDRESS", "192.168.1.1"), ("IP_ADDRESS", "10.0.0.12")]
+
+
+V2_LOOKALIKES = [
+    # a 64-hex digest without a wallet-key phrase is not a key
+    "The sha256 is 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d28c15d0b0a08",
+    "the file hash 8da4ef21b864d2cc526dbdb2a120bd2874c36c9d0a1fb7f8c63d7f7a8b41de8f is in the release notes",
+    "Random seed 42 gave the best run",
+    # WIF-shaped string with a broken checksum
+    "The string 5HueCGU8rMjxEXxiPuD5BDku4MkFqeZyd4dZ1jvhTVqvbTLvyTK failed to import",
+    # Luhn-invalid 2-series number
+    "The voucher 2221-0000-0000-0008 is not a card",
+    # password-ish prose
+    "My boarding pass: AB1234 for the 6:40 flight",
+    "Test pass: 95 and fail: 3",
+    "run pwd to see the folder",
+    "login attempts 3/5 today",
+    "credentials and/or tokens are in the vault",
+    "The credentials are in the vault, ask Maria",
+    "the door code changed again, ask the landlord",
+    "the building code 2021 says so",
+    "I forgot my password so I reset it to the default",
+    "I changed it to Tuesday",
+    "https://user:pass@example.com is the example from the docs",
+    "postgres://app:${DB_PASS}@db.internal:5432/app",
+    # dates, versions, masks, ZIP+4, number lists
+    "we met on 03.11.2024 in Berlin",
+    "see you 3.11.24 at the station",
+    "we met on 2024.03.11",
+    "Chrome 122.0.6261.94 is installed",
+    "Chrome is on 122.0.6261.94 after the update",
+    "updated to 2.0.0.1 last night",
+    "version is 120.0.0.0",
+    "it needs at least 120.0.0.0",
+    "the build was tagged 2.0.0.1",
+    "release 10.0.19045.3803 broke the printer",
+    "Windows 10.0.19045.3803",
+    "The subnet mask is 255.255.255.0",
+    "Ship it to ZIP 94103-1234",
+    "My lottery numbers are 4 8 15 16 23 42",
+    # not personal data
+    "The docs use 192.0.2.15, 198.51.100.7 and 203.0.113.9 as examples",
+    "Set the DNS to 8.8.8.8 or 1.1.1.1 or 9.9.9.9",
+    # out of scope (documented): spelled-out e-mail
+    "lena dot fischer at gmx dot de",
+]
+
+
+@pytest.mark.parametrize("text", V2_LOOKALIKES)
+def test_v2_lookalikes_are_not_detected(detector: PresidioDetector, text: str) -> None:
+    assert found(detector, text) == []

@@ -11,7 +11,8 @@ Recognizers:
   ``ghp_``/``gho_``/``ghu_``/``ghs_``/``ghr_``/``github_pat_``, GitLab ``glpat-``,
   Slack ``xox[abposr]-``, Stripe ``sk_``/``rk_``/``pk_`` + ``live_``/``test_``,
   AWS ``AKIA``/``ASIA`` access key ids, Google ``AIza``, HuggingFace ``hf_``,
-  npm ``npm_``, SendGrid ``SG.x.y``, Twilio ``SK`` + 32 hex), plus *generic*
+  npm ``npm_``, SendGrid ``SG.x.y``, Twilio ``SK`` + 32 hex, Slack / Discord
+  incoming-webhook URLs, reported as one API_KEY span), plus *generic*
   tokens that follow a secret keyword ("token", "api key", "secret",
   "bearer", "access key", ...).  A generic token must be >= 16 characters of
   ``[A-Za-z0-9_\\-./+=~]``, contain a letter and a digit, and have a Shannon
@@ -21,13 +22,17 @@ Recognizers:
   digit).  Bare hex hashes (git commits, sha256 digests) are *not* keys unless
   a secret keyword precedes them.
 * :class:`PrivateKeyRecognizer` -> ``PRIVATE_KEY``: PEM / OpenSSH
-  ``-----BEGIN ... PRIVATE KEY-----`` blocks through the matching END line;
-  a block without an END line (truncated paste) is taken up to the end of its
-  base64 body.
+  ``-----BEGIN ... PRIVATE KEY-----`` blocks through the matching END line
+  (a block without an END line -- truncated paste -- is taken up to the end
+  of its base64 body); Bitcoin WIF and BIP32 ``xprv`` keys (base58check and
+  version verified); 64 hex digits (``0x`` optional) after "private key",
+  "wallet key", "seed", "privkey", ...
 * :class:`PasswordRecognizer` -> ``PASSWORD``: the *value* after a password
   keyword ("password: hunter2", "my password is X", "pwd=X", "passcode X",
-  "the wifi password for the cabin is X", "PIN is 4821").  See the class
-  docstring for the acceptance rules.
+  "the wifi password for the cabin is X", "PIN is 4821", "door code is
+  7391", "credentials admin / X", "pass: X", "... I changed it to X",
+  ``https://user:X@host``).  See the class docstring for the acceptance
+  rules.
 * :class:`JwtRecognizer` -> ``JWT``: three base64url parts whose header
   decodes to a JSON object (starts ``eyJ``).
 * :class:`EthAddressRecognizer` -> ``CRYPTO``: ``0x`` + 40 hex digits
@@ -295,23 +300,76 @@ class PrivateKeyRecognizer(_RegexRecognizer):
 
 # ------------------------------------------------------------------------ passwords
 
+# Short keywords ("pw", "pwd", "pass") only count with a ":" or "=" right
+# after them, so "PW 38 85 35 D" (a NINO) or "run pwd" are not passwords.
+_PW_SHORT = frozenset({"pw", "pwd", "pass"})
 _PW_KEYWORD = (
-    r"(?:pass(?:word|wd|code|phrase)s?|pass\s+phrase|pwd|pw|wi-?fi\s+key"
-    r"|pin(?:\s+(?:code|number))?)"
+    r"(?:pass(?:word|wd|code|phrase)s?|pass\s+phrase|pwd|pw|pass|wi-?fi\s+key"
+    r"|pin(?:\s+(?:code|number))?"
+    r"|(?:door|alarm|garage|gate|safe|lock|locker|keypad|entry|entrance|access|security"
+    r"|lockbox|key\s?box|key\s?safe|padlock|intercom|buzzer|unlock)\s+code)"
 )
-# "password for my gmail account", "passcode of the safe", "wifi password at home"
+_PW_KEYWORD_RE = re.compile(r"(?i:\b" + _PW_KEYWORD + r"\b)")
+# "password for my gmail account", "passcode of the safe", "wifi password at
+# home", "passphrase for the backup drive": up to three words.
 _PW_QUALIFIER = (
-    r"(?:\s+(?:for|of|on|at|to)\s+(?:(?:my|the|our|your|his|her|their|a)\s+)?"
-    r"[\w.@'\-]+(?:\s+(?:account|login|wifi|router|app|server|box|site|laptop|phone))?)?"
+    r"(?:\s+(?i:for|of|on|at|to|in)\s+"
+    r"(?:(?i:my|the|our|your|his|her|their|a|this|that)\s+)?"
+    r"[\w.@'\-]+(?:\s+[\w.@'\-]+){0,2}?)?"
+)
+_PW_SEP = (
+    r"\s*[:=]\s*"
+    r"|\s+(?i:is|was|are|=)\s*:?\s+"
+    r"(?:(?i:now|still|actually|just|literally|simply|currently|basically|always|set\s+to"
+    r"|changed\s+to)\s+){0,2}"
+    r"|\s+(?i:(?:changed|set|updated|reset)\s+)?(?i:to)\s+"
 )
 _PW_VALUE = r"(?P<value>[^\s\"'`<>]{1,128})"
-_PW_QUOTED = "[\"'`\u201c\u2018](?P<qvalue>[^\"'`\u201c\u201d\u2018\u2019\n]{1,128})[\"'`\u201d\u2019]"
+# Quoted value: the closing quote is the first matching one not followed by a
+# letter, so "it's" inside double quotes does not end the value.
+_PW_QUOTED = (
+    "(?P<q>[\"'`\u201c\u2018])(?P<qvalue>[^\\n]{1,128}?)(?P<qend>[\"'`\u201d\u2019])(?!\\w)"
+)
+_QUOTE_PAIRS = {'"': '"', "'": "'", "`": "`", "\u201c": "\u201d", "\u2018": "\u2019"}
 _PASSWORD = re.compile(
-    r"(?i:\b" + _PW_KEYWORD + r"\b)" + _PW_QUALIFIER + r"(?P<sep>"
-    r"\s*[:=]\s*"
-    r"|\s+(?i:is|was|are|=)\s+(?:(?i:now|still|actually|just|set\s+to|changed\s+to)\s+)?"
-    r"|\s+(?i:(?:changed|set|updated|reset)\s+)?(?i:to)\s+"
-    r"|\s+)" + r"(?:" + _PW_QUOTED + r"|" + _PW_VALUE + r")"
+    r"(?P<kw>(?i:\b" + _PW_KEYWORD + r"\b))"
+    # a separator word / ":" (after an optional qualifier), or bare
+    # whitespace when the value has a digit or symbol ("passcode 4821")
+    r"(?:" + _PW_QUALIFIER + r"(?P<sep>" + _PW_SEP + r")|(?P<bare>\s+)(?=\S*[^\sA-Za-z]))"
+    r"(?:" + _PW_QUOTED + r"|" + _PW_VALUE + r")"
+)
+# "credentials admin / Winter#2023", "login: bob/Tr0ub4dor", "username and
+# password: admin:hunter2!": the value after the "/" (or ":") of a pair.
+_CRED_PAIR = re.compile(
+    r"(?i:\b(?:credentials?|creds|log-?ins?|sign-?in|user(?:name)?\s*(?:/|and|&)\s*pass(?:word)?)\b)"
+    + _PW_QUALIFIER
+    + r"(?:\s*[:=]\s*|\s+(?i:is|are|was|were)\s*:?\s+|\s+)"
+    r"(?P<user>[^\s/:,;\"'`<>()]{2,64})(?:\s*/\s*|:)(?P<value>[^\s\"'`<>]{1,128})"
+)
+_CRED_NOT_VALUE = re.compile(r"(?i:^(?:pass(?:word|wd)?|pwd|pw)\b|^[/\\]|^https?\b)")
+# A second value for a password already mentioned: "my password was X but I
+# changed it to Y", "... the new one is Y", "... it's now Y".
+_PW_FOLLOWUP = re.compile(
+    r"(?i:\b(?:(?P<to>(?:changed|set|updated|reset|switched|rotated)\s+(?:it|that|this|them|mine)"
+    r"\s+(?:again\s+|back\s+)?to)|new\s+one\s+(?:is|was)|it(?:'s|\s+is)\s+now|now\s+it(?:'s|\s+is))\b)"
+    r"\s*:?\s+(?:" + _PW_QUOTED + r"|" + _PW_VALUE + r")"
+)
+_PW_FOLLOWUP_WINDOW = 160
+# "boarding pass: 12345" is a ticket, not a password.
+_NOT_A_PASS = re.compile(
+    r"(?i:\b(?:boarding|bus|season|day|ski|hall|backstage|press|train|rail|gym|museum"
+    r"|annual|weekly|monthly|guest|visitor|vip|park|parking|festival|event|travel|transit"
+    r"|metro|ferry|tram|subway|stadium|hiking|mountain|first|second|third|final|each|one"
+    r"|test|tests|exam|quiz|unit|build|ci)"
+    r"[\s\-]+)$"
+)
+# Placeholder-like values in URLs and configs: "${DB_PASS}", "****", "pass".
+_PW_DUMMY = re.compile(
+    r"(?i:^(?:[*x.]+|pass(?:word|wd)?|pwd|secret|redacted|hidden|[$%{<].*)$)"
+)
+# "https://user:pass@host": the password part of a URL's userinfo.
+_URL_USERINFO = re.compile(
+    r"(?i:\b[a-z][a-z0-9+.\-]{1,15}://)[^\s:/@]{1,64}:(?P<value>[^\s/]{1,128})@(?=[A-Za-z0-9\[])"
 )
 
 # Words that follow "password is ..." / "password ..." in ordinary prose.
@@ -330,6 +388,7 @@ _PW_STOPWORDS = frozenset(
     recovery link email emails page screen dialog please here there somewhere something
     anything everything nothing which what who where when why how will would should
     could can cannot can't won't isn't wasn't doesn't didn't don't must might may
+    literally actually default temporary generated random attached below above
     """.split()  # noqa: SIM905 - a word list reads better as text
 )
 
@@ -345,22 +404,69 @@ def _looks_like_prose(value: str, sep: str) -> bool:
     )
 
 
-class PasswordRecognizer(_RegexRecognizer):
-    """The value of a password / passcode / PIN, never the keyword itself.
+def _sep_kind(sep: str) -> str:
+    sep = sep.strip().lower()
+    if not sep:
+        return ""
+    if sep[0] in ":=":
+        return sep[0]
+    return "to" if sep.endswith("to") else "is"
 
-    Acceptance rules (keyword = password, passwd, pwd, pw, passcode,
-    passphrase, wifi key, PIN):
+
+def _quoted(m: re.Match[str]) -> tuple[int, int] | None:
+    """The span inside matching quotes, or None when they do not pair up."""
+    value = m.group("qvalue")
+    if _QUOTE_PAIRS[m.group("q")] != m.group("qend") or value.strip() != value:
+        return None
+    return m.span("qvalue")
+
+
+def _plain_value(m: re.Match[str], sep: str, digits_only: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The span of an unquoted value after the acceptance rules, or None."""
+    start = m.start("value")
+    value = m.group("value").rstrip(".,;:)]}")
+    if not value:
+        return None
+    if digits_only is not None:
+        lo, hi = digits_only
+        value = value.rstrip("#*")  # keypad entry: "7391#"
+        return (start, start + len(value)) if value.isdigit() and lo <= len(value) <= hi else None
+    low = value.lower().rstrip("!?")
+    if low in _PW_STOPWORDS or _looks_like_prose(value, sep):
+        return None
+    return start, start + len(value)
+
+
+class PasswordRecognizer(_RegexRecognizer):
+    """The value of a password / passcode / PIN / door code, never the keyword.
+
+    Keywords: password, passwd, passcode, passphrase, wifi key, PIN (code),
+    "door/alarm/garage/gate/safe/lock/locker/keypad/access/security/...
+    code", and the short forms pwd, pw, pass -- these three only with a
+    ``:`` or ``=`` right after them ("pw: x", "pass=x"; never "PW 38 85 35 D"
+    or "boarding pass: 1234").  Acceptance rules:
 
     * quoted value after a separator (``password is "correct horse"``):
-      always, the span is the inside of the quotes;
+      always, the span is the inside of the quotes (which must pair up; an
+      apostrophe followed by a letter, as in "don't", does not close);
     * ``password: X`` / ``pwd=X``: X unless it is a stop-word ("none", "n/a");
-    * ``password is X`` / ``password changed to X``: X unless it is a
-      stop-word or an all-lowercase word ending in -ed/-ing/-ly ("my password
-      is expired", "is changing", "is really long");
+    * ``password is X`` / ``password is literally X`` / ``password changed to
+      X``: X unless it is a stop-word or an all-lowercase word ending in
+      -ed/-ing/-ly ("my password is expired", "is changing", "is really
+      long"); after "to" X must contain a non-letter;
     * ``password X`` (no separator word): only when X contains a digit or a
       symbol ("passcode 4821", "password hunter2!"), so "password reset link"
       or "I forgot my password again" are not passwords;
-    * PIN: the value must be 4-8 digits.
+    * PIN: the value must be 4-8 digits; door/alarm/... codes 3-8 digits;
+    * credential pairs after "credentials", "creds", "login", "username and
+      password": ``admin / Winter#2023`` or ``admin:Winter#2023`` -> the part
+      after the separator (after "login"/"sign-in" not when it is all
+      lowercase letters: "login page/form");
+    * a follow-up within the next 160 characters of a password keyword:
+      "... I changed it to Y", "the new one is Y", "it's now Y";
+    * the password of a URL's userinfo (``https://user:S3cret@host``): the
+      password part only (the user name and host stay readable), unless it
+      is a placeholder (``${PASS}``, ``****``, "password").
 
     Trailing sentence punctuation (``.,;:``) and closing brackets are trimmed
     from unquoted values.  Placeholders (``<PASSWORD_1>``) are never values.
@@ -370,28 +476,59 @@ class PasswordRecognizer(_RegexRecognizer):
 
     def _spans(self, text: str) -> list[tuple[int, int, float]]:
         spans: list[tuple[int, int, float]] = []
+        last_keyword = -1  # end of the last keyword seen, for follow-ups
         for m in _PASSWORD.finditer(text):
-            keyword = m.group(0)[: m.start("sep") - m.start()].lower()
-            is_pin = keyword.startswith("pin")
-            sep = m.group("sep").strip().lower()
+            keyword = m.group("kw").lower()
+            last_keyword = max(last_keyword, m.end("kw"))
+            sep = _sep_kind(m.group("sep") or "")
+            if keyword in _PW_SHORT:
+                if sep not in (":", "="):
+                    continue
+                if keyword == "pass" and _NOT_A_PASS.search(text, 0, m.start()):
+                    continue
+            digits_only = None
+            if keyword.startswith("pin"):
+                digits_only = (4, 8)
+            elif keyword.endswith("code") and not keyword.startswith("pass"):
+                digits_only = (3, 8)
             if m.group("qvalue") is not None:
-                start, end = m.span("qvalue")
-                value = m.group("qvalue")
-                if value.strip() != value or (is_pin and not value.isdigit()):
+                span = _quoted(m)
+                if span is None or (digits_only and not m.group("qvalue").isdigit()):
                     continue
-                spans.append((start, end, 0.9))
+                spans.append((*span, 0.9))
                 continue
-            start = m.start("value")
+            span = _plain_value(m, sep, digits_only)
+            if span is not None:
+                spans.append((*span, 0.85))
+        for m in _CRED_PAIR.finditer(text):
             value = m.group("value").rstrip(".,;:)]}")
-            if not value:
+            user = m.group("user")
+            if (
+                len(value) < 3
+                or not any(c.isalpha() for c in user)
+                or user.lower() in _PW_STOPWORDS
+                or _CRED_NOT_VALUE.search(value)
+                # after "login" an all-lowercase word is prose ("login page/form")
+                or (value.isalpha() and value.islower() and m.group(0)[:1].lower() in "ls")
+                or value.lower().rstrip("!?") in _PW_STOPWORDS
+            ):
                 continue
-            low = value.lower().rstrip("!?")
-            if is_pin:
-                if not (value.isdigit() and 4 <= len(value) <= 8):
+            spans.append((m.start("value"), m.start("value") + len(value), 0.85))
+        if last_keyword >= 0 or _PW_KEYWORD_RE.search(text):
+            for m in _PW_FOLLOWUP.finditer(text):
+                kw = _PW_KEYWORD_RE.search(text, max(0, m.start() - _PW_FOLLOWUP_WINDOW), m.start())
+                if kw is None:
                     continue
-            elif low in _PW_STOPWORDS or _looks_like_prose(value, sep):
-                continue
-            spans.append((start, start + len(value), 0.85))
+                if m.group("qvalue") is not None:
+                    span = _quoted(m)
+                else:
+                    span = _plain_value(m, "to" if m.group("to") else "is", None)
+                if span is not None:
+                    spans.append((*span, 0.85))
+        if "://" in text:
+            for m in _URL_USERINFO.finditer(text):
+                if not _PW_DUMMY.match(m.group("value")):
+                    spans.append((*m.span("value"), 0.95))
         return spans
 
 
