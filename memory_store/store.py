@@ -34,6 +34,7 @@ from memory_store.errors import (
 )
 from memory_store.fusion import FusionConfig
 from memory_store.index_registry import IndexRegistry
+from memory_store.jobs import JobLog
 from memory_store.keys import KeyManager
 from memory_store.lexical import LexicalCache, LexicalSource
 from memory_store.migrate import require_head
@@ -150,6 +151,7 @@ class MemoryStore:
         self._keys = KeyManager(master_key)
         self.audit = AuditLog(self._sessions)
         self.screener = Screener(self._sessions, detector)
+        self.jobs = JobLog(self._sessions)
         faiss.omp_set_num_threads(settings.faiss_threads)
         require_head(engine)
         self._bind_master_key()
@@ -827,6 +829,7 @@ class MemoryStore:
         session.execute(delete(Memory).where(*mine))
         session.execute(delete(MemoryEvent).where(MemoryEvent.subject_id == owner.id))
         session.execute(delete(SensitiveValue).where(SensitiveValue.subject_id == owner.id))
+        JobLog.forget_subject(session, tenant_id, owner.external_id)
         session.delete(owner)
         tenant = session.get(Tenant, tenant_id)
         assert tenant is not None

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI
@@ -19,9 +19,10 @@ from memory_store.db import restrict_data_dir, set_owner_only_umask
 from memory_store.embedder import Embedder, embedder_from_settings
 from memory_store.keysource import master_key_from_settings
 from memory_store.store import MemoryStore
-from service.chat.distill import Distiller
+from service.chat.distill import Distiller, RuleDistiller
 from service.chat.routes import router as chat_router
-from service.chat.runtime import running_chat
+from service.chat.runtime import ChatRuntime, running_chat
+from service.chat.writeback import WriteBackWorker
 from service.deps import reject_unknown_query
 from service.errors import install_error_handlers
 from service.keyfiles import resolve_secret_files
@@ -30,7 +31,7 @@ from service.logs import configure_logging
 from service.maintenance import Maintenance
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
-from service.routes import admin, health, memories, tokens
+from service.routes import admin, health, ingest, memories, tokens
 from service.routes.operations import operation_id
 from service.services import build_services
 from service.settings import Settings
@@ -118,6 +119,35 @@ def bound_worker_threads(store: MemoryStore) -> tuple[int, int]:
     return for_routes, for_asyncio
 
 
+@asynccontextmanager
+async def running_writeback(
+    chat: ChatRuntime | None, store: MemoryStore, distiller: Distiller | None
+) -> AsyncIterator[WriteBackWorker]:
+    """The write-back worker conversation ingestion uses: the chat loop's when chat is on (one queue, one
+    distiller), otherwise one of its own with the given distiller or the rules."""
+    if chat is not None:
+        yield chat.worker
+        return
+    worker = WriteBackWorker(store, distiller or RuleDistiller())
+    worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
+
+
+def mount_mcp(app: FastAPI, settings: Settings) -> Callable[[], AbstractAsyncContextManager[None]]:
+    """Route the streamable-HTTP MCP endpoint (``/mcp``, :mod:`service.mcp.http`) unless ``mcp_enabled`` is
+    off; returns what the lifespan enters to run its transport."""
+    if not settings.mcp_enabled:
+        return nullcontext
+    from service.mcp.http import McpEndpoint  # the MCP SDK is imported only when it is served
+
+    endpoint = McpEndpoint(app, max_body_bytes=settings.max_body_bytes)
+    app.router.routes.append(endpoint.route)
+    return endpoint.run
+
+
 def create_app(
     settings: Settings,
     *,
@@ -148,19 +178,21 @@ def create_app(
             metrics.attach_store(active)
             bound_worker_threads(active)
             maintenance.start()
-            async with running_chat(
+            async with mcp_running(), running_chat(
                 resolved,
                 store=active,
                 cache_dir=resolved.data_dir,
                 llm=llm,
                 distiller=distiller,
-            ) as chat:
+            ) as chat, running_writeback(chat, active, distiller) as writeback:
                 app.state.chat = chat
+                app.state.writeback = writeback
                 log.info("sealmem ready")
                 try:
                     yield
                 finally:
                     app.state.chat = None
+                    app.state.writeback = None
         finally:
             maintenance.stop()
             metrics.detach_store()
@@ -178,11 +210,13 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    app.include_router(ingest.router)
     app.include_router(memories.router)
     app.include_router(tokens.router)
     app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(chat_router)
+    mcp_running = mount_mcp(app, settings)
     app.state.metrics = metrics
     app.state.chat = None
     return app

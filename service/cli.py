@@ -318,6 +318,41 @@ def import_(
     typer.echo(f"imported {len(items)} memories")
 
 
+def mcp_command(
+    url: Annotated[
+        str, typer.Option(envvar="SEALMEM_URL", help="Base URL of the Sealmem server.")
+    ] = "http://127.0.0.1:8080",
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SEALMEM_SUBJECT_TOKEN",
+            show_default=False,
+            help="Subject token (POST /v1/tokens); prefer the environment variable to the option.",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="SEALMEM_SUBJECT_TOKEN_FILE",
+            show_default=False,
+            help="File holding the subject token, read again on every call (replace it before it expires).",
+        ),
+    ] = None,
+) -> None:
+    """Serve MCP on stdin/stdout for one subject: tools remember, recall, list_memories and forget, each a REST
+    request to URL with the subject token (an API key is refused)."""
+    import anyio
+
+    from service.mcp.stdio import RemoteConnector, TokenProblem, serve_stdio
+
+    try:
+        connector = RemoteConnector(url, token=token, token_file=token_file if token is None else None)
+    except TokenProblem as exc:
+        raise _fail(str(exc)) from exc
+    configure_logging("WARNING")  # stderr only: stdout carries the protocol
+    anyio.run(serve_stdio, connector)
+
+
 def make_cli(*, embedder: Embedder | None = None, settings: Settings | None = None) -> typer.Typer:
     """Build the CLI. ``embedder`` and ``settings`` are injected by tests; by default both come from the
     environment (``SEALMEM_*``), exactly as for ``sealmem serve``."""
@@ -337,6 +372,7 @@ def make_cli(*, embedder: Embedder | None = None, settings: Settings | None = No
     cli.command()(reindex)
     cli.command()(export)
     cli.command("import")(import_)
+    cli.command("mcp")(mcp_command)
     return cli
 
 

@@ -448,3 +448,62 @@ class DesensitisationUpdate(Request):
         default=None, description="New actions for some types; the others keep theirs."
     )
     reveal_roles: list[RevealRole] | None = Field(default=None, description="The whole new set of roles.")
+
+
+class IngestMessage(Request):
+    role: Literal["user", "assistant", "system"]
+    content: Annotated[str, StringConstraints(max_length=validation.MAX_TEXT_CHARS), AfterValidator(_utf8)]
+
+
+class IngestRequest(Request):
+    model_config = ConfigDict(
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "subject": "user-42",
+                    "messages": [
+                        {"role": "user", "content": "I just moved to Porto. My dog Biscuit loves the beach."},
+                        {"role": "assistant", "content": "Porto is lovely! Enjoy the beach with Biscuit."},
+                    ],
+                    "session_id": "support-2026-12-02",
+                }
+            ]
+        },
+    )
+
+    subject: Identifier | None = Field(default=None, description="Required with an API key; a subject token's own.")
+    messages: list[IngestMessage] = Field(min_length=1, max_length=200)
+    session_id: Identifier | None = Field(default=None, description="Default: a new session id.")
+    agent_id: Identifier | None = None
+    metadata: Metadata | None = Field(default=None, description="Merged into every memory written.")
+    run_async: bool = Field(
+        default=False,
+        alias="async",
+        description="Answer at once (202) with a job id; `GET /v1/memories/ingest/{job_id}` tells how it went.",
+    )
+
+
+class IngestEvent(BaseModel):
+    event: Literal["ADD", "UPDATE", "SUPERSEDE", "NOOP"]
+    memory_id: str
+    text: str | None = Field(default=None, description="The memory's text now (not in job status).")
+    previous_text: str | None = Field(default=None, description="UPDATE: the text it had before.")
+    replaces: list[str] = Field(default_factory=list, description="SUPERSEDE: the memories it replaces.")
+
+
+class IngestResult(BaseModel):
+    session_id: str
+    statements: int = Field(description="Statements the distiller found in the user's messages.")
+    events: list[IngestEvent]
+
+
+class IngestJobOut(BaseModel):
+    job_id: str
+    status: Literal["queued", "running", "done", "failed", "cancelled", "dropped"]
+    subject: str
+    statements: int | None = None
+    events: list[IngestEvent] = Field(default_factory=list)
+    error: str | None = None
+    created_at: datetime
+    updated_at: datetime

@@ -76,6 +76,12 @@ class Settings(StoreSettings, ChatSettings):
         "from it with an API key get 429 without a database lookup; 0 disables.",
     )
 
+    mcp_enabled: bool = Field(
+        default=True,
+        description="Serve the streamable-HTTP MCP endpoint at /mcp (subject tokens only; the tools call the REST "
+        "API in process).",
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     persist_interval_seconds: float = Field(
         default=30.0, gt=0, description="How often the service flushes access times and changed indexes."

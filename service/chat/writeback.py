@@ -54,6 +54,26 @@ class WriteBackJob:
     # process: the distiller, which may call that LLM, gets this, and ``shield`` restores its statements.
     masked_text: str | None = None
     shield: Shield | None = None
+    source: str = CHAT_SOURCE  # the source of the memories written
+    action: str = "chat.write_back"  # the audit action of each change
+    metadata: dict[str, Any] = field(default_factory=dict)  # merged into every memory written
+    tracked: bool = False  # its state is kept in SQL (``store.jobs``) for a status endpoint
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one statement did to memory: ``ADD`` (a new memory), ``UPDATE`` (a near-duplicate took the newer
+    wording; ``previous`` is the memory before), ``SUPERSEDE`` (a new memory replacing ``replaces``: the same
+    slot with another value), ``NOOP`` (already known: only its mention count went up)."""
+
+    event: str
+    memory: MemoryRecord
+    previous: MemoryRecord | None = None
+    replaces: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """Ids only (no content): for job state kept in SQL."""
+        return {"event": self.event, "memory_id": self.memory.id, "replaces": list(self.replaces)}
 
 
 @dataclass
@@ -63,6 +83,7 @@ class WriteBackResult:
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     superseded: list[dict[str, str]] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
     statements: int = 0
     seconds: float | None = None
     error: str | None = None
@@ -119,8 +140,8 @@ class Reconciler:
                 hits.setdefault(hit.memory.id, hit)
         return list(hits.values())
 
-    def apply(self, job: WriteBackJob, statement: Statement, result: WriteBackResult) -> None:
-        audit = job.caller.event("chat.write_back", detail={"job_id": job.job_id, "message_id": job.message_id})
+    def apply(self, job: WriteBackJob, statement: Statement, result: WriteBackResult) -> Change:
+        audit = job.caller.event(job.action, detail={"job_id": job.job_id, "message_id": job.message_id})
         guard = job.caller.guard(delayed=True)
         # Slots and similarity are judged on the statement as it would be stored (sensitive values as their
         # placeholders): slot values go into metadata, which is not screened.
@@ -145,7 +166,7 @@ class Reconciler:
             dense = hit.dense_score or 0.0
             if (similarity >= self._dup_words or dense >= self._dup_dense) and max(similarity, dense) > best:
                 duplicate, best = record, max(similarity, dense)
-        meta = {"message_id": job.message_id, "session_id": job.session_id}
+        meta = {**job.metadata, "message_id": job.message_id, "session_id": job.session_id}
         if job.turn_id:
             meta["turn_id"] = job.turn_id
         if slot is not None:
@@ -161,7 +182,7 @@ class Reconciler:
             if slot is not None:
                 merged.update(slot=slot.key, slot_value=slot.value)
             newer_text = statement.text if stored.strip() != duplicate.text.strip() else None
-            self._store.update(
+            updated = self._store.update(
                 tenant_id=job.tenant_id,
                 memory_id=duplicate.id,
                 subject=job.subject,
@@ -173,7 +194,9 @@ class Reconciler:
                 guard=guard,
             )
             result.updated.append(duplicate.id)
-            return
+            change = Change("UPDATE" if newer_text is not None else "NOOP", updated, previous=duplicate)
+            result.changes.append(change)
+            return change
         record = self._store.add(
             tenant_id=job.tenant_id,
             item=NewMemory(
@@ -184,7 +207,7 @@ class Reconciler:
                 metadata=meta,
                 session_id=job.session_id,
                 agent_id=job.agent_id,
-                source=CHAT_SOURCE,
+                source=job.source,
                 source_ref=job.message_id,
                 occurred_at=utcnow(),
             ),
@@ -204,6 +227,9 @@ class Reconciler:
                 guard=guard,
             )
             result.superseded.append({"id": old.id, "by": record.id})
+        change = Change("SUPERSEDE" if conflicts else "ADD", record, replaces=tuple(old.id for old in conflicts))
+        result.changes.append(change)
+        return change
 
 
 class WriteBackWorker:
@@ -328,13 +354,24 @@ class WriteBackWorker:
             raise
         finally:
             result.seconds = time.perf_counter() - started
+            if job.tracked:
+                await self._save(job, result)
         return result
+
+    async def _save(self, job: WriteBackJob, result: WriteBackResult) -> None:
+        detail = {"statements": result.statements, "events": [c.as_dict() for c in result.changes]}
+        try:
+            await asyncio.to_thread(
+                self._store.jobs.finish, job_id=job.job_id, status=result.status, detail=detail, error=result.error
+            )
+        except Exception:
+            log.exception("could not save the state of job %s", job.job_id)
 
     async def _record_failure(self, job: WriteBackJob, result: WriteBackResult, exc: Exception) -> None:
         """The changes made before the failure are audited already (each in its transaction); this records the
         failure itself."""
         event = job.caller.event(
-            "chat.write_back",
+            job.action,
             subject=job.subject,
             outcome=outcome_of(exc),
             detail={"job_id": job.job_id, "message_id": job.message_id, "error": type(exc).__name__},

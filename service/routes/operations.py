@@ -15,6 +15,8 @@ OPERATION_IDS: dict[str, str] = {
     "update_memory": "memories_update",
     "delete_memory": "memories_delete",
     "memory_history": "memories_history",
+    "ingest": "memories_ingest",
+    "ingest_status": "memories_ingest_status",
     "mint_token": "tokens_create",
     "inspect_memories": "admin_memories_list",
     "list_subjects": "admin_subjects_list",

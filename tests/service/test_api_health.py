@@ -62,6 +62,8 @@ def test_openapi_documents_every_operation_with_the_error_body_and_examples(api)
     assert operations == {
         ("POST", "/v1/memories"),
         ("POST", "/v1/memories/batch"),
+        ("POST", "/v1/memories/ingest"),
+        ("GET", "/v1/memories/ingest/{job_id}"),
         ("GET", "/v1/memories"),
         ("POST", "/v1/memories/search"),
         ("GET", "/v1/memories/{memory_id}"),
