@@ -26,11 +26,22 @@ from datetime import datetime
 from typing import Any
 
 from memory_store import Filters, MemoryRecord, MemoryStore, NewMemory, NotFoundError, SearchHit
+from memory_store.audit import AuditEvent
 from memory_store.errors import CredentialRevokedError, SubjectForgottenError
 from memory_store.models import utcnow
 from memory_store.store import TOMBSTONE_RETENTION
+from memory_store.types import WriteGuard
 from service.auditing import Caller, outcome_of
-from service.chat.distill import Distiller, Slot, Statement, slot_of
+from service.chat.distill import (
+    Distiller,
+    Slot,
+    Statement,
+    conflicts,
+    is_duplicate_slot,
+    slot_of,
+    slot_query,
+    split_statements,
+)
 from service.chat.sessions import CHAT_SOURCE
 from service.chat.shield import Shield
 
@@ -116,8 +127,36 @@ def _slot_of_record(record: MemoryRecord) -> Slot | None:
     return slot_of(record.text)
 
 
+def _parts_of_record(record: MemoryRecord) -> list[tuple[str, Slot | None]]:
+    """The statements a memory holds, each with its slot: one for most memories, several for a compound one
+    ("My dog is named Biscuit and I live in Lisbon." added as it came), so a change can replace one clause."""
+    clauses = split_statements(record.text)
+    if len(clauses) <= 1:
+        return [(record.text, _slot_of_record(record))]
+    return [(clause, slot_of(clause)) for clause in clauses]
+
+
+@dataclass
+class _Verdict:
+    """What one statement does to the memories found for it."""
+
+    duplicate: MemoryRecord | None = None
+    duplicate_is_compound: bool = False
+    best: float = 0.0
+    conflicts: list[MemoryRecord] = field(default_factory=list)  # superseded whole
+    trims: list[tuple[MemoryRecord, list[tuple[str, Slot | None]]]] = field(default_factory=list)  # clauses kept
+
+
 class Reconciler:
-    """The synchronous part: one statement against the subject's memories (runs in a worker thread)."""
+    """The synchronous part: one statement against the subject's memories (runs in a worker thread).
+
+    Per statement: a memory of the same slot and value, or a near-duplicate wording, is updated (``UPDATE``, or
+    ``NOOP`` when the wording is the same or the memory is a compound one that says it among other things); a
+    statement that replaces what memories say (:func:`~service.chat.distill.conflicts`: another value of the
+    slot, a negation, a diet against a food) is added and supersedes them (``SUPERSEDE``); a compound memory
+    of which only some clauses are replaced keeps the others: it is updated to them (an extra ``UPDATE`` in
+    ``result.changes``, after the statement's own change) and the statement is added. Anything else is added.
+    """
 
     def __init__(self, store: MemoryStore, *, duplicate_similarity: float = 0.8, duplicate_dense: float = 0.95):
         self._store = store
@@ -126,19 +165,47 @@ class Reconciler:
 
     def _candidates(self, job: WriteBackJob, statement: Statement, slot: Slot | None) -> list[SearchHit]:
         hits: dict[str, SearchHit] = {}
-        searches = [Filters(kinds=FACT_KINDS)]
+        searches = [(statement.text, Filters(kinds=FACT_KINDS))]
         if slot is not None:
-            searches.append(Filters(kinds=FACT_KINDS, metadata={"slot": slot.key}))
-        for filters in searches:
+            searches.append((statement.text, Filters(kinds=FACT_KINDS, metadata={"slot": slot.key})))
+            # memories about the slot in other words (compound ones, or ones written before slots were kept)
+            searches.append((slot_query(slot), Filters(kinds=FACT_KINDS)))
+        for query, filters in searches:
             try:
                 found = self._store.search(
-                    tenant_id=job.tenant_id, subject=job.subject, query=statement.text, k=10, filters=filters
+                    tenant_id=job.tenant_id, subject=job.subject, query=query, k=10, filters=filters
                 )
             except NotFoundError:
                 return []
             for hit in found:
                 hits.setdefault(hit.memory.id, hit)
         return list(hits.values())
+
+    def _judge(self, stored: str, slot: Slot | None, candidates: list[SearchHit]) -> _Verdict:
+        verdict = _Verdict()
+        for hit in candidates:
+            record = hit.memory
+            parts = _parts_of_record(record)
+            slotted = [s for _, s in parts if s is not None]
+            if slot is not None and slotted:
+                same = any(is_duplicate_slot(slot, s) for s in slotted)
+                clash = [i for i, (_, s) in enumerate(parts) if s is not None and conflicts(slot, s)]
+                if same and verdict.best < 2.0:
+                    # the same slot and value: a duplicate whatever the wording
+                    verdict.duplicate, verdict.best = record, 2.0
+                    verdict.duplicate_is_compound = len(parts) > 1
+                elif clash and len(clash) == len(parts):
+                    verdict.conflicts.append(record)
+                elif clash:
+                    verdict.trims.append((record, [p for i, p in enumerate(parts) if i not in clash]))
+                if same or clash or len(parts) == 1:
+                    continue  # a single statement about something else is not a duplicate
+            similarity = jaccard(stored, record.text)
+            dense = hit.dense_score or 0.0
+            if (similarity >= self._dup_words or dense >= self._dup_dense) and max(similarity, dense) > verdict.best:
+                verdict.duplicate, verdict.best = record, max(similarity, dense)
+                verdict.duplicate_is_compound = False
+        return verdict
 
     def apply(self, job: WriteBackJob, statement: Statement, result: WriteBackResult) -> Change:
         audit = job.caller.event(job.action, detail={"job_id": job.job_id, "message_id": job.message_id})
@@ -148,29 +215,13 @@ class Reconciler:
         stored = self._store.as_stored(tenant_id=job.tenant_id, subject=job.subject, text=statement.text)
         slot = slot_of(stored)
         candidates = self._candidates(job, replace(statement, text=stored), slot)
-        conflicts: list[MemoryRecord] = []
-        duplicate: MemoryRecord | None = None
-        best = 0.0
-        for hit in candidates:
-            record = hit.memory
-            other = _slot_of_record(record)
-            if slot is not None and other is not None and other.key == slot.key:
-                if other.value == slot.value:
-                    duplicate, best = record, 2.0  # the same slot and value: a duplicate whatever the wording
-                else:
-                    conflicts.append(record)
-                continue
-            if slot is not None and other is not None:
-                continue  # about different things
-            similarity = jaccard(stored, record.text)
-            dense = hit.dense_score or 0.0
-            if (similarity >= self._dup_words or dense >= self._dup_dense) and max(similarity, dense) > best:
-                duplicate, best = record, max(similarity, dense)
+        verdict = self._judge(stored, slot, candidates)
         meta = {**job.metadata, "message_id": job.message_id, "session_id": job.session_id}
         if job.turn_id:
             meta["turn_id"] = job.turn_id
         if slot is not None:
             meta.update(slot=slot.key, slot_value=slot.value)
+        duplicate = verdict.duplicate
         if duplicate is not None:
             mentions = duplicate.metadata.get("mentions", 1)
             merged = {
@@ -179,9 +230,11 @@ class Reconciler:
                 "last_message_id": job.message_id,
                 "last_session_id": job.session_id,
             }
-            if slot is not None:
+            if slot is not None and not verdict.duplicate_is_compound:
                 merged.update(slot=slot.key, slot_value=slot.value)
-            newer_text = statement.text if stored.strip() != duplicate.text.strip() else None
+            # a compound memory keeps its wording: the statement is one of the things it says
+            reworded = stored.strip() != duplicate.text.strip() and not verdict.duplicate_is_compound
+            newer_text = statement.text if reworded else None
             updated = self._store.update(
                 tenant_id=job.tenant_id,
                 memory_id=duplicate.id,
@@ -216,7 +269,7 @@ class Reconciler:
             guard=guard,
         )
         result.added.append(record.id)
-        for old in conflicts:
+        for old in verdict.conflicts:
             self._store.supersede(
                 tenant_id=job.tenant_id,
                 memory_id=old.id,
@@ -227,9 +280,40 @@ class Reconciler:
                 guard=guard,
             )
             result.superseded.append({"id": old.id, "by": record.id})
-        change = Change("SUPERSEDE" if conflicts else "ADD", record, replaces=tuple(old.id for old in conflicts))
+        conflicting = tuple(old.id for old in verdict.conflicts)
+        change = Change("SUPERSEDE" if conflicting else "ADD", record, replaces=conflicting)
         result.changes.append(change)
+        for compound, kept in verdict.trims:
+            result.changes.append(self._trim(job, compound, kept, record, audit, guard))
+            result.updated.append(compound.id)
         return change
+
+    def _trim(
+        self,
+        job: WriteBackJob,
+        compound: MemoryRecord,
+        kept: list[tuple[str, Slot | None]],
+        by: MemoryRecord,
+        audit: AuditEvent,
+        guard: WriteGuard,
+    ) -> Change:
+        """A compound memory loses the clauses ``by`` replaces: it keeps the others (its history keeps all)."""
+        metadata = {k: v for k, v in compound.metadata.items() if k not in ("slot", "slot_value")}
+        remaining = kept[0][1] if len(kept) == 1 else None
+        if remaining is not None:
+            metadata.update(slot=remaining.key, slot_value=remaining.value)
+        metadata["replaced_clauses_by"] = by.id
+        updated = self._store.update(
+            tenant_id=job.tenant_id,
+            memory_id=compound.id,
+            subject=job.subject,
+            text=" ".join(clause for clause, _ in kept),
+            metadata=metadata,
+            actor=job.caller.actor,
+            audit=audit,
+            guard=guard,
+        )
+        return Change("UPDATE", updated, previous=compound)
 
 
 class WriteBackWorker:

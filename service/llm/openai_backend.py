@@ -3,6 +3,10 @@
 The official ``openai`` client does the HTTP; its own retries are off and tenacity retries connection
 errors, 429 and 5xx before the first token (never after: a half-streamed reply cannot be replayed).
 
+``structured`` asks for a whole reply in JSON following a schema (``response_format`` of type ``json_schema``:
+OpenAI's structured outputs, vLLM's guided decoding), e.g. for the LLM distiller; it shares the gate, timeouts and
+retries.
+
 Requests wait for one of ``concurrency`` slots in a :class:`~service.llm.gate.FairGate` (round-robin by tenant,
 a cap on each tenant's waiting requests). Once admitted, a reply has ``generation_timeout_s``: a reply still
 streaming then is cut at the next chunk and ends with ``finish_reason="length"`` (a server that sends nothing
@@ -11,6 +15,7 @@ at all is ended by the client's read timeout, ``timeout_s``).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -97,7 +102,8 @@ class OpenAIBackend(LLMBackend):
     async def aclose(self) -> None:
         await self.client.close()
 
-    async def _open_stream(self, request: dict[str, Any]) -> Any:
+    async def _create(self, request: dict[str, Any]) -> Any:
+        """``chat.completions.create`` with the retries (a stream: before its first chunk)."""
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_RETRYABLE),
             stop=stop_after_attempt(self._max_retries + 1),
@@ -135,7 +141,7 @@ class OpenAIBackend(LLMBackend):
             timeout = self.generation_timeout_s
             deadline = time.monotonic() + timeout if timeout else None
             try:
-                response = await self._open_stream(request)
+                response = await self._create(request)
                 try:
                     async for chunk in response:
                         if deadline is not None and time.monotonic() > deadline:
@@ -166,3 +172,58 @@ class OpenAIBackend(LLMBackend):
                 raise map_openai_error(exc) from exc
             finally:
                 stats.mark_finished()
+
+    async def structured(
+        self,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams,
+        *,
+        name: str,
+        schema: dict[str, Any],
+        stats: GenerationStats | None = None,
+    ) -> str:
+        """The whole reply (not streamed) to ``messages``, constrained to JSON following ``schema``: sent as
+        ``response_format={"type": "json_schema", ...}``, which vLLM enforces with guided decoding. Waits for a
+        slot of the gate like :meth:`stream`; retried like it; the reply must come within
+        ``generation_timeout_s`` of admission (else :class:`LLMTimeoutError`). Returns the message content,
+        unparsed: validating it is the caller's business."""
+        request: dict[str, Any] = {
+            "model": self._model,
+            "messages": [m.as_dict() for m in messages],
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "response_format": {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}},
+        }
+        if params.top_p is not None:
+            request["top_p"] = params.top_p
+        if params.stop:
+            request["stop"] = list(params.stop)
+        stats = stats if stats is not None else GenerationStats()
+        queued = time.perf_counter()
+        async with self.gate.slot(params.tenant):
+            stats.queued_s = time.perf_counter() - queued
+            stats.prompt_tokens = self._counter.count_messages(messages)
+            try:
+                if self.generation_timeout_s:
+                    response = await asyncio.wait_for(self._create(request), self.generation_timeout_s)
+                else:
+                    response = await self._create(request)
+            except TimeoutError as exc:
+                stats.finish_reason = "timeout"
+                raise LLMTimeoutError("the LLM server did not answer in time") from exc
+            except openai.OpenAIError as exc:
+                raise map_openai_error(exc) from exc
+            finally:
+                stats.mark_finished()
+        usage = getattr(response, "usage", None)
+        if usage is not None:
+            stats.prompt_tokens = int(usage.prompt_tokens or stats.prompt_tokens)
+            stats.completion_tokens = int(usage.completion_tokens or 0)
+        choices = getattr(response, "choices", None) or []
+        content = choices[0].message.content if choices and choices[0].message is not None else None
+        if choices and choices[0].finish_reason:
+            stats.finish_reason = str(choices[0].finish_reason)
+        if not isinstance(content, str) or not content.strip():
+            raise LLMUpstreamError("the LLM server sent no content")
+        stats.mark_first_token()
+        return content

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ class Script:
     headers: list[dict[str, str]] = field(default_factory=list)
     echo: bool = False  # reply with the last user message instead of the fake's answer
     chunk_chars: int = 0  # stream the reply in pieces of this many characters (0: word by word)
+    reply: Callable[[dict[str, Any]], str] | None = None  # the answer to a request body, sent whole (not word-capped)
 
 
 def fake_openai_app(script: Script, *, model: str = "tiny-remote") -> FastAPI:
@@ -44,7 +45,9 @@ def fake_openai_app(script: Script, *, model: str = "tiny-remote") -> FastAPI:
             await asyncio.sleep(script.delay_s)
         messages = [ChatMessage(m["role"], m["content"]) for m in body["messages"]]
         reply = "Echo: " + messages[-1].content if script.echo else FakeBackend.reply_for(messages)
-        words = reply.split(" ")[: body.get("max_tokens") or 1000]
+        if script.reply is not None:
+            reply = script.reply(body)
+        words = reply.split(" ")[: body.get("max_tokens") or 1000] if script.reply is None else reply.split(" ")
         created = int(time.time())
         if not body.get("stream"):
             return {

@@ -6,7 +6,15 @@ import asyncio
 
 import pytest
 
-from service.chat.distill import LLMDistiller, RuleDistiller, Slot, parse_json_list, slot_of, split_statements
+from service.chat.distill import (
+    LLMDistiller,
+    RuleDistiller,
+    Slot,
+    conflicts,
+    parse_json_list,
+    slot_of,
+    split_statements,
+)
 from service.llm.backend import ChatMessage
 from tests.chat.fakes import FakeBackend
 
@@ -27,6 +35,13 @@ from tests.chat.fakes import FakeBackend
         ("I think so.", []),
         ("The weather is nice.", []),
         ("ok", []),
+        ("I'm 34, I live in Berlin and I work at SAP.", ["I'm 34.", "I live in Berlin.", "I work at SAP."]),
+        ("I have a cat named Luna and a dog named Rex.", ["I have a cat named Luna.", "I have a dog named Rex."]),
+        ("Actually, my dog's name is Rex.", ["My dog's name is Rex."]),
+        ("By the way, I moved back to Cork.", ["I moved back to Cork."]),
+        ("I'd like it in bullet points.", []),
+        ("I need help with my resume. Let me know what you think.", []),
+        ("Never mind, found them.", []),
     ],
 )
 def test_rule_distiller(message: str, expected: list[str]) -> None:
@@ -60,10 +75,68 @@ def test_split_keeps_questions_whole() -> None:
         ("I'm not vegetarian.", Slot("is:vegetarian", "no")),
         ("My sister lives in Paris.", None),
         ("My dog is very cute.", None),
+        # moves and negated residence
+        ("Now I've moved to Tokyo.", Slot("residence", "tokyo")),
+        ("We just moved into a new flat in Rotterdam.", Slot("residence", "rotterdam")),
+        ("I moved from Rome to Milan.", Slot("residence", "milan")),
+        ("I'm living in Dublin these days.", Slot("residence", "dublin")),
+        ("I don't live in Madrid anymore.", Slot("residence", "not:madrid")),
+        # names
+        ("We renamed our cat to Mochi.", Slot("cat.name", "mochi")),
+        ("My new boss is called Karen.", Slot("boss.name", "karen")),
+        ("My boyfriend is Tom.", Slot("boyfriend.name", "tom")),
+        ("My boss is annoying.", None),
+        ("Sorry, my son is named Max, not Leo.", Slot("son.name", "max")),
+        # work
+        ("I got a job at Klarna.", Slot("employer", "klarna")),
+        ("I joined Stripe in January.", Slot("employer", "stripe")),
+        ("I work as a software engineer at Spotify.", Slot("employer", "spotify")),
+        ("I quit my job at Acme.", Slot("employer", "not:acme")),
+        ("I'm unemployed.", Slot("employer", "not:*")),
+        ("I'm a nurse now.", Slot("occupation", "nurse")),
+        ("I got promoted to senior developer.", Slot("occupation", "senior developer")),
+        # age, favourites, preferences and habits
+        ("I just turned 35.", Slot("age", "35")),
+        ("I'm 30 now.", Slot("age", "30")),
+        ("Pizza is my favourite food.", Slot("favorite.food", "pizza")),
+        ("My favourite colour is blue.", Slot("favorite.color", "blue")),
+        ("I can't stand horror movies anymore.", Slot("likes:horror movies", "no")),
+        ("These days I actually enjoy running.", Slot("likes:running", "yes")),
+        ("I no longer eat meat.", Slot("habit:meat", "no")),
+        ("I stopped eating chocolate.", Slot("habit:chocolate", "no")),
+        ("I eat a lot of chocolate.", Slot("habit:chocolate", "yes")),
+        ("I drink coffee every morning.", Slot("habit:coffee", "yes")),
+        ("I'm no longer allergic to peanuts.", Slot("is:allergic to peanuts", "no")),
     ],
 )
 def test_slots(statement: str, slot: Slot | None) -> None:
     assert slot_of(statement) == slot
+
+
+@pytest.mark.parametrize(
+    ("new", "old", "expected"),
+    [
+        ("I moved to Porto.", "I live in Lisbon.", True),
+        ("I live in Lisbon.", "I live in Lisbon now.", False),  # the same value: a duplicate, not a conflict
+        ("I don't live in Madrid anymore.", "I live in Madrid.", True),
+        ("I don't live in Madrid anymore.", "I live in Porto.", False),
+        ("I live in Madrid again.", "I don't live in Madrid anymore.", True),
+        ("I found a job at Siemens.", "I'm unemployed.", True),
+        ("I no longer eat meat.", "I eat meat.", True),
+        ("I no longer eat meat.", "I love steak.", True),
+        ("I'm vegetarian now.", "I love steak and burgers.", True),
+        ("I'm vegan now.", "I eat cheese every day.", True),
+        ("I drink wine occasionally now.", "I don't drink alcohol.", True),
+        ("I eat fish now.", "I'm vegetarian.", True),
+        ("I eat fish now.", "I'm not vegetarian anymore.", False),
+        ("I don't like coffee.", "I drink coffee every morning.", False),  # different things
+        ("I like dogs.", "I like cats.", False),
+    ],
+)
+def test_conflicts(new: str, old: str, expected: bool) -> None:
+    a, b = slot_of(new), slot_of(old)
+    assert a is not None and b is not None
+    assert conflicts(a, b) is expected
 
 
 def test_kinds_and_importance() -> None:
