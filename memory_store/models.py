@@ -192,7 +192,7 @@ class SensitiveValue(Base):
 
 class Job(Base):
     """A background job's state (conversation ingestion), so any worker process can answer for it. Never holds
-    content: the events name memories by id."""
+    content: the events name memories by id, ``subject`` is the subject's keyed digest."""
 
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_tenant_id_id", "tenant_id", "id"),)

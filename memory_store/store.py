@@ -829,7 +829,7 @@ class MemoryStore:
         session.execute(delete(Memory).where(*mine))
         session.execute(delete(MemoryEvent).where(MemoryEvent.subject_id == owner.id))
         session.execute(delete(SensitiveValue).where(SensitiveValue.subject_id == owner.id))
-        JobLog.forget_subject(session, tenant_id, owner.external_id)
+        JobLog.forget_subject(session, tenant_id, self.subject_digest(tenant_id, owner.external_id))
         session.delete(owner)
         tenant = session.get(Tenant, tenant_id)
         assert tenant is not None
@@ -890,12 +890,13 @@ class MemoryStore:
 
     def purge_all_expired(self) -> int:
         """:meth:`purge_expired` for every tenant holding expired memories (a transaction per tenant); returns
-        how many memories were deleted in all; tombstones past :data:`TOMBSTONE_RETENTION` go too. Meant to
-        run periodically."""
+        how many memories were deleted in all; tombstones past :data:`TOMBSTONE_RETENTION` and jobs past
+        :data:`~memory_store.jobs.JOB_RETENTION` go too. Meant to run periodically."""
         with self._sessions.begin() as session:
             session.execute(
                 delete(SubjectTombstone).where(SubjectTombstone.forgotten_at < utcnow() - TOMBSTONE_RETENTION)
             )
+        self.jobs.purge()
         with self._sessions() as session:
             tenants = list(session.scalars(select(Memory.tenant_id).where(Memory.expires_at <= utcnow()).distinct()))
         return sum(self.purge_expired(tenant_id=tenant_id) for tenant_id in tenants)

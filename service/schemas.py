@@ -500,8 +500,9 @@ class IngestResult(BaseModel):
 
 class IngestJobOut(BaseModel):
     job_id: str
-    status: Literal["queued", "running", "done", "failed", "cancelled", "dropped"]
-    subject: str
+    status: Literal["queued", "running", "done", "failed", "cancelled", "dropped"] = Field(
+        description="A job whose worker process stopped before it finished stays `queued` or `running`."
+    )
     statements: int | None = None
     events: list[IngestEvent] = Field(default_factory=list)
     error: str | None = None

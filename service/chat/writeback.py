@@ -20,7 +20,7 @@ import re
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -44,6 +44,7 @@ from service.chat.distill import (
 )
 from service.chat.sessions import CHAT_SOURCE
 from service.chat.shield import Shield
+from service.errors import InvalidInput
 
 log = logging.getLogger("sealmem.chat")
 FACT_KINDS = ("fact", "preference", "event", "note", "summary")
@@ -69,6 +70,7 @@ class WriteBackJob:
     action: str = "chat.write_back"  # the audit action of each change
     metadata: dict[str, Any] = field(default_factory=dict)  # merged into every memory written
     tracked: bool = False  # its state is kept in SQL (``store.jobs``) for a status endpoint
+    max_statements: int | None = None  # more distilled statements fail the job (nothing written)
 
 
 @dataclass(frozen=True)
@@ -328,6 +330,7 @@ class WriteBackWorker:
         duplicate_similarity: float = 0.8,
         duplicate_dense: float = 0.95,
         results_kept: int = 1000,
+        per_tenant_max: int | None = None,
     ) -> None:
         self._store = store
         self.distiller = distiller
@@ -339,6 +342,10 @@ class WriteBackWorker:
         self._task: asyncio.Task[None] | None = None
         self._results: OrderedDict[str, WriteBackResult] = OrderedDict()
         self._results_kept = results_kept
+        # One tenant may hold at most this many queued jobs (default: a tenth of the queue), so it cannot crowd
+        # out the others' write-back and ingestion.
+        self._per_tenant_max = per_tenant_max or max(1, queue_max // 10)
+        self._pending: Counter[str] = Counter()
 
     @property
     def running(self) -> bool:
@@ -371,11 +378,17 @@ class WriteBackWorker:
         if self._queue is None or not self.running:
             result.status, result.error = "failed", "the write-back worker is not running"
             return result
+        if self._pending[job.tenant_id] >= self._per_tenant_max:
+            log.warning("write-back queue: the tenant's share is full; message %s skipped", job.message_id)
+            result.status, result.error = "dropped", "this tenant's share of the write-back queue is full"
+            return result
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             log.warning("write-back queue full: distillation of message %s skipped", job.message_id)
             result.status, result.error = "dropped", "the write-back queue is full"
+            return result
+        self._pending[job.tenant_id] += 1
         return result
 
     def forget(self, tenant_id: str, subject: str) -> None:
@@ -410,6 +423,9 @@ class WriteBackWorker:
             except Exception:  # one bad job must not stop the worker
                 log.exception("write-back job %s failed", job.job_id)
             finally:
+                self._pending[job.tenant_id] -= 1
+                if self._pending[job.tenant_id] <= 0:
+                    del self._pending[job.tenant_id]
                 self._queue.task_done()
 
     async def process(self, job: WriteBackJob) -> WriteBackResult:
@@ -423,6 +439,11 @@ class WriteBackWorker:
                     statements = [replace(s, text=job.shield.restore(s.text)) for s in statements]
                 else:
                     statements = await self.distiller.distill(job.text)
+                if job.max_statements is not None and len(statements) > job.max_statements:
+                    raise InvalidInput(
+                        f"messages: {len(statements)} statements distilled, at most {job.max_statements} at once; "
+                        "split the conversation"
+                    )
                 result.statements = len(statements)
                 for statement in statements:
                     if self._cancelled(job):

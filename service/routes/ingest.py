@@ -9,6 +9,7 @@ desensitisation policy like every write; a failure part-way leaves the earlier s
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Annotated
 
@@ -20,14 +21,30 @@ from memory_store.errors import CredentialRevokedError, SubjectForgottenError
 from service.auditing import Caller
 from service.auth import Principal, subject_for
 from service.chat.service import new_session_id
+from service.chat.shield import Shield, shield_turn
 from service.chat.writeback import Change, WriteBackJob, WriteBackResult, WriteBackWorker
 from service.deps import Reader, ServicesDep, Writer
-from service.errors import ERROR_RESPONSES, Unavailable
+from service.errors import ERROR_RESPONSES, InvalidInput, Unavailable
 from service.schemas import IngestEvent, IngestJobOut, IngestRequest, IngestResult
 from service.services import Services
 
 router = APIRouter(prefix="/v1/memories", tags=["memories"], responses=ERROR_RESPONSES)
 INGEST_SOURCE = "ingest"
+MAX_USER_CHARS = 20_000  # of user text in one ingestion; more is a 422 (split the conversation)
+SYNC_AT_ONCE = 4  # synchronous ingestions one process runs at once; more get 503 with Retry-After
+RESERVED_METADATA = ("slot", "slot_value", "mentions", "message_id", "session_id", "turn_id")
+_READERS = frozenset({"admin", "app", "reader"})
+
+
+class _Slots:
+    """A count of synchronous ingestions in progress in this process (the event loop's thread only)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+
+_running = _Slots(SYNC_AT_ONCE)
 
 
 def _worker(request: Request) -> WriteBackWorker:
@@ -48,39 +65,76 @@ async def ingest(
 ) -> IngestResult | JSONResponse:
     subject = subject_for(principal, body.subject)
     services.limits.metadata(body.metadata)
+    reserved = sorted(set(body.metadata or {}) & set(RESERVED_METADATA))
+    if reserved:
+        raise InvalidInput(f"metadata: '{reserved[0]}' is set by Sealmem itself")
     for i, message in enumerate(body.messages):
         services.limits.text(message.content, field=f"messages[{i}].content")
+    text = "\n".join(m.content.strip() for m in body.messages if m.role == "user" and m.content.strip())
+    if len(text) > MAX_USER_CHARS:
+        raise InvalidInput(f"messages: more than {MAX_USER_CHARS} characters of user text; split the conversation")
+    caller = Caller.of(principal, request)
+    worker = _worker(request)
+    masked: str | None = None
+    shield: Shield | None = None
+    chat = getattr(request.app.state, "chat", None)
+    if chat is not None and chat.backend.external:
+        # The distiller may send the text to that outside LLM: values masked, statements restored after.
+        shielded = await asyncio.to_thread(
+            shield_turn,
+            services.store,
+            tenant_id=principal.tenant_id,
+            subject=subject,
+            role=principal.role,
+            external=True,
+            message=text,
+            history=[],
+            extra_system="",
+            memory_texts=[],
+        )
+        masked, shield = shielded.message, shielded.shield
     job = WriteBackJob(
         tenant_id=principal.tenant_id,
         subject=subject,
         session_id=body.session_id or new_session_id(),
         message_id="ing_" + uuid.uuid4().hex,
-        text="\n".join(m.content.strip() for m in body.messages if m.role == "user" and m.content.strip()),
-        caller=Caller.of(principal, request),
+        text=text,
+        caller=caller,
         agent_id=body.agent_id,
         source=INGEST_SOURCE,
         action="memory.ingest",
         metadata=dict(body.metadata or {}),
         tracked=body.run_async,
         job_id="job_" + uuid.uuid4().hex,
+        masked_text=masked,
+        shield=shield,
+        max_statements=services.limits.max_batch,
     )
-    worker = _worker(request)
     if body.run_async:
         info = services.store.jobs.create(
             job_id=job.job_id,
             tenant_id=principal.tenant_id,
             kind="ingest",
-            subject=subject,
+            subject_digest=services.store.subject_digest(principal.tenant_id, subject),
             credential_id=principal.key_id,
         )
         queued = worker.submit(job)
         if queued.status != "queued":
             services.store.jobs.finish(job_id=job.job_id, status=queued.status, detail={}, error=queued.error)
-            raise Unavailable("the ingestion queue is full; retry shortly", headers={"Retry-After": "2"})
-        out = IngestJobOut(job_id=info.id, status="queued", subject=subject, created_at=info.created_at,
-                           updated_at=info.updated_at)
+            refused = caller.event("memory.ingest", subject=subject, outcome="rejected", detail={"job_id": job.job_id})
+            services.auditor.failed(principal.tenant_id, refused)
+            raise Unavailable(f"ingestion refused: {queued.error}; retry shortly", headers={"Retry-After": "2"})
+        out = IngestJobOut(job_id=info.id, status="queued", created_at=info.created_at, updated_at=info.updated_at)
         return JSONResponse(out.model_dump(mode="json"), status_code=202)
-    result = await worker.process(job)
+    if _running.used >= _running.limit:
+        raise Unavailable(
+            "too many ingestions in progress; retry shortly, or send it with async", headers={"Retry-After": "2"}
+        )
+    _running.used += 1
+    try:
+        result = await worker.process(job)
+    finally:
+        _running.used -= 1
     _raise_if_refused(result)
     return IngestResult(
         session_id=job.session_id,
@@ -101,15 +155,14 @@ def ingest_status(
     services: ServicesDep,
     request: Request,
 ) -> IngestJobOut:
+    digest = services.store.subject_digest(principal.tenant_id, principal.subject) if principal.subject else None
     with services.auditor.record(request, principal, "memory.ingest_status", subject=principal.subject) as note:
-        info = services.store.jobs.get(tenant_id=principal.tenant_id, job_id=job_id, subject=principal.subject)
-        note.subject = info.subject
         note.detail = {"job_id": job_id}
+        info = services.store.jobs.get(tenant_id=principal.tenant_id, job_id=job_id, subject_digest=digest)
     detail = info.detail
     return IngestJobOut(
         job_id=info.id,
         status=info.status,
-        subject=info.subject,
         statements=detail.get("statements"),
         events=[IngestEvent(**e) for e in detail.get("events", [])],
         error=info.error,
@@ -126,10 +179,13 @@ def _raise_if_refused(result: WriteBackResult) -> None:
 
 
 def _events(services: Services, principal: Principal, changes: list[Change]) -> list[IngestEvent]:
-    """The changes, texts shown as the caller's role may see them."""
+    """The changes, texts shown as the caller's role may see them; none for a caller that may not read (a
+    write-only token would otherwise read existing memories through UPDATE and NOOP events)."""
     records: list[MemoryRecord] = [c.memory for c in changes] + [c.previous for c in changes if c.previous]
-    shown = services.store.reveal(tenant_id=principal.tenant_id, records=records, role=principal.role)
-    texts = {id(r): s.text for r, s in zip(records, shown, strict=True)}
+    texts: dict[int, str | None] = {id(r): None for r in records}
+    if principal.allows(roles=_READERS, scopes=frozenset({"read"})):
+        shown = services.store.reveal(tenant_id=principal.tenant_id, records=records, role=principal.role)
+        texts = {id(r): s.text for r, s in zip(records, shown, strict=True)}
     return [
         IngestEvent(
             event=c.event,

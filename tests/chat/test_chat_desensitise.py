@@ -178,11 +178,17 @@ def test_placeholders_split_across_chunks_are_restored() -> None:
         assert not [p for p in parts if "EMAIL_ADDRESS_1" in p or "CREDIT_CARD_1" in p]
 
 
-def test_the_llm_distiller_sees_masked_text_and_its_statements_are_stored_screened(
-    make_chat: Callable[..., Harness], llm_url: str, script: Script
-) -> None:
+@pytest.fixture
+def distilling(make_chat: Callable[..., Harness], llm_url: str) -> Harness:
+    """The app on the outside LLM, which also distils (``SEALMEM_CHAT_DISTILLER=llm``)."""
     backend = OpenAIBackend(base_url=llm_url, model="tiny-remote", timeout_s=5.0, max_retries=0)
-    harness = make_chat(llm=backend, distiller=LLMDistiller(backend))
+    return make_chat(llm=backend, distiller=LLMDistiller(backend))
+
+
+def test_the_llm_distiller_sees_masked_text_and_its_statements_are_stored_screened(
+    distilling: Harness, script: Script
+) -> None:
+    harness = distilling
     keys = harness.tenant()
     script.echo = True  # not a JSON list: the distiller falls back to its rules, on the text it was given
     harness.chat(keys.app, subject="ana", session_id="s1", message=f"My email is {EMAIL}. I live in Porto.")
@@ -251,3 +257,16 @@ def test_callers_who_may_not_see_originals_get_no_vault_placeholders(remote: Har
     assert allowed.message == "Is <EMAIL_ADDRESS_1> the address?"
     hits = remote.store.search(tenant_id=keys.id, subject="ana", query=EMAIL, role="reader", k=1)
     assert hits  # searched as <EMAIL_ADDRESS>, matching no particular value
+
+
+def test_ingestion_masks_what_the_llm_distiller_sends_to_an_outside_llm(distilling: Harness, script: Script) -> None:
+    harness = distilling
+    keys = harness.tenant()
+    body = {"subject": "ana", "messages": [{"role": "user", "content": f"My email is {EMAIL}. I live in Porto."}]}
+    response = harness.client.post("/v1/memories/ingest", json=body, headers=bearer(keys.app))
+    assert response.status_code == 200, response.text
+    assert script.requests and not [c for c in CANARIES if c in sent(script)]
+    texts = [e["text"] for e in response.json()["events"]]
+    assert f"My email is {EMAIL}." in texts  # restored for the app, stored as a placeholder
+    stored = [m.text for m in harness.store.list(tenant_id=keys.id, subject="ana").items]
+    assert "My email is <EMAIL_ADDRESS_1>." in stored

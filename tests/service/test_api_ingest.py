@@ -3,6 +3,7 @@ what happened to each statement, async jobs whose state any process can read, au
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -127,3 +128,28 @@ def test_subject_tokens_ingest_for_their_own_subject_and_values_are_desensitised
     other = api.client.post("/v1/memories/ingest", json={"subject": "bo", "messages": user("I live in Rome.")},
                             headers=bearer(token))
     assert other.status_code in (403, 404)
+
+
+def test_limits_reserved_metadata_and_write_only_callers(api: Harness) -> None:
+    t = api.tenant()
+    many = [{"role": "user", "content": f"I like topic number {i}."} for i in range(101)]
+    too_many = api.client.post("/v1/memories/ingest", json={"subject": "ana", "messages": many},
+                               headers=bearer(t.app))
+    assert too_many.status_code == 422 and "at most 100" in too_many.json()["error"]["message"]
+    assert api.client.get("/v1/memories", params={"subject": "ana"}, headers=bearer(t.app)).status_code == 404
+    long = [{"role": "user", "content": "I like tea. " * 1000}] * 2
+    too_long = api.client.post("/v1/memories/ingest", json={"subject": "ana", "messages": long},
+                               headers=bearer(t.app))
+    assert too_long.status_code == 422 and "split the conversation" in too_long.json()["error"]["message"]
+    reserved = api.client.post(
+        "/v1/memories/ingest",
+        json={"subject": "ana", "messages": user("I live in Rome."), "metadata": {"slot_value": "x"}},
+        headers=bearer(t.app),
+    )
+    assert reserved.status_code == 422 and "slot_value" in reserved.json()["error"]["message"]
+
+    ingest(api, t.app, subject="ana", messages=user("My dog is named Biscuit and I live in Lisbon."))
+    writer = api.token(t.app, "ana", ["write"])
+    out = ingest(api, writer, messages=user("I just moved to Porto."))
+    assert out["events"] and all(e["text"] is None and e["previous_text"] is None for e in out["events"])
+    assert "Lisbon" not in json.dumps(out) and "Biscuit" not in json.dumps(out)

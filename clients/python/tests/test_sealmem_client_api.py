@@ -202,4 +202,4 @@ def test_conversation_ingestion(app: Sealmem) -> None:
     while (state := app.memories.ingest_status(job.job_id)).status in ("queued", "running"):
         assert time.monotonic() < deadline, state
         time.sleep(0.2)
-    assert state.status == "done" and state.subject == subject, state
+    assert state.status == "done", state

@@ -919,11 +919,10 @@ export interface components {
             job_id: string;
             /**
              * Status
+             * @description A job whose worker process stopped before it finished stays `queued` or `running`.
              * @enum {string}
              */
             status: "queued" | "running" | "done" | "failed" | "cancelled" | "dropped";
-            /** Subject */
-            subject: string;
             /** Statements */
             statements?: number | null;
             /** Events */

@@ -121,7 +121,6 @@ class IngestResult(Model):
 class IngestJob(Model):
     job_id: str
     status: str = Field(description="queued, running, done, failed, cancelled or dropped")
-    subject: str
     statements: int | None = None
     events: list[IngestEvent] = Field(default_factory=list)
     error: str | None = None
