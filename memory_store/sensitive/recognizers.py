@@ -55,6 +55,7 @@ from typing import Any
 import phonenumbers
 from presidio_analyzer import (
     AnalysisExplanation,
+    EntityRecognizer,
     LocalRecognizer,
     RecognizerResult,
 )
@@ -90,6 +91,26 @@ def shannon_entropy(value: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
 
 
+
+def _result(
+    recognizer: EntityRecognizer, entity_type: str, start: int, end: int, score: float, explanation: str
+) -> RecognizerResult:
+    """A finding of ``recognizer``, explained and named the way Presidio's own recognizers do."""
+    name = type(recognizer).__name__
+    return RecognizerResult(
+        entity_type=entity_type,
+        start=start,
+        end=end,
+        score=score,
+        analysis_explanation=AnalysisExplanation(
+            recognizer=name, original_score=score, textual_explanation=explanation
+        ),
+        recognition_metadata={
+            RecognizerResult.RECOGNIZER_NAME_KEY: name,
+            RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: recognizer.id,
+        },
+    )
+
 class _RegexRecognizer(LocalRecognizer):
     """A LocalRecognizer that emits one entity type from ``_spans``."""
 
@@ -118,26 +139,10 @@ class _RegexRecognizer(LocalRecognizer):
     ) -> list[RecognizerResult]:
         if self.ENTITY not in entities:
             return []
-        out: list[RecognizerResult] = []
-        for start, end, score in self._spans(text):
-            out.append(
-                RecognizerResult(
-                    entity_type=self.ENTITY,
-                    start=start,
-                    end=end,
-                    score=score,
-                    analysis_explanation=AnalysisExplanation(
-                        recognizer=type(self).__name__,
-                        original_score=score,
-                        textual_explanation=f"{type(self).__name__} match",
-                    ),
-                    recognition_metadata={
-                        RecognizerResult.RECOGNIZER_NAME_KEY: type(self).__name__,
-                        RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
-                    },
-                )
-            )
-        return out
+        name = type(self).__name__
+        return [
+            _result(self, self.ENTITY, start, end, score, f"{name} match") for start, end, score in self._spans(text)
+        ]
 
 
 # --------------------------------------------------------------------------- keys
@@ -664,21 +669,5 @@ class FormatAwarePhoneRecognizer(PhoneRecognizer):
                 score = 0.5
             else:
                 score = 0.3
-            out.append(
-                RecognizerResult(
-                    entity_type="PHONE_NUMBER",
-                    start=start,
-                    end=end,
-                    score=score,
-                    analysis_explanation=AnalysisExplanation(
-                        recognizer=type(self).__name__,
-                        original_score=score,
-                        textual_explanation=f"phone number ({region} matcher)",
-                    ),
-                    recognition_metadata={
-                        RecognizerResult.RECOGNIZER_NAME_KEY: type(self).__name__,
-                        RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
-                    },
-                )
-            )
+            out.append(_result(self, "PHONE_NUMBER", start, end, score, f"phone number ({region} matcher)"))
         return out
