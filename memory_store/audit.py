@@ -295,8 +295,12 @@ class AuditLog:
         limit: int = 100,
         action: str | None = None,
         subject: str | None = None,
+        credential_id: str | None = None,
+        after: datetime | None = None,
+        before: datetime | None = None,
     ) -> list[AuditEntry]:
-        """Newest first; page with ``before_seq`` = the last seq of the previous page."""
+        """Newest first; page with ``before_seq`` = the last seq of the previous page. Optional filters: action,
+        subject, credential (the actor's API key id), and record time (``after`` inclusive, ``before`` not)."""
         if not 1 <= limit <= 1000:
             raise ValidationError("limit must be between 1 and 1000")
         query = select(AuditRecord).where(AuditRecord.tenant_id == tenant_id)
@@ -306,6 +310,12 @@ class AuditLog:
             query = query.where(AuditRecord.action == action)
         if subject is not None:
             query = query.where(AuditRecord.subject == subject)
+        if credential_id is not None:
+            query = query.where(AuditRecord.credential_id == credential_id)
+        if after is not None:
+            query = query.where(AuditRecord.at >= after)
+        if before is not None:
+            query = query.where(AuditRecord.at < before)
         with self._sessions() as session:
             rows = session.scalars(query.order_by(AuditRecord.seq.desc()).limit(limit))
             return [_entry(row) for row in rows]

@@ -148,6 +148,19 @@ def mount_mcp(app: FastAPI, settings: Settings) -> Callable[[], AbstractAsyncCon
     return endpoint.run
 
 
+def mount_console(app: FastAPI, settings: Settings) -> None:
+    """Serve the admin web console at ``/admin`` (:mod:`service.console`) unless ``console_enabled`` is off."""
+    if not settings.console_enabled:
+        return
+    from starlette.staticfiles import StaticFiles
+
+    from service.console.routes import STATIC_DIR
+    from service.console.routes import router as console_router
+
+    app.include_router(console_router)
+    app.mount("/admin/static", StaticFiles(directory=STATIC_DIR), name="console-static")
+
+
 def create_app(
     settings: Settings,
     *,
@@ -169,11 +182,19 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = resolve_secret_files(settings, create=False)
         active = store if store is not None else await run_in_threadpool(open_store, resolved, embedder)
-        maintenance = Maintenance(
-            active, persist_every=settings.persist_interval_seconds, purge_every=settings.purge_interval_seconds
-        )
         try:
             services = build_services(resolved, active, metrics)
+        except BaseException:
+            if store is None:
+                await run_in_threadpool(active.close)
+            raise
+        maintenance = Maintenance(
+            active,
+            persist_every=settings.persist_interval_seconds,
+            purge_every=settings.purge_interval_seconds,
+            also_purge=(services.console_sessions.purge_expired,),
+        )
+        try:
             app.state.services = services
             metrics.attach_store(active)
             bound_worker_threads(active)
@@ -216,6 +237,7 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(chat_router)
+    mount_console(app, settings)
     mcp_running = mount_mcp(app, settings)
     app.state.metrics = metrics
     app.state.chat = None

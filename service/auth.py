@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 from memory_store.credentials import KEY_SCHEME, ApiKeyStore
+from memory_store.errors import NotFoundError
 from service.errors import InvalidInput, NotFound, RateLimited, Unauthorized
 from service.metrics import Metrics
 from service.ratelimit import RateLimiter
@@ -105,6 +106,19 @@ class Authenticator:
         if credential.startswith(KEY_SCHEME):
             return self._from_key(credential, client_bucket(client))
         return self._from_token(credential, client_bucket(client))
+
+    def for_session(self, *, tenant_id: str, key_id: str) -> Principal:
+        """The caller of a console session signed in with the API key ``key_id``: that key's principal while the
+        key is active (looked up on every request, as a subject token's minting key is), else 401. Takes from the
+        key's rate-limit bucket like a request with the key itself."""
+        try:
+            info = self._keys.get(tenant_id=tenant_id, key_id=key_id)
+        except NotFoundError:
+            raise self._reject("session_key_unknown") from None
+        if not info.active:
+            raise self._reject("session_key_revoked")
+        self._check(self._key_limiter.acquire(info.id), "rate limit exceeded for this credential")
+        return Principal(tenant_id=info.tenant_id, role=info.role, key_id=info.id, scopes=_KEY_SCOPES[info.role])
 
     def _from_key(self, secret: str, address: str) -> Principal:
         if not _WELL_FORMED_KEY.fullmatch(secret):

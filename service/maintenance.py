@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from memory_store.store import MemoryStore
 
@@ -14,8 +14,8 @@ log = logging.getLogger("sealmem.maintenance")
 
 
 class Maintenance:
-    """Runs ``store.persist()`` every ``persist_every`` seconds and ``store.purge_all_expired()`` every
-    ``purge_every`` seconds until stopped; a failure is logged and retried at the next turn."""
+    """Runs ``store.persist()`` every ``persist_every`` seconds and ``store.purge_all_expired()`` (then each of
+    ``also_purge``) every ``purge_every`` seconds until stopped; a failure is logged and retried at the next turn."""
 
     def __init__(
         self,
@@ -24,8 +24,10 @@ class Maintenance:
         persist_every: float,
         purge_every: float,
         clock: Callable[[], float] = time.monotonic,
+        also_purge: Sequence[Callable[[], object]] = (),
     ) -> None:
         self._store = store
+        self._also_purge = tuple(also_purge)
         self._persist_every = persist_every
         self._purge_every = purge_every
         self._clock = clock
@@ -56,6 +58,8 @@ class Maintenance:
         deleted = self._store.purge_all_expired()
         if deleted:
             log.info("deleted %d expired memories", deleted)
+        for purge in self._also_purge:  # e.g. console sessions past their lifetime or idle timeout
+            purge()
 
     @staticmethod
     def _step(name: str, action: Callable[[], object]) -> None:

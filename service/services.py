@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
+from memory_store.console_sessions import ConsoleSessionStore
 from memory_store.credentials import ApiKeyStore
 from memory_store.db import make_sessionmaker
 from memory_store.store import MemoryStore
@@ -27,6 +29,7 @@ class Services:
     auth: Authenticator
     limits: Limits
     metrics: Metrics
+    console_sessions: ConsoleSessionStore
 
 
 def build_services(settings: Settings, store: MemoryStore, metrics: Metrics) -> Services:
@@ -52,4 +55,10 @@ def build_services(settings: Settings, store: MemoryStore, metrics: Metrics) -> 
         auth=auth,
         limits=Limits(settings),
         metrics=metrics,
+        console_sessions=ConsoleSessionStore(
+            sessions,
+            lambda token: store.pseudonym("console-session", token),
+            idle=timedelta(seconds=settings.console_idle_timeout_seconds),
+            lifetime=timedelta(seconds=settings.console_session_lifetime_seconds),
+        ),
     )

@@ -82,6 +82,21 @@ class Settings(StoreSettings, ChatSettings):
         "API in process).",
     )
 
+    console_enabled: bool = Field(
+        default=True, description="Serve the admin web console at /admin (sign-in with a tenant admin key)."
+    )
+    console_idle_timeout_seconds: int = Field(
+        default=900, ge=30, le=86400, description="A console session ends after this long without a request."
+    )
+    console_session_lifetime_seconds: int = Field(
+        default=8 * 3600, ge=60, le=7 * 86400, description="A console session ends this long after sign-in."
+    )
+    console_secure_cookie: Literal["auto", "always"] = Field(
+        default="auto",
+        description="The console cookie's Secure flag: `auto` sets it on HTTPS requests (as uvicorn sees them: "
+        "behind a TLS proxy, run uvicorn with --proxy-headers), `always` on every response.",
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     persist_interval_seconds: float = Field(
         default=30.0, gt=0, description="How often the service flushes access times and changed indexes."

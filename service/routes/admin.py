@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
+from service import admin_actions as actions
 from service.deps import Admin, ServicesDep
 from service.errors import ERROR_RESPONSES, InvalidInput
 from service.routes.common import CursorQuery, LimitQuery, ListParams, list_params
@@ -42,18 +43,16 @@ def inspect_memories(
     services: ServicesDep,
     request: Request,
 ) -> MemoryPage:
-    limit = services.limits.page_size(params.limit)
-    with services.auditor.record(request, principal, "admin.inspect", subject=params.subject) as note:
-        page = services.store.list(
-            tenant_id=principal.tenant_id,
-            subject=params.subject,
-            filters=params.filters(),
-            cursor=params.cursor,
-            limit=limit,
-        )
-        note.touch(page.items)
-        items = services.store.reveal(tenant_id=principal.tenant_id, records=page.items, role=principal.role)
-    return MemoryPage(items=[MemoryOut.of(m) for m in items], next_cursor=page.next_cursor)
+    page = actions.inspect_memories(
+        services,
+        request,
+        principal,
+        subject=params.subject,
+        filters=params.filters(),
+        cursor=params.cursor,
+        limit=params.limit,
+    )
+    return MemoryPage(items=[MemoryOut.of(m) for m in page.items], next_cursor=page.next_cursor)
 
 
 @router.get("/subjects", response_model=SubjectPage, summary="Subjects with memory counts and last activity")
@@ -64,18 +63,13 @@ def list_subjects(
     limit: LimitQuery = None,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> SubjectPage:
-    limit = services.limits.page_size(limit, default=100)
-    with services.auditor.record(request, principal, "admin.subjects") as note:
-        infos = services.store.list_subjects(tenant_id=principal.tenant_id, limit=limit + 1, offset=offset)
-        note.detail = {"offset": offset, "count": min(len(infos), limit)}
-    more = len(infos) > limit
-    return SubjectPage(subjects=[SubjectOut.of(i) for i in infos[:limit]], next_offset=offset + limit if more else None)
+    infos, next_offset = actions.list_subjects(services, request, principal, limit=limit, offset=offset)
+    return SubjectPage(subjects=[SubjectOut.of(i) for i in infos], next_offset=next_offset)
 
 
 @router.get("/stats", response_model=StatsOut, summary="Counts and index statistics of the tenant")
 def stats(principal: Admin, services: ServicesDep, request: Request) -> StatsOut:
-    with services.auditor.record(request, principal, "admin.stats"):
-        return StatsOut.of(services.store.stats(tenant_id=principal.tenant_id))
+    return StatsOut.of(actions.tenant_stats(services, request, principal))
 
 
 @router.get(
@@ -84,14 +78,11 @@ def stats(principal: Admin, services: ServicesDep, request: Request) -> StatsOut
     summary="Everything held about a subject (data portability)",
 )
 def export_subject(subject: SubjectPath, principal: Admin, services: ServicesDep, request: Request) -> SubjectExport:
-    with services.auditor.record(request, principal, "subject.export", subject=subject) as note:
-        data = services.store.export_subject(tenant_id=principal.tenant_id, subject=subject)
-        note.memory_ids = [m.id for m in data["memories"]]
-        memories = services.store.reveal(tenant_id=principal.tenant_id, records=data["memories"], role=principal.role)
+    data = actions.export_subject(services, request, principal, subject=subject)
     return SubjectExport(
         subject=data["subject"],
         created_at=data["created_at"],
-        memories=[MemoryOut.of(m) for m in memories],
+        memories=[MemoryOut.of(m) for m in data["memories"]],
         history=[HistoryEntryOut.of(e) for e in data["history"]],
     )
 
@@ -103,15 +94,7 @@ def export_subject(subject: SubjectPath, principal: Admin, services: ServicesDep
     description="Destroys the subject's data key, deletes its memories, vectors and history. Irreversible.",
 )
 def forget_subject(subject: SubjectPath, principal: Admin, services: ServicesDep, request: Request) -> ForgetResult:
-    chat = getattr(request.app.state, "chat", None)
-    try:
-        with services.auditor.record(request, principal, "subject.forget", subject=subject) as note:
-            removed = services.store.forget_subject(
-                tenant_id=principal.tenant_id, subject=subject, actor=note.caller.actor, audit=note.change()
-            )
-    finally:
-        if chat is not None:  # queued write-back stops, and keys/values derived from memories leave RAM
-            chat.forget_subject(principal.tenant_id, subject)
+    removed = actions.forget_subject(services, request, principal, subject=subject)
     return ForgetResult(subject=subject, memories_deleted=removed)
 
 
@@ -125,23 +108,13 @@ def reindex(principal: Admin, services: ServicesDep, request: Request) -> Reinde
 
 @router.get("/keys", response_model=KeyList, summary="API keys of the tenant (never their secrets)")
 def list_keys(principal: Admin, services: ServicesDep, request: Request) -> KeyList:
-    with services.auditor.record(request, principal, "key.list") as note:
-        keys = services.keys.list_keys(tenant_id=principal.tenant_id)
-        note.detail = {"count": len(keys)}
+    keys = actions.list_keys(services, request, principal)
     return KeyList(keys=[KeyOut.of(k) for k in keys])
 
 
 @router.post("/keys", status_code=201, response_model=KeyCreated, summary="Create an API key (shown once)")
 def create_key(body: KeyCreate, principal: Admin, services: ServicesDep, request: Request) -> KeyCreated:
-    with services.auditor.record(request, principal, "key.create") as note:
-        note.detail = {"role": body.role}
-        issued = services.keys.create(
-            tenant_id=principal.tenant_id,
-            role=body.role,
-            name=body.name,
-            created_by=principal.key_id,
-            audit=note.change(),
-        )
+    issued = actions.create_key(services, request, principal, role=body.role, name=body.name)
     return KeyCreated(**KeyOut.of(issued.info).model_dump(), key=issued.secret)
 
 
@@ -152,10 +125,7 @@ def revoke_key(
     services: ServicesDep,
     request: Request,
 ) -> KeyOut:
-    with services.auditor.record(request, principal, "key.revoke") as note:
-        note.detail = {"key_id": key_id}
-        info = services.keys.revoke(tenant_id=principal.tenant_id, key_id=key_id, audit=note.change())
-    return KeyOut.of(info)
+    return KeyOut.of(actions.revoke_key(services, request, principal, key_id=key_id))
 
 
 @router.get("/audit", response_model=AuditPage, summary="Audit records, newest first")
@@ -168,27 +138,14 @@ def audit_records(
     cursor: CursorQuery = None,
     limit: LimitQuery = None,
 ) -> AuditPage:
-    limit = services.limits.page_size(limit, default=100)
-    before: int | None = None
-    if cursor is not None:
-        if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
-            raise InvalidInput("cursor: malformed")
-        before = int(cursor)
-    with services.auditor.record(request, principal, "audit.read", subject=subject) as note:
-        entries = services.auditor.log.entries(
-            tenant_id=principal.tenant_id, before_seq=before, limit=limit, action=action, subject=subject
-        )
-        note.detail = {"count": len(entries), **({"action": action} if action else {})}
-    next_cursor = str(entries[-1].seq) if len(entries) == limit else None
+    query = actions.AuditQuery(action=action, subject=subject, before_seq=actions.parse_audit_cursor(cursor))
+    entries, next_cursor = actions.audit_entries(services, request, principal, query, limit=limit)
     return AuditPage(items=[AuditEntryOut.of(e) for e in entries], next_cursor=next_cursor)
 
 
 @router.get("/audit/verify", response_model=AuditVerifyOut, summary="Recompute the audit hash chain")
 def verify_audit(principal: Admin, services: ServicesDep, request: Request) -> AuditVerifyOut:
-    report = services.auditor.log.verify(tenant_id=principal.tenant_id)  # the chain before this read's record
-    with services.auditor.record(request, principal, "audit.verify") as note:
-        note.detail = {"ok": report.ok, "head_seq": report.head_seq}
-    return AuditVerifyOut.of(report)
+    return AuditVerifyOut.of(actions.verify_audit(services, request, principal))
 
 
 @router.get(

@@ -1,0 +1,229 @@
+"""Tenant administration as one set of functions, called by the REST admin routes (``/v1/admin``) and the admin
+console (``/admin``) alike: the same authorisation (the caller is admitted by :func:`service.deps.permit` before
+it gets here), the same audit records, the same reveal rules and the same errors. Each takes the services, the
+request (for the audit record's request id and times) and the admitted principal, and works only within the
+principal's tenant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+
+from memory_store.activity import Activity, tenant_activity
+from memory_store.audit import AuditEntry, VerifyReport
+from memory_store.credentials import ApiKeyInfo, IssuedKey
+from memory_store.db import make_sessionmaker
+from memory_store.types import Filters, HistoryEntry, MemoryRecord, SearchHit, SessionSummary, Stats, SubjectInfo
+from service.auth import Principal
+from service.errors import InvalidInput
+from service.services import Services
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryListing:
+    items: list[MemoryRecord]  # as the caller's role may see them (revealed)
+    next_cursor: str | None
+
+
+def inspect_memories(
+    services: Services,
+    request: Request,
+    principal: Principal,
+    *,
+    subject: str | None,
+    filters: Filters,
+    cursor: str | None,
+    limit: int | None,
+) -> MemoryListing:
+    """Memories of the tenant (of one subject when given), newest first; audited as ``admin.inspect``."""
+    page_size = services.limits.page_size(limit)
+    with services.auditor.record(request, principal, "admin.inspect", subject=subject) as note:
+        page = services.store.list(
+            tenant_id=principal.tenant_id, subject=subject, filters=filters, cursor=cursor, limit=page_size
+        )
+        note.touch(page.items)
+        items = services.store.reveal(tenant_id=principal.tenant_id, records=page.items, role=principal.role)
+    return MemoryListing(items=items, next_cursor=page.next_cursor)
+
+
+def list_subjects(
+    services: Services, request: Request, principal: Principal, *, limit: int | None, offset: int
+) -> tuple[list[SubjectInfo], int | None]:
+    """A page of the tenant's subjects and the offset of the next page (None: no more); ``admin.subjects``."""
+    page_size = services.limits.page_size(limit, default=100)
+    with services.auditor.record(request, principal, "admin.subjects") as note:
+        infos = services.store.list_subjects(tenant_id=principal.tenant_id, limit=page_size + 1, offset=offset)
+        note.detail = {"offset": offset, "count": min(len(infos), page_size)}
+    more = len(infos) > page_size
+    return infos[:page_size], offset + page_size if more else None
+
+
+def tenant_stats(services: Services, request: Request, principal: Principal) -> Stats:
+    with services.auditor.record(request, principal, "admin.stats"):
+        return services.store.stats(tenant_id=principal.tenant_id)
+
+
+def tenant_overview(services: Services, request: Request, principal: Principal) -> tuple[Stats, Activity]:
+    """Counts (by kind and by status), subjects and writes per day; audited as one ``admin.stats`` read."""
+    with services.auditor.record(request, principal, "admin.stats"):
+        stats = services.store.stats(tenant_id=principal.tenant_id)
+        activity = tenant_activity(make_sessionmaker(services.store.engine), tenant_id=principal.tenant_id)
+    return stats, activity
+
+
+def export_subject(services: Services, request: Request, principal: Principal, *, subject: str) -> dict[str, Any]:
+    """Everything held about a subject (memories revealed as the caller's role may see them); ``subject.export``."""
+    with services.auditor.record(request, principal, "subject.export", subject=subject) as note:
+        data = services.store.export_subject(tenant_id=principal.tenant_id, subject=subject)
+        note.memory_ids = [m.id for m in data["memories"]]
+        data["memories"] = services.store.reveal(
+            tenant_id=principal.tenant_id, records=data["memories"], role=principal.role
+        )
+    return data
+
+
+def forget_subject(services: Services, request: Request, principal: Principal, *, subject: str) -> int:
+    """Crypto-shred a subject (irreversible); returns how many memories were deleted; ``subject.forget``."""
+    chat = getattr(request.app.state, "chat", None)
+    try:
+        with services.auditor.record(request, principal, "subject.forget", subject=subject) as note:
+            removed = services.store.forget_subject(
+                tenant_id=principal.tenant_id, subject=subject, actor=note.caller.actor, audit=note.change()
+            )
+    finally:
+        if chat is not None:  # queued write-back stops, and keys/values derived from memories leave RAM
+            chat.forget_subject(principal.tenant_id, subject)
+    return removed
+
+
+def memory_history(
+    services: Services, request: Request, principal: Principal, *, memory_id: str, subject: str | None
+) -> list[HistoryEntry]:
+    """A memory's change history (of ``subject`` when given); audited as ``memory.history``, as the API's."""
+    with services.auditor.record(request, principal, "memory.history", subject=subject, memory_ids=[memory_id]):
+        return services.store.history(tenant_id=principal.tenant_id, memory_id=memory_id, subject=subject)
+
+
+def search_subject(
+    services: Services,
+    request: Request,
+    principal: Principal,
+    *,
+    subject: str,
+    query: str,
+    k: int | None,
+    filters: Filters | None = None,
+) -> list[SearchHit]:
+    """Hybrid search of one subject's memories with fused, dense and lexical scores (memories revealed as the
+    caller's role may see them); audited as ``memory.search``, as ``POST /v1/memories/search`` is."""
+    top = services.limits.k(k)
+    services.limits.text(query, field="query")
+    with services.auditor.record(request, principal, "memory.search", subject=subject) as note:
+        hits = services.store.search(
+            tenant_id=principal.tenant_id,
+            subject=subject,
+            query=query,
+            k=top,
+            filters=filters or Filters(),
+            role=principal.role,
+        )
+        note.memory_ids = [h.memory.id for h in hits]
+        shown = services.store.reveal(
+            tenant_id=principal.tenant_id, records=[h.memory for h in hits], role=principal.role
+        )
+    return [
+        SearchHit(memory=m, score=h.score, dense_score=h.dense_score, lexical_score=h.lexical_score)
+        for h, m in zip(hits, shown, strict=True)
+    ]
+
+
+def list_sessions(
+    services: Services, request: Request, principal: Principal, *, subject: str, limit: int | None
+) -> list[SessionSummary]:
+    """Every session of a subject (all kinds of memory), most recent first; audited as ``session.list``."""
+    page_size = services.limits.page_size(limit, default=100)
+    with services.auditor.record(request, principal, "session.list", subject=subject) as note:
+        sessions = services.store.list_sessions(tenant_id=principal.tenant_id, subject=subject, limit=page_size)
+        note.detail = {"count": len(sessions)}
+    return sessions
+
+
+def list_keys(services: Services, request: Request, principal: Principal) -> list[ApiKeyInfo]:
+    with services.auditor.record(request, principal, "key.list") as note:
+        keys = services.keys.list_keys(tenant_id=principal.tenant_id)
+        note.detail = {"count": len(keys)}
+    return keys
+
+
+def create_key(services: Services, request: Request, principal: Principal, *, role: str, name: str) -> IssuedKey:
+    """A new API key of the tenant; its secret is in the result only (shown once); ``key.create``."""
+    with services.auditor.record(request, principal, "key.create") as note:
+        note.detail = {"role": role}
+        return services.keys.create(
+            tenant_id=principal.tenant_id, role=role, name=name, created_by=principal.key_id, audit=note.change()
+        )
+
+
+def revoke_key(services: Services, request: Request, principal: Principal, *, key_id: str) -> ApiKeyInfo:
+    """Revoke a key: its requests, subject tokens and console sessions stop working at once; ``key.revoke``."""
+    with services.auditor.record(request, principal, "key.revoke") as note:
+        note.detail = {"key_id": key_id}
+        info = services.keys.revoke(tenant_id=principal.tenant_id, key_id=key_id, audit=note.change())
+    services.console_sessions.end_for_key(tenant_id=principal.tenant_id, key_id=key_id)
+    return info
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditQuery:
+    """Filters of an audit read: all optional. ``actor`` is a credential (API key) id; ``after``/``before``
+    bound the record time; ``before_seq`` pages (the last seq of the previous page)."""
+
+    action: str | None = None
+    subject: str | None = None
+    actor: str | None = None
+    after: datetime | None = None
+    before: datetime | None = None
+    before_seq: int | None = None
+
+
+def parse_audit_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
+        raise InvalidInput("cursor: malformed")
+    return int(cursor)
+
+
+def audit_entries(
+    services: Services, request: Request, principal: Principal, query: AuditQuery, *, limit: int | None
+) -> tuple[list[AuditEntry], str | None]:
+    """Audit records of the tenant, newest first, and the cursor of the next page; audited as ``audit.read``."""
+    page_size = services.limits.page_size(limit, default=100)
+    if query.after is not None and query.before is not None and query.after >= query.before:
+        raise InvalidInput("after: must be earlier than before")
+    with services.auditor.record(request, principal, "audit.read", subject=query.subject) as note:
+        entries = services.auditor.log.entries(
+            tenant_id=principal.tenant_id,
+            before_seq=query.before_seq,
+            limit=page_size,
+            action=query.action,
+            subject=query.subject,
+            credential_id=query.actor,
+            after=query.after,
+            before=query.before,
+        )
+        note.detail = {"count": len(entries), **({"action": query.action} if query.action else {})}
+    next_cursor = str(entries[-1].seq) if len(entries) == page_size else None
+    return entries, next_cursor
+
+
+def verify_audit(services: Services, request: Request, principal: Principal) -> VerifyReport:
+    """Recompute the tenant's audit hash chain (the chain before this read's own record); ``audit.verify``."""
+    report = services.auditor.log.verify(tenant_id=principal.tenant_id)
+    with services.auditor.record(request, principal, "audit.verify") as note:
+        note.detail = {"ok": report.ok, "head_seq": report.head_seq}
+    return report
