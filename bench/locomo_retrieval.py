@@ -8,7 +8,14 @@ recall@k (share of a question's evidence in the top k, averaged over questions) 
 the top 10), per category and overall (categories 1-4; 5, adversarial, reported on its own).
 
     python bench/locomo_retrieval.py [--data ../shared/data/locomo-dev.json] [--embedding-runtime onnx|onnx-int8|torch]
-        [--ablations] [--out FILE]
+        [--ablations] [--no-store] [--feature-cache DIR] [--out FILE]
+
+Tuning that cannot overfit: each conversation's turns and questions are embedded once and their raw scores
+cached (cosine of every question with every turn; BM25 of every turn under each lexical option), and every
+setting of ``GRID`` is ranked from the cache exactly as the store ranks (``cached_plain_matches_store`` checks
+it). Leave-one-conversation-out: each conversation is scored with the setting that is best on the other four;
+``summary_recall@10`` prints that figure beside the plain one (default settings) and the BM25 baseline, per
+category. ``calibration`` fits and checks (by LOO) the relevance model of :mod:`memory_store.calibration`.
 
 The embedder is all-MiniLM-L6-v2 run by ONNX Runtime (the service's default; exported once into
 ``--model-cache``, by default the run's temporary data folder) or by sentence-transformers on torch.
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -75,12 +83,13 @@ ABLATIONS: dict[str, FusionConfig] = {
     "score + lexical context": FusionConfig(neighbour_weight=0.0, lexical_dates=False),
     "score + lexical context + dates": FusionConfig(neighbour_weight=0.0),
     "score + neighbours only": FusionConfig(lexical_context=0, lexical_dates=False),
-    "score + context + dates + neighbours 0.3 (default)": FusionConfig(),
+    "score + context + dates + neighbours 0.3 (before #15)": FusionConfig(dense_weight=1.0, lexical_context=1),
+    "default (dense 1.5, lexical_context 2: picked by LOO)": FusionConfig(),
     "default, neighbour_weight 0.5": FusionConfig(neighbour_weight=0.5),
     "default, neighbour_weight 0.15": FusionConfig(neighbour_weight=0.15),
-    "default, lexical_context 2": FusionConfig(lexical_context=2),
-    "default, dense 1.5 : lexical 1": FusionConfig(dense_weight=1.5),
-    "default, dense 1 : lexical 1.5": FusionConfig(lexical_weight=1.5),
+    "default, lexical_context 1": FusionConfig(lexical_context=1),
+    "default, dense 1 : lexical 1": FusionConfig(dense_weight=1.0),
+    "default, dense 1 : lexical 1.5": FusionConfig(dense_weight=1.0, lexical_weight=1.5),
     "lexical only (context + dates + neighbours)": FusionConfig(dense_weight=0.0),
 }
 
@@ -310,6 +319,247 @@ def run_store(
     return scores, latencies
 
 
+# ---- cached scores: plain and leave-one-conversation-out tuning ----------------------------------------
+
+# Every tunable choice of the ranking and the values tried. Each combination is scored from cached features
+# (the questions' cosine against every turn, BM25 of every turn under each lexical option), never by
+# re-ingesting; the default FusionConfig() must be one of them.
+GRID: dict[str, tuple[Any, ...]] = {
+    "dense_weight": (0.5, 0.75, 1.0, 1.5, 2.0),
+    "neighbour_weight": (0.0, 0.15, 0.3, 0.5),
+    "lexical_context": (0, 1, 2),
+    "lexical_dates": (False, True),
+}
+
+
+@dataclass
+class Features:
+    """One conversation's cached retrieval features: memory i is turn i (store ids ascending = turn order)."""
+
+    conv: Conversation
+    questions: list[Question]
+    cosine: Any  # (questions, turns) float32: cosine of question and turn embeddings
+    bm25: dict[tuple[int, bool], Any]  # (lexical_context, lexical_dates) -> (questions, turns) float32
+    prev: Any  # (turns,) int: previous turn of the same session, -1 for none
+    next: Any  # (turns,) int: next turn of the same session, -1 for none
+
+
+def _embed_cached(embedder: Embedder, texts: Sequence[str], cache: Path | None) -> Any:
+    import hashlib
+
+    import numpy as np
+
+    if cache is None:
+        return embedder.embed(list(texts))
+    digest = hashlib.sha256(("\x00".join([embedder.model_id, *texts])).encode()).hexdigest()[:24]
+    path = cache / f"emb-{digest}.npy"
+    if path.is_file():
+        return np.load(path)
+    vectors = embedder.embed(list(texts))
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(path, vectors)
+    return vectors
+
+
+def features(conversations: Sequence[Conversation], embedder: Embedder, cache: Path | None) -> list[Features]:
+    import numpy as np
+
+    from memory_store.lexical import LexicalIndex, LexicalOptions, LexicalSource
+
+    options = sorted({(c, d) for c in GRID["lexical_context"] for d in GRID["lexical_dates"]})
+    out = []
+    for conv in conversations:
+        texts = [t.memory_text() for t in conv.turns]
+        turn_vectors = _embed_cached(embedder, texts, cache)
+        question_vectors = _embed_cached(embedder, [q.question for q in conv.questions], cache)
+        sources = [
+            LexicalSource(
+                memory_id=i + 1,
+                text=text,
+                session_id=f"session_{t.session}",
+                occurred_at=t.occurred_at,
+                created_at=t.occurred_at or datetime(2000, 1, 1, tzinfo=UTC),
+                kind="turn",
+            )
+            for i, (t, text) in enumerate(zip(conv.turns, texts, strict=True))
+        ]
+        bm25 = {}
+        for context, dates in options:
+            index = LexicalIndex.build(sources, LexicalOptions(context=context, dates=dates))
+            bm25[(context, dates)] = np.stack([index.scores(q.question).scores for q in conv.questions])
+        prev = np.full(len(texts), -1, dtype=np.int64)
+        nxt = np.full(len(texts), -1, dtype=np.int64)
+        for i in range(1, len(conv.turns)):
+            if conv.turns[i].session == conv.turns[i - 1].session:
+                prev[i], nxt[i - 1] = i - 1, i
+        out.append(Features(conv, list(conv.questions), question_vectors @ turn_vectors.T, bm25, prev, nxt))
+    return out
+
+
+def rank_offline(f: Features, q: int, config: FusionConfig, k: int) -> list[int]:
+    """The top-``k`` turn indexes for question ``q`` as ``HybridSearcher.search`` ranks them with ``config``
+    (score fusion: the same pool of each retriever's top ``max(4k, pool)``, their session neighbours, the
+    same normalisation, neighbour share and tie order), from the cached scores."""
+    import numpy as np
+
+    cos = f.cosine[q]
+    bm = f.bm25[(config.lexical_context, config.lexical_dates)][q]
+    n = len(cos)
+    fetch = min(n, max(4 * k, config.pool))
+    pool = np.zeros(n, dtype=bool)
+    pool[np.argsort(-cos, kind="stable")[:fetch]] = True
+    positive = bm > 0
+    lexical_top = np.argsort(-np.where(positive, bm, -np.inf), kind="stable")[: min(int(positive.sum()), fetch)]
+    pool[lexical_top] = True
+    original = pool.copy()
+    a = config.neighbour_weight
+    if a > 0:
+        for links in (f.prev, f.next):
+            linked = links[original]
+            pool[linked[linked >= 0]] = True
+    idx = np.flatnonzero(pool)
+    dense_max = float(cos[idx].max())
+    d = np.maximum(cos[idx], 0.0) / dense_max if dense_max > 0 else np.zeros(len(idx))
+    lex = bm[idx]
+    lexical_max = float(lex.max())
+    l_norm = lex / lexical_max if lexical_max > 0 else np.zeros(len(idx))
+    total = config.dense_weight + config.lexical_weight
+    mixed = np.zeros(n + 1)  # slot n: "no neighbour" (0)
+    mixed[idx] = (config.dense_weight * d + config.lexical_weight * l_norm) / total if total else 0.0
+    score = mixed[idx].copy()
+    if a > 0:
+        members = original[idx]
+        best = np.maximum(mixed[f.prev[idx]], mixed[f.next[idx]])  # -1 indexes slot n
+        score = np.where(members, (score + a * best) / (1.0 + a), score)
+    order = np.lexsort((-idx, -score))[:k]
+    return idx[order].tolist()
+
+
+def grid_configs() -> list[FusionConfig]:
+    names = list(GRID)
+    configs = [FusionConfig(**dict(zip(names, values, strict=True))) for values in itertools.product(*GRID.values())]
+    default = FusionConfig()
+    assert default in configs, "the default FusionConfig must be one of the grid's settings"
+    configs.remove(default)
+    return [default, *configs]  # ties in LOO selection go to the default
+
+
+def recall_matrix(feats: Sequence[Features], configs: Sequence[FusionConfig], k: int) -> list[Any]:
+    """Per conversation: (configs, questions) recall@k of each setting."""
+    import numpy as np
+
+    out = []
+    for f in feats:
+        m = np.zeros((len(configs), len(f.questions)))
+        for s, config in enumerate(configs):
+            for q, question in enumerate(f.questions):
+                ranked = rank_offline(f, q, config, k)
+                gold = set(question.evidence)
+                m[s, q] = len(gold & {f.conv.turns[i].dia_id for i in ranked}) / len(gold)
+        out.append(m)
+    return out
+
+
+def leave_one_out(
+    feats: Sequence[Features], configs: Sequence[FusionConfig], k: int
+) -> tuple[Scores, list[dict[str, Any]]]:
+    """Leave-one-conversation-out: for each conversation, the setting with the best recall@k (categories 1-4,
+    pooled over questions) on the other conversations, scored on it."""
+    import numpy as np
+
+    recalls = recall_matrix(feats, configs, k)
+    main = [np.array([q.category in MAIN_CATEGORIES for q in f.questions]) for f in feats]
+    scores = Scores()
+    folds = []
+    for held, f in enumerate(feats):
+        sums = sum(recalls[i][:, main[i]].sum(axis=1) for i in range(len(feats)) if i != held)
+        count = sum(int(main[i].sum()) for i in range(len(feats)) if i != held)
+        chosen = int(np.argmax(sums))  # first best: the default on a tie
+        config = configs[chosen]
+        for q, question in enumerate(f.questions):
+            scores.add(question, [f.conv.turns[i].dia_id for i in rank_offline(f, q, config, k)])
+        folds.append({
+            "held_out": f.conv.sample_id,
+            "chosen": {name: getattr(config, name) for name in GRID},
+            "train_recall@10": round(float(sums[chosen]) / count, 4),
+            "held_out_recall@10": round(float(recalls[held][chosen, main[held]].mean()), 4),
+        })
+    return scores, folds
+
+
+def _fit_logistic(x: Any, y: Any, l2: float = 1e-3) -> Any:
+    """Logistic regression by Newton's method (x has a leading column of ones)."""
+    import numpy as np
+
+    w = np.zeros(x.shape[1])
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-x @ w))
+        gradient = x.T @ (p - y) + l2 * w
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(w))
+        w -= np.linalg.solve(hessian, gradient)
+    return w
+
+
+def calibration_report(feats: Sequence[Features], config: FusionConfig, k: int) -> dict[str, Any]:
+    """Fits :mod:`memory_store.calibration`'s model (relevance from raw cosine and ln(1 + BM25)) on each
+    question's top-``k`` hits (categories 1-4, ``config``) labelled by evidence, and checks it by
+    leave-one-conversation-out: reliability in bins, log loss, the share of evidence and of other hits kept
+    at thresholds. ``fitted_on_all`` are the constants to store in memory_store/calibration.py."""
+    import numpy as np
+
+    from memory_store.calibration import CALIBRATIONS
+
+    rows = []
+    for ci, f in enumerate(feats):
+        bm = f.bm25[(config.lexical_context, config.lexical_dates)]
+        for q, question in enumerate(f.questions):
+            if question.category not in MAIN_CATEGORIES:
+                continue
+            gold = set(question.evidence)
+            for i in rank_offline(f, q, config, k):
+                rows.append((ci, float(f.cosine[q][i]), float(bm[q][i]), float(f.conv.turns[i].dia_id in gold)))
+    data = np.array(rows)
+    conv, y = data[:, 0], data[:, 3]
+    x = np.stack([np.ones(len(data)), data[:, 1], np.log1p(np.maximum(data[:, 2], 0.0))], axis=1)
+    predicted = np.zeros(len(y))
+    for ci in range(len(feats)):
+        train = conv != ci
+        predicted[~train] = 1.0 / (1.0 + np.exp(-x[~train] @ _fit_logistic(x[train], y[train])))
+    edges = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0001)
+    bins = []
+    for lo, hi in itertools.pairwise(edges):
+        m = (predicted >= lo) & (predicted < hi)
+        if m.any():
+            bins.append({"bin": f"[{lo:g}, {min(hi, 1):g})", "hits": int(m.sum()),
+                         "predicted": round(float(predicted[m].mean()), 4), "observed": round(float(y[m].mean()), 4)})
+    clipped = np.clip(predicted, 1e-9, 1 - 1e-9)
+    w = _fit_logistic(x, y)
+    stored = CALIBRATIONS.get("all-MiniLM-L6-v2")
+    return {
+        "population": f"top {k} hits of each question, categories 1-4; label: the turn is annotated evidence",
+        "hits": len(y),
+        "base_rate": round(float(y.mean()), 4),
+        "loo_reliability": bins,
+        "loo_log_loss": round(float(-np.mean(y * np.log(clipped) + (1 - y) * np.log(1 - clipped))), 4),
+        "loo_kept_at_threshold": {
+            str(t): {"evidence": round(float((predicted[y == 1] >= t).mean()), 4),
+                     "other": round(float((predicted[y == 0] >= t).mean()), 4)}
+            for t in (0.01, 0.02, 0.05, 0.1)
+        },
+        "fitted_on_all": {"intercept": round(float(w[0]), 3), "cosine": round(float(w[1]), 3),
+                          "log_bm25": round(float(w[2]), 3)},
+        "stored": dataclasses.asdict(stored) if stored else None,
+    }
+
+
+def _recall_row(scores: Scores) -> dict[str, float | None]:
+    report = scores.report()
+    row: dict[str, float | None] = {"categories 1-4": report["overall_categories_1_4"].get("recall@10")}
+    for c in MAIN_CATEGORIES:
+        row[CATEGORIES[c]] = report["by_category"].get(f"{c} {CATEGORIES[c]}", {}).get("recall@10")
+    return row
+
+
 def _ms(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2) if ordered else 0.0
@@ -331,6 +581,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ablations", action="store_true",
                         help="also run the fusion variants on categories 1-4 (about 30 s each)")
     parser.add_argument("--no-dense-only", action="store_true", help="skip the dense-only figure")
+    parser.add_argument("--no-store", action="store_true",
+                        help="skip the run through the store: cached-score figures (plain and LOO) only")
+    parser.add_argument("--feature-cache", type=Path,
+                        help="folder keeping the turn and question embeddings between runs (default: none)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -361,14 +615,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         store = open_store(Path(tmp), args.threads, args.embedding_runtime, args.model_cache)
         tenant_id = store.create_tenant(name="locomo-bench").id
         store.embedder.embed(["warm-up"])
+        fusion = FusionConfig()
+        t0 = time.perf_counter()
+        feats = features(conversations, store.embedder, args.feature_cache)
+        features_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        offline = Scores()
+        for f in feats:
+            for q, question in enumerate(f.questions):
+                offline.add(question, [f.conv.turns[i].dia_id for i in rank_offline(f, q, fusion, args.k)])
+        loo, folds = leave_one_out(feats, grid_configs(), args.k)
+        loo_s = time.perf_counter() - t0
+        bm25, bm25_s = bm25_baseline(conversations, args.k)
+        result["summary_recall@10"] = {
+            "plain (default settings, all conversations)": _recall_row(offline),
+            "leave-one-conversation-out": _recall_row(loo),
+            "bm25 baseline": _recall_row(bm25),
+        }
+        result["loo"] = {
+            "protocol": "for each conversation, every setting of GRID is scored on the other four (recall@10, "
+                        "categories 1-4, pooled over questions), the best one is applied to it; figures pool "
+                        "the held-out questions",
+            "grid": {name: list(values) for name, values in GRID.items()},
+            "folds": folds,
+            "report": loo.report(),
+        }
+        result["calibration"] = calibration_report(feats, fusion, args.k)
+        result["cached_plain"] = offline.report()
+        result["bm25_baseline"] = bm25.report()
+        if args.no_store:
+            store.close()
+            result["timings"] = {"features_s": round(features_s, 2), "loo_s": round(loo_s, 2),
+                                 "total_s": round(time.perf_counter() - started, 2)}
+            text = json.dumps(result, indent=2)
+            print(text)
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(text + "\n", encoding="utf-8")
+            return 0
+
         t0 = time.perf_counter()
         stored = ingest(store, tenant_id, conversations)
         ingest_s = time.perf_counter() - t0
 
-        fusion = FusionConfig()
         t0 = time.perf_counter()
         main_scores, latencies = run_store(store, tenant_id, conversations, fusion, args.k)
         search_s = time.perf_counter() - t0
+        result["cached_plain_matches_store"] = main_scores.report() == offline.report()
         result["config"] = {
             "memory_text": "speaker + ': ' + text (+ ' [shares a photo: <blip_caption>]'); "
                            "occurred_at = session date; session_id = session_N; kind = turn",
@@ -377,8 +670,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "fusion": dataclasses.asdict(fusion),
         }
         result["store"] = main_scores.report()
-        bm25, bm25_s = bm25_baseline(conversations, args.k)
-        result["bm25_baseline"] = bm25.report()
 
         dense_s = 0.0
         if not args.no_dense_only:
@@ -420,6 +711,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "search_p50_ms": _ms(latencies, 0.5),
         "search_p95_ms": _ms(latencies, 0.95),
         "bm25_baseline_s": round(bm25_s, 2),
+        "features_s": round(features_s, 2),
+        "loo_s": round(loo_s, 2),
         "dense_only_s": round(dense_s, 2),
         "total_s": round(time.perf_counter() - started, 2),
     }

@@ -15,7 +15,10 @@ Steps of a search:
    candidate in the same session, from the cached session order) is scored exactly - cosine (a second
    vector search of just the ids still missing, if any) and BM25 - normalised, mixed, and each memory
    inherits a share of its better neighbour's score; or, with ``method="rrf"``, reciprocal rank fusion of
-   the two ranked lists alone.
+   the two ranked lists alone;
+5. the fused list is read best first: hits whose :func:`~memory_store.calibration.relevance` is below the
+   search's ``min_score`` are skipped, and so are the assistant's own chat replies (:func:`assistant_reply`)
+   unless the search asks for them, until ``k`` hits are found.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy.typing as npt
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from memory_store.calibration import Calibration, for_embedder
 from memory_store.embedder import Embedder
 from memory_store.errors import NotFoundError
 from memory_store.fusion import Fused, FusionConfig, Neighbours, reciprocal_rank_fusion, score_fusion
@@ -40,7 +44,7 @@ from memory_store.lexical import LexicalCache, LexicalIndex, LexicalOptions, Lex
 from memory_store.models import Memory, Subject, VectorChange, utcnow
 from memory_store.records import apply_filters, candidate_query, decode, metadata_matches
 from memory_store.sealing import MemorySealer
-from memory_store.types import Filters, SearchHit
+from memory_store.types import Filters, MemoryRecord, SearchHit
 
 IdArray = npt.NDArray[np.int64]
 _SCORE_ALL_MAX = 4096
@@ -74,6 +78,19 @@ def lexical_source(row: Memory, text: str) -> LexicalSource:
         created_at=row.created_at.astimezone(UTC),
         kind=row.kind,
     )
+
+
+def assistant_reply(record: MemoryRecord) -> bool:
+    """Whether ``record`` is an assistant's reply in a conversation (a ``turn`` whose metadata ``role`` is
+    ``"assistant"``, as the chat loop stores its replies): what the assistant said, not a memory about the
+    user, so a search leaves it out unless asked (it still serves as session context of the turns around it)."""
+    return record.kind == "turn" and record.metadata.get("role") == "assistant"
+
+
+def wants_assistant(filters: Filters) -> bool:
+    """A metadata filter on ``role: "assistant"`` asks for assistant replies."""
+    metadata = filters.metadata
+    return metadata is not None and metadata.get("role") == "assistant"
 
 
 class VectorSearch(Protocol):
@@ -144,6 +161,7 @@ class HybridSearcher:
         self.queries = QueryVectors(embedder, query_cache_size)
         self._vectors = vectors
         self._lexical = lexical
+        self.calibration: Calibration | None = for_embedder(embedder.model_id)
 
     def _dense_search(self, tenant_id: str, vector: Vector, k: int, candidates: IdArray) -> dict[int, float]:
         """Top-``k`` cosine similarities among ``candidates`` (all of them when k >= their count)."""
@@ -225,8 +243,62 @@ class HybridSearcher:
             )
         }
 
+    def _hits(
+        self,
+        session: Session,
+        owner: Subject,
+        sealer: MemorySealer,
+        fused: list[Fused],
+        k: int,
+        min_score: float,
+        include_assistant: bool,
+    ) -> tuple[list[SearchHit], list[int]]:
+        """The first ``k`` of ``fused`` (best first) whose relevance is at least ``min_score``, assistant replies
+        left out unless ``include_assistant``; rows are read a few more than still needed at a time. Without a
+        calibration (another embedder) hits have no relevance and ``min_score`` keeps them all."""
+        calibration = self.calibration
+        passing: list[tuple[Fused, float | None]]
+        if calibration is None:
+            passing = [(f, None) for f in fused]
+        else:
+            scored = ((f, calibration.relevance(f.dense, f.lexical)) for f in fused)
+            passing = [(f, r) for f, r in scored if r >= min_score]
+        hits: list[SearchHit] = []
+        ids: list[int] = []
+        start = 0
+        while len(hits) < k and start < len(passing):
+            chunk = passing[start : start + k - len(hits) + 4]
+            start += len(chunk)
+            by_id = {
+                row.id: row
+                for row in session.scalars(select(Memory).where(Memory.id.in_([f.memory_id for f, _ in chunk])))
+            }
+            for f, rel in chunk:
+                row = by_id.get(f.memory_id)
+                if row is None:
+                    continue
+                record = decode(row, owner, sealer)
+                if not include_assistant and assistant_reply(record):
+                    continue
+                hits.append(
+                    SearchHit(memory=record, score=f.score, dense_score=f.dense, lexical_score=f.lexical, relevance=rel)
+                )
+                ids.append(f.memory_id)
+                if len(hits) == k:
+                    break
+        return hits, ids
+
     def search(
-        self, *, tenant_id: str, subject: str, query: str, k: int, filters: Filters, fusion: FusionConfig
+        self,
+        *,
+        tenant_id: str,
+        subject: str,
+        query: str,
+        k: int,
+        filters: Filters,
+        fusion: FusionConfig,
+        min_score: float = 0.0,
+        include_assistant: bool = False,
     ) -> tuple[list[SearchHit], list[int]]:
         now = utcnow()
         with self._sessions() as session:
@@ -273,7 +345,7 @@ class HybridSearcher:
                     if want_recency
                     else None
                 )
-                fused = reciprocal_rank_fusion(dense_ranked, lexical, fusion, timestamps=stamps, now=now)[:k]
+                fused = reciprocal_rank_fusion(dense_ranked, lexical, fusion, timestamps=stamps, now=now)
             else:
                 pool = {m for m, _ in dense_ranked} | {m for m, _ in lexical}
                 neighbours: Neighbours = {}
@@ -289,21 +361,7 @@ class HybridSearcher:
                 stamps = self._timestamps(session, pooled_dense) if want_recency else None
                 fused = score_fusion(
                     pooled_dense, lexical_scores, fusion, neighbours=neighbours, timestamps=stamps, now=now
-                )[:k]
-            if not fused:
-                return [], []
-            by_id = {
-                row.id: row
-                for row in session.scalars(select(Memory).where(Memory.id.in_([f.memory_id for f in fused])))
-            }
-            hits = [
-                SearchHit(
-                    memory=decode(by_id[f.memory_id], owner, sealer),
-                    score=f.score,
-                    dense_score=f.dense,
-                    lexical_score=f.lexical,
                 )
-                for f in fused
-                if f.memory_id in by_id
-            ]
-        return hits, [f.memory_id for f in fused]
+            return self._hits(
+                session, owner, sealer, fused, k, min_score, include_assistant or wants_assistant(filters)
+            )

@@ -1085,13 +1085,23 @@ class MemoryStore:
         filters: Filters | None = None,
         fusion: FusionConfig | None = None,
         role: str | None = None,
+        min_score: float = 0.0,
+        include_assistant: bool = False,
     ) -> builtins.list[SearchHit]:
         """Hybrid dense + BM25 search over one subject's memories, filters applied inside the search. The query
-        is screened as a write would be (:meth:`as_stored`, for a caller of ``role``)."""
+        is screened as a write would be (:meth:`as_stored`, for a caller of ``role``).
+
+        Hits whose ``relevance`` (estimated probability of being relevant, comparable across queries; see
+        :mod:`memory_store.calibration`) is below ``min_score`` are left out, so an unrelated query can return
+        nothing (with an embedder that has no calibration, relevance is None and nothing is left out). The
+        assistant's own chat replies (``turn`` memories with metadata ``role: "assistant"``) are left out
+        unless ``include_assistant`` (or a metadata filter on ``role: "assistant"``) asks for them."""
         if not isinstance(query, str) or not query.strip():
             raise ValidationError("query must be a non-empty string")
         if not 1 <= k <= 1000:
             raise ValidationError("k must be between 1 and 1000")
+        if not isinstance(min_score, int | float) or not -1.0 <= min_score <= 1.0:  # NaN fails too
+            raise ValidationError("min_score must be between -1 and 1")
         hits, row_ids = self._searcher.search(
             tenant_id=tenant_id,
             subject=subject,
@@ -1099,6 +1109,8 @@ class MemoryStore:
             k=k,
             filters=filters or Filters(),
             fusion=fusion or FusionConfig(),
+            min_score=float(min_score),
+            include_assistant=include_assistant,
         )
         self._touch(row_ids)
         return hits

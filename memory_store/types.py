@@ -51,6 +51,10 @@ class SearchHit:
     score: float
     dense_score: float | None
     lexical_score: float | None
+    relevance: float | None = None
+    """Estimated probability that the memory is relevant to the query, comparable across queries (``score``
+    only ranks the hits of one search); None with an embedder that has no calibration. See
+    :mod:`memory_store.calibration`."""
 
 
 @dataclass(frozen=True, kw_only=True)

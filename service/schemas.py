@@ -188,6 +188,11 @@ class SearchFilters(Request):
     occurred_before: Timestamp | None = None
     metadata: Metadata | None = Field(default=None, description="Exact matches on top-level metadata keys.")
     include_superseded: bool = False
+    include_assistant: bool = Field(
+        default=False,
+        description="Also return the assistant's own chat replies (turns whose metadata role is 'assistant'); "
+        "left out by default, as what the assistant said is not a memory about the user.",
+    )
 
 
 class SearchRequest(Request):
@@ -208,17 +213,37 @@ class SearchRequest(Request):
     query: Text
     k: int | None = Field(default=None, ge=1, le=1000, description="Results wanted: default 10, capped by settings.")
     filters: SearchFilters | None = None
+    min_score: float = Field(
+        default=0.0,
+        ge=-1.0,
+        le=1.0,
+        description="Leave out results whose relevance (estimated probability of being relevant, comparable "
+        "across queries) is below this; e.g. 0.01 drops results unrelated to the query. No effect when the "
+        "server's embedder has no calibration.",
+    )
 
 
 class SearchResult(MemoryOut):
-    score: float = Field(description="Fused relevance; higher is better.")
+    score: float = Field(description="Rank score within this search (normalised by its best candidate); higher "
+                         "is better, not comparable across queries.")
     dense_score: float | None = Field(description="Cosine similarity from the vector index, if it ranked.")
     lexical_score: float | None = Field(description="BM25 score, if it ranked.")
+    relevance: float | None = Field(
+        description="Estimated probability that the memory is relevant to the query (calibrated on LoCoMo "
+        "conversations from its cosine and BM25 scores), comparable across queries: threshold it with "
+        "min_score. Null when the server's embedder has no calibration (then min_score filters nothing)."
+    )
 
     @classmethod
     def of_hit(cls, hit: SearchHit) -> SearchResult:
         base = {name: getattr(hit.memory, name) for name in MemoryOut.model_fields}
-        return cls(**base, score=hit.score, dense_score=hit.dense_score, lexical_score=hit.lexical_score)
+        return cls(
+            **base,
+            score=hit.score,
+            dense_score=hit.dense_score,
+            lexical_score=hit.lexical_score,
+            relevance=hit.relevance,
+        )
 
 
 class SearchResponse(BaseModel):

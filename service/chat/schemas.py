@@ -52,6 +52,7 @@ class UsedMemory(BaseModel):
     kind: str
     created_at: datetime
     occurred_at: datetime | None
+    relevance: float | None = None
 
     @classmethod
     def of(cls, hit: SearchHit, text: str | None = None) -> UsedMemory:
@@ -59,6 +60,7 @@ class UsedMemory(BaseModel):
         return cls(
             id=m.id, text=m.text if text is None else text, score=round(hit.score, 6), dense_score=hit.dense_score,
             lexical_score=hit.lexical_score, kind=m.kind, created_at=m.created_at, occurred_at=m.occurred_at,
+            relevance=None if hit.relevance is None else round(hit.relevance, 6),
         )
 
 

@@ -165,13 +165,15 @@ class ChatService:
                 k=req.k,
                 filters=Filters(kinds=kinds),
                 role=req.caller.role,
+                min_score=self.settings.chat_min_score,  # relevance: an unrelated message injects nothing
             )
         except NotFoundError:
             return []  # a subject's first message: nothing to remember yet
+        # score 0: nothing in common with the message (what still filters with an uncalibrated embedder)
         return [
             h
             for h in hits
-            if h.score > self.settings.chat_min_score
+            if (h.score > 0 or self.settings.chat_min_score < 0)
             and not (h.memory.kind == TURN_KIND and h.memory.session_id == req.session_id)
         ]
 

@@ -113,6 +113,8 @@ def search_memories(body: SearchRequest, principal: Reader, services: ServicesDe
             k=k,
             filters=filters,
             role=principal.role,
+            min_score=body.min_score,
+            include_assistant=body.filters is not None and body.filters.include_assistant,
         )
         services.metrics.search_latency.observe(time.perf_counter() - started)
         note.memory_ids = [h.memory.id for h in hits]

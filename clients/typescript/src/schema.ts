@@ -1312,6 +1312,12 @@ export interface components {
              * @default false
              */
             include_superseded?: boolean;
+            /**
+             * Include Assistant
+             * @description Also return the assistant's own chat replies (turns whose metadata role is 'assistant'); left out by default, as what the assistant said is not a memory about the user.
+             * @default false
+             */
+            include_assistant?: boolean;
         };
         /**
          * SearchRequest
@@ -1347,6 +1353,12 @@ export interface components {
              */
             k?: number | null;
             filters?: components["schemas"]["SearchFilters"] | null;
+            /**
+             * Min Score
+             * @description Leave out results whose relevance (estimated probability of being relevant, comparable across queries) is below this; e.g. 0.01 drops results unrelated to the query. No effect when the server's embedder has no calibration.
+             * @default 0
+             */
+            min_score?: number;
         };
         /** SearchResponse */
         SearchResponse: {
@@ -1402,7 +1414,7 @@ export interface components {
             expires_at: string | null;
             /**
              * Score
-             * @description Fused relevance; higher is better.
+             * @description Rank score within this search (normalised by its best candidate); higher is better, not comparable across queries.
              */
             score: number;
             /**
@@ -1415,6 +1427,11 @@ export interface components {
              * @description BM25 score, if it ranked.
              */
             lexical_score: number | null;
+            /**
+             * Relevance
+             * @description Estimated probability that the memory is relevant to the query (calibrated on LoCoMo conversations from its cosine and BM25 scores), comparable across queries: threshold it with min_score. Null when the server's embedder has no calibration (then min_score filters nothing).
+             */
+            relevance: number | null;
         };
         /** SessionDetail */
         SessionDetail: {
@@ -1613,6 +1630,8 @@ export interface components {
             created_at: string;
             /** Occurred At */
             occurred_at: string | null;
+            /** Relevance */
+            relevance?: number | null;
         };
         /** WriteBackStatus */
         WriteBackStatus: {

@@ -81,6 +81,7 @@ class SearchResult(Memory):
     score: float
     dense_score: float | None = None
     lexical_score: float | None = None
+    relevance: float | None = None  # estimated probability of relevance, comparable across queries
 
 
 class MemoryPage(Model):
@@ -153,6 +154,7 @@ class SearchFilters(Model):
     occurred_before: datetime | None = None
     metadata: dict[str, Any] | None = None
     include_superseded: bool | None = None
+    include_assistant: bool | None = None
 
 
 # ---- tokens ---------------------------------------------------------------------------------------------

@@ -128,17 +128,25 @@ class Memories(Resource[M]):
         subject: str | None = None,
         k: int | None = None,
         filters: SearchFilters | Mapping[str, Any] | None = None,
+        min_score: float | None = None,
     ) -> Call[builtins.list[SearchResult]]:
         """Hybrid (vector + keyword) search, best first (``memories_search``). ``filters``: ``agent_id``,
         ``session_id``, ``kinds``, ``created_after/before``, ``occurred_after/before``, ``metadata`` (exact
-        top-level matches), ``include_superseded``."""
+        top-level matches), ``include_superseded``, ``include_assistant`` (the assistant's chat replies, left
+        out by default). ``min_score``: leave out results whose ``relevance`` (estimated probability of being
+        relevant, comparable across queries) is below it, e.g. 0.01."""
         if filters is not None and not isinstance(filters, SearchFilters):
             filters = SearchFilters.model_validate(filters)
 
         def parse(data: Any) -> builtins.list[SearchResult]:
             return [SearchResult.model_validate(r) for r in data["results"]]
 
-        return Call("POST", "/v1/memories/search", parse, json=body(subject=subject, query=query, k=k, filters=filters))
+        return Call(
+            "POST",
+            "/v1/memories/search",
+            parse,
+            json=body(subject=subject, query=query, k=k, filters=filters, min_score=min_score),
+        )
 
     @op
     def list(
