@@ -320,6 +320,13 @@ class AuditLog:
             rows = session.scalars(query.order_by(AuditRecord.seq.desc()).limit(limit))
             return [_entry(row) for row in rows]
 
+    def head(self, *, tenant_id: str) -> tuple[int, str]:
+        """The tenant's chain head: the newest sequence number (the number of records) and its hash; one row read,
+        nothing recomputed (``(0, GENESIS_HASH)`` before the first record)."""
+        with self._sessions() as session:
+            head = session.get(AuditHead, tenant_id)
+            return (head.seq, head.last_hash) if head else (0, GENESIS_HASH)
+
     def verify(self, *, tenant_id: str) -> VerifyReport:
         """Recompute the tenant's chain; report the first record whose link or content does not hold."""
         expected_seq, expected_prev, checked = 1, GENESIS_HASH, 0

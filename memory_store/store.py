@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
-from sqlalchemy import Engine, Select, delete, func, insert, select, update
+from sqlalchemy import Engine, Select, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -1035,10 +1035,16 @@ class MemoryStore:
         filters: Filters | None = None,
         cursor: str | None = None,
         limit: int = 50,
+        status: str | None = None,
+        source: str | None = None,
     ) -> Page:
-        """Newest first; ``subject=None`` lists across the tenant (admin inspection)."""
+        """Newest first; ``subject=None`` lists across the tenant (admin inspection). ``status`` (``active`` or
+        ``superseded``; superseded ones need ``filters.include_superseded``) and ``source`` keep only memories with
+        that status or source, in the query (plaintext columns), so a page is full whenever more match."""
         if not 1 <= limit <= 1000:
             raise ValidationError("limit must be between 1 and 1000")
+        if status is not None and status not in ("active", "superseded"):
+            raise ValidationError("status must be active or superseded")
         filters = filters or Filters(include_superseded=True)
         after = decode_cursor(cursor) if cursor else None
         items: builtins.list[MemoryRecord] = []
@@ -1051,7 +1057,12 @@ class MemoryStore:
             )
             if subject is not None:
                 query = query.where(Subject.id == self._subject(session, tenant_id, subject).id)
-            query = apply_filters(query, filters, utcnow()).order_by(Memory.id.desc())
+            query = apply_filters(query, filters, utcnow())
+            if status is not None:
+                query = query.where(Memory.status == status)
+            if source is not None:
+                query = query.where(Memory.source == source)
+            query = query.order_by(Memory.id.desc())
             batch = limit + 1 if not filters.metadata else max(4 * limit, 200)
             more = True
             while more and len(items) <= limit:
@@ -1153,7 +1164,60 @@ class MemoryStore:
         return [_history_entry(e) for e in events]
 
     @retry_read
-    def list_subjects(self, *, tenant_id: str, limit: int = 100, offset: int = 0) -> builtins.list[SubjectInfo]:
+    def lineage(
+        self, *, tenant_id: str, memory_id: str, subject: str | None = None, limit: int = 100
+    ) -> builtins.list[MemoryRecord]:
+        """The supersede lineage of a memory, oldest first: the memories it replaced (directly or not), itself,
+        and the memories that replaced it (following ``superseded_by``), at most ``limit`` of them. Links are
+        read from plaintext columns of the subject's superseded memories; only the lineage is decrypted, and
+        nothing is marked as accessed. An empty list when the memory does not exist (or is expired)."""
+        if not 1 <= limit <= 1000:
+            raise ValidationError("limit must be between 1 and 1000")
+        with self._sessions() as session:
+            try:
+                _, owner = self._memory_row(session, tenant_id, memory_id, subject)
+            except NotFoundError:
+                return []
+            links = session.execute(
+                select(Memory.uid, Memory.superseded_by).where(
+                    Memory.tenant_id == tenant_id,
+                    Memory.subject_id == owner.id,
+                    Memory.superseded_by.is_not(None),
+                )
+            ).all()
+            replaced_by = {str(old): str(new) for old, new in links}
+            replaced: dict[str, builtins.list[str]] = {}
+            for old, new in replaced_by.items():
+                replaced.setdefault(new, []).append(old)
+            wanted, todo = {memory_id}, [memory_id]
+            while todo and len(wanted) < limit:  # back: everything this memory replaced, directly or not
+                for older in replaced.get(todo.pop(), []):
+                    if older not in wanted and len(wanted) < limit:
+                        wanted.add(older)
+                        todo.append(older)
+            current = replaced_by.get(memory_id)
+            while current is not None and current not in wanted and len(wanted) < limit:  # forward to the newest
+                wanted.add(current)
+                current = replaced_by.get(current)
+            rows = session.execute(
+                select(Memory)
+                .where(
+                    Memory.tenant_id == tenant_id,
+                    Memory.subject_id == owner.id,
+                    Memory.uid.in_(sorted(wanted)),
+                    or_(Memory.expires_at.is_(None), Memory.expires_at > utcnow()),
+                )
+                .order_by(Memory.id)
+            ).scalars()
+            sealer = self._sealer(owner)
+            return [decode(row, owner, sealer) for row in rows]
+
+    @retry_read
+    def list_subjects(
+        self, *, tenant_id: str, limit: int = 100, offset: int = 0, prefix: str | None = None
+    ) -> builtins.list[SubjectInfo]:
+        """The tenant's subjects in id order, with memory counts; ``prefix`` keeps those whose id starts with it
+        (case-sensitive, compared in the query on the plaintext id)."""
         with self._sessions() as session:
             counts = (
                 select(Memory.subject_id, func.count(Memory.id).label("n"))
@@ -1161,14 +1225,15 @@ class MemoryStore:
                 .group_by(Memory.subject_id)
                 .subquery()
             )
-            rows = session.execute(
+            query = (
                 select(Subject, func.coalesce(counts.c.n, 0))
                 .outerjoin(counts, counts.c.subject_id == Subject.id)
                 .where(Subject.tenant_id == tenant_id)
-                .order_by(Subject.external_id)
-                .limit(limit)
-                .offset(offset)
-            ).all()
+            )
+            if prefix:
+                # substr, not LIKE: no wildcards to escape, and case-sensitive on SQLite as on PostgreSQL
+                query = query.where(func.substr(Subject.external_id, 1, len(prefix)) == prefix)
+            rows = session.execute(query.order_by(Subject.external_id).limit(limit).offset(offset)).all()
         return [
             SubjectInfo(
                 subject=s.external_id,

@@ -38,12 +38,21 @@ def inspect_memories(
     filters: Filters,
     cursor: str | None,
     limit: int | None,
+    status: str | None = None,
+    source: str | None = None,
 ) -> MemoryListing:
-    """Memories of the tenant (of one subject when given), newest first; audited as ``admin.inspect``."""
+    """Memories of the tenant (of one subject when given), newest first, optionally of one ``status`` and
+    ``source`` (filtered in the query); audited as ``admin.inspect``."""
     page_size = services.limits.page_size(limit)
     with services.auditor.record(request, principal, "admin.inspect", subject=subject) as note:
         page = services.store.list(
-            tenant_id=principal.tenant_id, subject=subject, filters=filters, cursor=cursor, limit=page_size
+            tenant_id=principal.tenant_id,
+            subject=subject,
+            filters=filters,
+            cursor=cursor,
+            limit=page_size,
+            status=status,
+            source=source,
         )
         note.touch(page.items)
         items = services.store.reveal(tenant_id=principal.tenant_id, records=page.items, role=principal.role)
@@ -51,13 +60,22 @@ def inspect_memories(
 
 
 def list_subjects(
-    services: Services, request: Request, principal: Principal, *, limit: int | None, offset: int
+    services: Services,
+    request: Request,
+    principal: Principal,
+    *,
+    limit: int | None,
+    offset: int,
+    prefix: str | None = None,
 ) -> tuple[list[SubjectInfo], int | None]:
-    """A page of the tenant's subjects and the offset of the next page (None: no more); ``admin.subjects``."""
+    """A page of the tenant's subjects (those whose id starts with ``prefix``, when given: one query) and the
+    offset of the next page (None: no more); one ``admin.subjects`` record."""
     page_size = services.limits.page_size(limit, default=100)
     with services.auditor.record(request, principal, "admin.subjects") as note:
-        infos = services.store.list_subjects(tenant_id=principal.tenant_id, limit=page_size + 1, offset=offset)
-        note.detail = {"offset": offset, "count": min(len(infos), page_size)}
+        infos = services.store.list_subjects(
+            tenant_id=principal.tenant_id, limit=page_size + 1, offset=offset, prefix=prefix or None
+        )
+        note.detail = {"offset": offset, "count": min(len(infos), page_size), **({"prefix": prefix} if prefix else {})}
     more = len(infos) > page_size
     return infos[:page_size], offset + page_size if more else None
 
@@ -67,12 +85,40 @@ def tenant_stats(services: Services, request: Request, principal: Principal) -> 
         return services.store.stats(tenant_id=principal.tenant_id)
 
 
-def tenant_overview(services: Services, request: Request, principal: Principal) -> tuple[Stats, Activity]:
-    """Counts (by kind and by status), subjects and writes per day; audited as one ``admin.stats`` read."""
+@dataclass(frozen=True, kw_only=True)
+class ChainStatus:
+    """The audit chain as the overview shows it without recomputing it: the head (newest record and its hash)
+    and the last ``audit.verify`` record, if any (its time, outcome and what it found)."""
+
+    head_seq: int
+    head_hash: str
+    last_verify: AuditEntry | None
+
+    @property
+    def last_ok(self) -> bool | None:
+        """Whether the last verification found the chain intact (None: never verified, or it failed to run)."""
+        if self.last_verify is None or self.last_verify.outcome != "ok":
+            return None
+        return bool(self.last_verify.detail.get("ok"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Overview:
+    stats: Stats
+    activity: Activity
+    chain: ChainStatus
+
+
+def tenant_overview(services: Services, request: Request, principal: Principal) -> Overview:
+    """Counts (by kind and by status), subjects, writes per day and the audit chain's head and last
+    verification (read, not recomputed: cheap for any tenant); audited as one ``admin.stats`` read."""
     with services.auditor.record(request, principal, "admin.stats"):
         stats = services.store.stats(tenant_id=principal.tenant_id)
         activity = tenant_activity(make_sessionmaker(services.store.engine), tenant_id=principal.tenant_id)
-    return stats, activity
+        head_seq, head_hash = services.auditor.log.head(tenant_id=principal.tenant_id)
+        verified = services.auditor.log.entries(tenant_id=principal.tenant_id, action="audit.verify", limit=1)
+    chain = ChainStatus(head_seq=head_seq, head_hash=head_hash, last_verify=verified[0] if verified else None)
+    return Overview(stats=stats, activity=activity, chain=chain)
 
 
 def export_subject(services: Services, request: Request, principal: Principal, *, subject: str) -> dict[str, Any]:
@@ -106,6 +152,29 @@ def memory_history(
     """A memory's change history (of ``subject`` when given); audited as ``memory.history``, as the API's."""
     with services.auditor.record(request, principal, "memory.history", subject=subject, memory_ids=[memory_id]):
         return services.store.history(tenant_id=principal.tenant_id, memory_id=memory_id, subject=subject)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryTimeline:
+    events: list[HistoryEntry]
+    lineage: list[MemoryRecord]  # the supersede lineage, oldest first, revealed as the caller's role may see it
+
+    def memory(self, memory_id: str) -> MemoryRecord | None:
+        return next((m for m in self.lineage if m.id == memory_id), None)
+
+
+def memory_timeline(
+    services: Services, request: Request, principal: Principal, *, memory_id: str, subject: str
+) -> MemoryTimeline:
+    """A memory's change history and its supersede lineage (what it replaced, what replaced it), through the
+    store's ``history`` and ``lineage`` lookups (never the subject's whole export); one ``memory.history``
+    record, as the API's history read, naming every memory whose content is shown."""
+    with services.auditor.record(request, principal, "memory.history", subject=subject, memory_ids=[memory_id]) as note:
+        events = services.store.history(tenant_id=principal.tenant_id, memory_id=memory_id, subject=subject)
+        lineage = services.store.lineage(tenant_id=principal.tenant_id, memory_id=memory_id, subject=subject)
+        note.memory_ids = [memory_id, *(m.id for m in lineage if m.id != memory_id)]
+        shown = services.store.reveal(tenant_id=principal.tenant_id, records=lineage, role=principal.role)
+    return MemoryTimeline(events=events, lineage=shown)
 
 
 def search_subject(
@@ -226,4 +295,6 @@ def verify_audit(services: Services, request: Request, principal: Principal) -> 
     report = services.auditor.log.verify(tenant_id=principal.tenant_id)
     with services.auditor.record(request, principal, "audit.verify") as note:
         note.detail = {"ok": report.ok, "head_seq": report.head_seq}
+        if report.broken_seq is not None:
+            note.detail["broken_seq"] = report.broken_seq
     return report

@@ -156,9 +156,10 @@ def mount_console(app: FastAPI, settings: Settings) -> None:
 
     from service.console.routes import STATIC_DIR
     from service.console.routes import router as console_router
+    from service.console.security import StaticHeaders
 
     app.include_router(console_router)
-    app.mount("/admin/static", StaticFiles(directory=STATIC_DIR), name="console-static")
+    app.mount("/admin/static", StaticHeaders(StaticFiles(directory=STATIC_DIR)), name="console-static")
 
 
 def create_app(

@@ -26,13 +26,13 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from memory_store.credentials import ROLES
 from memory_store.errors import StoreError
-from memory_store.types import KINDS, Filters, MemoryRecord
+from memory_store.types import KINDS, Filters
 from service import admin_actions as actions
 from service.auth import Principal
 from service.console import security
 from service.console.charts import writes_chart
 from service.deps import get_services, permit
-from service.errors import ApiError, InvalidInput, store_error_parts, validation_message
+from service.errors import ApiError, InvalidInput, request_id_of, store_error_parts, validation_message
 from service.routes.common import CursorQuery, IdentifierQuery, KindQuery
 from service.schemas import IDENTIFIER_PATTERN, HistoryEntryOut, MemoryOut, SubjectExport
 from service.services import Services
@@ -127,6 +127,12 @@ class ConsoleRoute(APIRoute):
             except SignInRequired:
                 response = to_sign_in(request)
             except (ApiError, StoreError, RequestValidationError, StarletteHTTPException) as exc:
+                if isinstance(exc, StoreError) and store_error_parts(exc)[0] >= 500:
+                    log.error("console: storage error %s on request %s", type(exc).__name__, request_id_of(request))
+                response = error_page(request, exc)
+            except Exception as exc:  # a plain 500 page, with the console's headers; details go to the log only
+                name, request_id = type(exc).__name__, request_id_of(request)
+                log.error("console: unhandled %s on request %s", name, request_id, exc_info=exc)
                 response = error_page(request, exc)
             return security.apply_headers(response)
 
@@ -233,6 +239,8 @@ def login(
         if exc.status == 403:
             return _login_page(request, status=403, message="The console needs an admin key of the tenant.")
         raise
+    # A new session, never one the browser already holds (no fixation): a session it still had ends here.
+    services.console_sessions.end(request.cookies.get(security.SESSION_COOKIE))
     token, _ = services.console_sessions.create(tenant_id=principal.tenant_id, key_id=principal.key_id)
     response = RedirectResponse("/admin", status_code=303)
     security.set_cookie(
@@ -256,17 +264,17 @@ def logout(request: Request, caller: Caller, csrf_token: CsrfField = None) -> Re
 
 @router.get("")
 def overview(request: Request, caller: Caller) -> Response:
-    services, principal = caller.services, caller.principal
-    stats, activity = actions.tenant_overview(services, request, principal)
-    report = actions.verify_audit(services, request, principal)
+    """Counts, writes per day and the audit chain's head with the last verification (cheap: the chain is only
+    recomputed by "Verify now", a POST to ``/admin/audit/verify``)."""
+    found = actions.tenant_overview(caller.services, request, caller.principal)
     return render(
         request,
         "overview.html",
         nav="overview",
-        stats=stats,
-        activity=activity,
-        chart=writes_chart(activity.writes_per_day),
-        report=report,
+        stats=found.stats,
+        activity=found.activity,
+        chart=writes_chart(found.activity.writes_per_day),
+        chain=found.chain,
     )
 
 
@@ -277,23 +285,12 @@ def subjects(
     q: Annotated[str | None, Query(max_length=256)] = None,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> Response:
-    """Subjects with memory counts and last activity; ``q`` keeps those whose id contains it (case-insensitive),
-    looking through the tenant's subjects page by page."""
-    services, principal = caller.services, caller.principal
+    """Subjects with memory counts and last activity; ``q`` keeps those whose id starts with it (case-sensitive),
+    in the store's query: one query and one ``admin.subjects`` record per page."""
     size = 50
-    if not q:
-        infos, next_offset = actions.list_subjects(services, request, principal, limit=size, offset=offset)
-    else:
-        needle, infos, at, next_offset = q.casefold(), [], offset, None
-        for _ in range(20):  # at most 20 pages of the tenant's subjects per request
-            page, more = actions.list_subjects(services, request, principal, limit=200, offset=at)
-            infos.extend(i for i in page if needle in i.subject.casefold())
-            at = more if more is not None else at
-            if more is None or len(infos) >= size:
-                next_offset = more
-                break
-        else:
-            next_offset = at
+    infos, next_offset = actions.list_subjects(
+        caller.services, request, caller.principal, limit=size, offset=offset, prefix=q or None
+    )
     return render(
         request,
         "subjects.html",
@@ -302,7 +299,7 @@ def subjects(
         q=q or "",
         offset=offset,
         next_offset=next_offset,
-        prev_offset=max(0, offset - size) if offset and not q else None,
+        prev_offset=max(0, offset - size) if offset else None,
     )
 
 
@@ -317,18 +314,25 @@ def subject_page(
     session: IdentifierQuery = None,
     cursor: CursorQuery = None,
 ) -> Response:
-    """One subject's memories, filtered by kind and session in the store and by status and source on the page
-    read (a page may then hold fewer memories than its size)."""
-    services, principal = caller.services, caller.principal
+    """One subject's memories, filtered by kind, status, source and session in the store's query."""
     filters = Filters(session_id=session, kinds=(kind,) if kind else None, include_superseded=True)
-    page = actions.inspect_memories(services, request, principal, subject=id, filters=filters, cursor=cursor, limit=50)
-    items = [m for m in page.items if (status is None or m.status == status) and (source is None or m.source == source)]
+    page = actions.inspect_memories(
+        caller.services,
+        request,
+        caller.principal,
+        subject=id,
+        filters=filters,
+        cursor=cursor,
+        limit=50,
+        status=status,
+        source=source,
+    )
     return render(
         request,
         "subject.html",
         nav="subjects",
         subject=id,
-        memories=items,
+        memories=page.items,
         next_cursor=page.next_cursor,
         filters={"kind": kind or "", "status": status or "", "source": source or "", "session": session or ""},
         kinds=KINDS,
@@ -343,41 +347,19 @@ def memory_page(
     subject: SubjectParam,
     id: Annotated[str, Query(min_length=1, max_length=64)],
 ) -> Response:
-    """A memory's history as a timeline, and its supersede chain (what it replaced, what replaced it)."""
-    services, principal = caller.services, caller.principal
-    events = actions.memory_history(services, request, principal, memory_id=id, subject=subject)
-    data = actions.export_subject(services, request, principal, subject=subject)
-    by_id: dict[str, MemoryRecord] = {m.id: m for m in data["memories"]}
-    memory = by_id.get(id)
-    chain = _supersede_chain(id, by_id)
+    """A memory's history as a timeline, and its supersede chain (what it replaced, what replaced it), from the
+    store's history and lineage lookups; one ``memory.history`` record, as the API's history read."""
+    timeline = actions.memory_timeline(caller.services, request, caller.principal, memory_id=id, subject=subject)
     return render(
         request,
         "memory.html",
         nav="subjects",
         subject=subject,
-        memory=memory,
+        memory=timeline.memory(id),
         memory_id=id,
-        events=events,
-        chain=chain,
+        events=timeline.events,
+        chain=timeline.lineage if len(timeline.lineage) > 1 else [],
     )
-
-
-def _supersede_chain(memory_id: str, by_id: dict[str, MemoryRecord]) -> list[MemoryRecord]:
-    """The memories linked to ``memory_id`` by ``superseded_by``, oldest first (it is among them)."""
-    replaced_by = {m.superseded_by: m for m in by_id.values() if m.superseded_by}
-    chain: list[MemoryRecord] = []
-    current = by_id.get(memory_id)
-    seen: set[str] = set()
-    while current is not None and current.id not in seen:  # back to the oldest
-        seen.add(current.id)
-        chain.insert(0, current)
-        current = replaced_by.get(current.id)
-    current = by_id.get(chain[-1].superseded_by or "") if chain else None
-    while current is not None and current.id not in seen:  # forward to the newest
-        seen.add(current.id)
-        chain.append(current)
-        current = by_id.get(current.superseded_by or "")
-    return chain if len(chain) > 1 else []
 
 
 @router.get("/subject/export")

@@ -20,8 +20,10 @@ from __future__ import annotations
 import hmac
 import secrets
 
+from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import ApiError
 from service.services import Services
@@ -55,6 +57,25 @@ class CrossOriginRefused(ApiError):
 class CsrfRefused(ApiError):
     def __init__(self) -> None:
         super().__init__(403, "missing or invalid CSRF token: reload the page and try again", code="forbidden")
+
+
+class StaticHeaders:
+    """ASGI wrapper of the console's static files: every response gets the console's headers except
+    ``Cache-Control`` (the vendored script and stylesheet may be cached), so ``nosniff`` and the CSP cover them too."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in HEADERS.items():
+                    if name != "Cache-Control":
+                        headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def apply_headers(response: Response) -> Response:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import html
+import re
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -207,3 +210,206 @@ def test_the_setting_turns_the_console_off(tmp_path, migrated_db) -> None:
     with Harness.start(settings) as h:
         assert h.client.get("/admin/login").status_code == 404
         assert h.client.get("/admin/static/htmx.min.js").status_code == 404
+
+
+# ---- hardening (review of #14) ------------------------------------------------------------------------------
+
+
+def new_records(console: Seeded, tenant_id: str, since: int) -> list[Any]:
+    log = console.harness.services.auditor.log
+    return sorted((e for e in log.entries(tenant_id=tenant_id, limit=50) if e.seq > since), key=lambda e: e.seq)
+
+
+def head_seq(console: Seeded, tenant_id: str) -> int:
+    return console.harness.services.auditor.log.head(tenant_id=tenant_id)[0]
+
+
+def session_rows(console: Seeded, token: str) -> int:
+    digest = console.harness.services.console_sessions.digest(token)
+    with console.harness.store.engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM console_sessions WHERE id = :d"), {"d": digest}).scalar())
+
+
+def test_signing_in_again_ends_the_session_the_browser_held(console: Seeded) -> None:
+    with sign_in(console.url, console.acme.admin) as client:
+        first = client.cookies["sealmem_console"]
+        token = CSRF.search(client.get("/admin/login").text).group(1)  # type: ignore[union-attr]
+        again = client.post("/admin/login", data={"api_key": console.acme.admin, "csrf_token": token})
+        assert again.status_code == 303
+        second = client.cookies["sealmem_console"]
+        assert second != first and session_rows(console, second) == 1
+        assert session_rows(console, first) == 0  # the old token is dead: no session outlives a new sign-in
+    with httpx.Client(base_url=console.url, cookies={"sealmem_console": first}) as stale:
+        assert stale.get("/admin").status_code == 303
+
+
+def test_an_unexpected_error_is_a_plain_console_page(console: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("plaintext Alice lives in Lisbon at /srv/secret.py line 3")
+
+    monkeypatch.setattr("service.console.routes.actions.tenant_overview", broken)
+    with sign_in(console.url, console.acme.admin) as client:
+        response = client.get("/admin")
+    assert response.status_code == 500 and "internal server error" in response.text
+    assert response.headers["content-type"].startswith("text/html")
+    assert "Lisbon" not in response.text and "secret.py" not in response.text and "RuntimeError" not in response.text
+    assert response.headers["content-security-policy"] == CSP and response.headers["cache-control"] == "no-store"
+    assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_static_assets_carry_nosniff_and_the_csp(console: Seeded) -> None:
+    with httpx.Client(base_url=console.url) as client:
+        for path in ("/admin/static/htmx.min.js", "/admin/static/console.css"):
+            response = client.get(path)
+            assert response.status_code == 200, path
+            assert response.headers["x-content-type-options"] == "nosniff"
+            assert response.headers["content-security-policy"] == CSP
+            assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_the_overview_is_cheap_and_verifies_only_on_demand(console: Seeded) -> None:
+    tenant = console.acme.id
+    with sign_in(console.url, console.acme.admin) as client:
+        seq = head_seq(console, tenant)
+        page = client.get("/admin")
+        assert page.status_code == 200
+        assert [e.action for e in new_records(console, tenant, seq)] == ["admin.stats"]  # no audit.verify on GET
+        assert f'id="chain-head">{seq}<' in page.text
+        token = CSRF.search(page.text).group(1)  # type: ignore[union-attr]
+        verified = client.post("/admin/audit/verify", data={"csrf_token": token})
+        assert verified.status_code == 200 and "Chain intact" in verified.text
+        page = client.get("/admin")
+        assert "intact up to #" in page.text and 'action="/admin/audit/verify"' in page.text
+    verify = [e for e in new_records(console, tenant, seq) if e.action == "audit.verify"]
+    assert len(verify) == 1 and verify[0].detail["ok"] is True
+
+
+def test_the_memory_page_reads_history_and_lineage_not_the_export(console: Seeded) -> None:
+    tenant, old, new = console.acme.id, console.alice_old["id"], console.alice_new["id"]
+    with sign_in(console.url, console.acme.admin) as client:
+        seq = head_seq(console, tenant)
+        page = client.get("/admin/memory", params={"subject": "alice", "id": old})
+        assert page.status_code == 200
+        assert "Alice lives in Lisbon" in page.text and "Alice moved to Porto" in page.text  # the chain
+        assert 'id="supersede-chain"' in page.text and "green tea" not in page.text
+    records = new_records(console, tenant, seq)
+    assert [e.action for e in records] == ["memory.history"]  # no subject.export
+    assert records[0].subject == "alice" and records[0].memory_ids == [old, new]
+
+
+def test_subject_search_is_one_query_and_one_record(console: Seeded) -> None:
+    tenant = console.acme.id
+    with sign_in(console.url, console.acme.admin) as client:
+        seq = head_seq(console, tenant)
+        page = client.get("/admin/subjects", params={"q": "bob-"})
+        assert page.status_code == 200
+        assert all(f">bob-{i}<" in page.text for i in range(3)) and ">alice<" not in page.text
+        none = client.get("/admin/subjects", params={"q": "Bob"})  # case-sensitive prefix
+        assert "No subjects start with" in none.text
+    records = new_records(console, tenant, seq)
+    assert [e.action for e in records] == ["admin.subjects", "admin.subjects"]
+    assert records[0].detail == {"offset": 0, "count": 3, "prefix": "bob-"}
+
+
+def test_status_and_source_filters_are_applied_by_the_store(console: Seeded) -> None:
+    with sign_in(console.url, console.acme.admin) as client:
+        superseded = client.get("/admin/subject", params={"id": "alice", "status": "superseded"}).text
+        assert "Alice lives in Lisbon" in superseded and "Porto" not in superseded
+        api = client.get("/admin/subject", params={"id": "alice", "source": "api", "status": "active"}).text
+        assert "Porto" in api and "green tea" in api and "Lisbon" not in api
+        other = client.get("/admin/subject", params={"id": "alice", "source": "import"}).text
+        assert "No memories match." in other
+
+
+def test_tenant_b_cannot_reach_tenant_a_by_ids_or_form_fields(console: Seeded) -> None:
+    acme, globex = console.acme, console.globex
+    old = console.alice_old["id"]
+    with sign_in(console.url, globex.admin) as client:
+        token = csrf_of(client)
+        revoke = client.post("/admin/keys/revoke", data={"key_id": acme.admin_key_id, "csrf_token": token})
+        assert revoke.status_code == 404 and "API key not found" in revoke.text
+        for params in ({"subject": "alice", "id": old}, {"subject": "carol", "id": old}):
+            page = client.get("/admin/memory", params=params)
+            assert page.status_code == 404 and "Lisbon" not in page.text and "Porto" not in page.text
+        forget = client.post(
+            "/admin/subject/forget", data={"subject": "alice", "confirm": "alice", "csrf_token": token}
+        )
+        assert forget.status_code == 404
+        searched = client.post("/admin/search", data={"subject": "alice", "query": "Lisbon", "csrf_token": token})
+        assert searched.status_code == 404 and "Lisbon" not in searched.text.replace('value="Lisbon"', "")
+        audit = client.get("/admin/audit", params={"actor": acme.admin_key_id})
+        assert audit.status_code == 200 and "No records match." in audit.text
+        listing = client.get("/admin/subjects", params={"q": "ali"})
+        assert ">alice<" not in listing.text
+    assert console.harness.services.keys.is_active(tenant_id=acme.id, key_id=acme.admin_key_id)
+    assert console.harness.count(acme.id) > 0
+
+
+def test_odd_subject_ids_and_hostile_memory_text_are_escaped(console: Seeded) -> None:
+    subject = "<img src=x onerror=alert(1)>\"'&x=1#?/ü"
+    hostile = "<script>alert('memory')</script><b hx-get=\"/admin/keys\">bold</b>"
+    added = console.harness.add(
+        console.globex.app, subject, hostile, metadata={"note": "</code><script>alert(2)</script>"}
+    )
+    with sign_in(console.url, console.globex.admin) as client:
+        listing = client.get("/admin/subjects")
+        assert "<img src=x" not in listing.text and "&lt;img src=x onerror=alert(1)&gt;" in listing.text
+        page = client.get("/admin/subject", params={"id": subject})
+        assert page.status_code == 200
+        for raw in ("<script>alert", "<b hx-get", "<img src=x"):
+            assert raw not in page.text
+        assert "&lt;script&gt;alert(&#39;memory&#39;)&lt;/script&gt;" in page.text
+        link = re.search(r'href="(/admin/memory\?[^"]+)"', page.text)
+        assert link is not None  # the history link carries the odd id through the URL intact
+        history = client.get(html.unescape(link.group(1)))
+        assert history.status_code == 200 and added["id"][:8] in history.text
+        assert "&lt;script&gt;alert(&#39;memory&#39;)" in history.text  # the memory's facts, escaped
+        assert "<script>" not in history.text and "&lt;/code&gt;&lt;script&gt;alert(2)" in history.text
+        export = client.get("/admin/subject/export", params={"id": subject})
+        assert export.status_code == 200
+        assert re.fullmatch(
+            r'attachment; filename="sealmem-export-[A-Za-z0-9._-]+\.json"', export.headers["content-disposition"]
+        )
+
+
+def test_failed_sign_ins_are_rate_limited(tmp_path, migrated_db) -> None:
+    settings = make_settings(
+        fresh_data_dir(tmp_path, migrated_db),
+        chat_enabled=False,
+        mcp_enabled=False,
+        rate_limit_auth_failures_per_minute=3,
+    )
+    with Harness.start(settings) as h:
+        acme = h.tenant("acme")
+        client = h.client
+
+        def attempt(key: str) -> httpx.Response:
+            token = CSRF.search(client.get("/admin/login").text).group(1)  # type: ignore[union-attr]
+            return client.post("/admin/login", data={"api_key": key, "csrf_token": token})
+
+        statuses = [attempt("smk_" + "x" * 43).status_code for _ in range(4)]
+        assert statuses == [401, 401, 401, 429]
+        right = attempt(acme.admin)  # even the right key waits: the address is throttled before any lookup
+        assert right.status_code == 429 and "sealmem_console" not in client.cookies
+        assert acme.admin not in right.text
+
+
+def test_the_session_table_holds_digests_only_and_purges_dead_sessions(console: Seeded) -> None:
+    sessions, engine = console.harness.services.console_sessions, console.harness.store.engine
+    made = [sessions.create(tenant_id=console.acme.id, key_id=console.acme.admin_key_id) for _ in range(3)]
+    (idle, _), (old, _), (live, _) = made
+    with engine.begin() as conn:
+        rows = {r[0] for r in conn.execute(text("SELECT id FROM console_sessions"))}
+        assert not {idle, old, live} & rows and {sessions.digest(t) for t in (idle, old, live)} <= rows
+        conn.execute(
+            text("UPDATE console_sessions SET last_seen_at = :t WHERE id = :d"),
+            {"t": utcnow() - sessions.idle - timedelta(seconds=1), "d": sessions.digest(idle)},
+        )
+        conn.execute(
+            text("UPDATE console_sessions SET expires_at = :t WHERE id = :d"),
+            {"t": utcnow() - timedelta(seconds=1), "d": sessions.digest(old)},
+        )
+    assert sessions.purge_expired() >= 2
+    assert (session_rows(console, idle), session_rows(console, old), session_rows(console, live)) == (0, 0, 1)
+    assert sessions.resolve(live) is not None and sessions.resolve(idle) is None
+    sessions.end(live)
