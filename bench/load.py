@@ -8,7 +8,8 @@ duration, JSON on stdout.
 
 ``--driver wrk`` drives the server with ``wrk`` (Debian package ``wrk``; a C load generator that takes almost no
 CPU from the server) and ``bench/wrk_mix.lua``: for each variant ``runtime:workers`` in ``--variants`` (embedding
-runtime and ``SEALMEM_WORKERS``; the first is the one measured, the others its baselines in the same run; the
+runtime and ``SEALMEM_WORKERS``, optionally ``:SETTING=VALUE+...`` for other ``SEALMEM_*`` settings; the first
+is the one measured, the others its baselines in the same run; the
 default compares today's defaults, ONNX Runtime with one worker per core, with a single torch process), a fresh
 server is seeded and measured three times --
 the search/add mix, search only and add only -- each reporting req/s, p50/p90/p99 and errors; chat is off.
@@ -36,6 +37,7 @@ import json
 import os
 import platform
 import random
+import re
 import resource
 import secrets
 import shutil
@@ -110,6 +112,17 @@ def rss_of(pid: int) -> int:
     return total
 
 
+def cpu_seconds_of(pid: int) -> float:
+    """User + system CPU time of a process and all its descendants, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(FileNotFoundError):  # ended meanwhile
+                total += cpu_seconds_of(int(child))
+    return total
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -158,6 +171,11 @@ class Server:
     def rss(self) -> int:
         assert self.process is not None
         return rss_of(self.process.pid)
+
+    @property
+    def cpu_seconds(self) -> float:
+        assert self.process is not None
+        return cpu_seconds_of(self.process.pid)
 
 
 async def seed(url: str, key: str, subjects: list[str], per_subject: int, rng: random.Random) -> None:
@@ -336,8 +354,9 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
     variants = args.variants.split(",")
     postgres = _postgres(work) if args.database != "sqlite" else None
     for variant in variants:
-        runtime, _, workers = variant.partition(":")
-        folder = work / variant.replace(":", "-")
+        runtime, _, rest = variant.partition(":")
+        workers, _, extra = rest.partition(":")
+        folder = work / re.sub(r"[^A-Za-z0-9_.-]", "-", variant)
         env = {
             **base_env,
             "SEALMEM_DATA_DIR": str(folder / "data"),
@@ -345,6 +364,9 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
             "SEALMEM_WORKERS": workers or "0",
             "SEALMEM_CHAT_ENABLED": "false",
         }
+        for setting in filter(None, extra.split("+")):
+            name, _, value = setting.partition("=")
+            env[f"SEALMEM_{name.upper()}"] = value
         if postgres is not None:
             env["SEALMEM_DATABASE_URL"] = postgres(variant.replace(":", "_"))
             env["SEALMEM_VECTOR_BACKEND"] = "pgvector" if args.database == "pgvector" else "faiss"
@@ -357,18 +379,30 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
             subjects = [f"user-{i}" for i in range(args.subjects)]
             asyncio.run(seed(server.url, key, subjects, args.memories, random.Random(0)))
             wrk_run(server.url, key, args, share=args.search_share, duration=args.warmup)
-            report[variant] = {
-                "mix": wrk_run(server.url, key, args, share=args.search_share, duration=args.duration),
-                "search": wrk_run(server.url, key, args, share=1.0, duration=args.duration / 2),
-                "add": wrk_run(server.url, key, args, share=0.0, duration=args.duration / 2),
-                "server_rss_mb": round(server.rss / 2**20, 1),
-            }
+            phases: dict[str, Any] = {}
+            for phase, share, duration in (
+                ("mix", args.search_share, args.duration),
+                ("search", 1.0, args.duration / 2),
+                ("add", 0.0, args.duration / 2),
+            ):
+                cpu_before = server.cpu_seconds
+                phases[phase] = wrk_run(server.url, key, args, share=share, duration=duration)
+                # The server's own CPU per request: steadier than req/s when other jobs share the machine.
+                phases[phase]["server_cpu_ms_per_request"] = round(
+                    (server.cpu_seconds - cpu_before) * 1000 / max(phases[phase]["requests"], 1), 2
+                )
+            report[variant] = {**phases, "server_rss_mb": round(server.rss / 2**20, 1)}
         finally:
             server.stop()
     measured, *baselines = variants
     for baseline in baselines:
         report[f"{measured}_vs_{baseline}_mix_rps"] = round(
             report[measured]["mix"]["rps"] / max(report[baseline]["mix"]["rps"], 1e-9), 2
+        )
+        report[f"{measured}_vs_{baseline}_mix_cpu_per_request"] = round(
+            report[measured]["mix"]["server_cpu_ms_per_request"]
+            / max(report[baseline]["mix"]["server_cpu_ms_per_request"], 1e-9),
+            2,
         )
     mix = report[measured]["mix"]
     report["targets"] = {
@@ -384,7 +418,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--driver", choices=["httpx", "wrk"], default="httpx")
     parser.add_argument(
-        "--variants", default="onnx:0,torch:1", help="wrk driver: runtime:workers per server, measured first."
+        "--variants",
+        default="onnx:0,torch:1",
+        help="wrk driver: runtime:workers[:SETTING=VALUE+...] per server (SETTING without SEALMEM_, e.g. "
+        "onnx:1:embedding_coalesce_max=1), the first one measured, the others its baselines.",
     )
     parser.add_argument("--search-share", type=float, default=0.7, help="wrk driver: share of searches in the mix.")
     parser.add_argument("--clients", type=int, default=64)

@@ -139,17 +139,25 @@ class HashingEmbedder:
 
 def embedder_from_settings(settings: StoreSettings) -> Embedder:
     """The embedder the settings name: ONNX Runtime (default; ``onnx-int8`` its int8-quantised graph) or
-    sentence-transformers on torch."""
+    sentence-transformers on torch; concurrent small calls coalesced (``embedding_coalesce_max`` > 1)."""
+    embedder: Embedder
     if settings.embedding_runtime == "torch":
-        return SentenceTransformerEmbedder(
+        embedder = SentenceTransformerEmbedder(
             settings.embedding_model, batch_size=settings.embedding_batch_size, torch_threads=settings.embedding_threads
         )
-    from memory_store.onnx_embedder import OnnxEmbedder
+    else:
+        from memory_store.onnx_embedder import OnnxEmbedder
 
-    return OnnxEmbedder(
-        settings.embedding_model,
-        cache_dir=settings.data_dir / "models",
-        batch_size=settings.embedding_batch_size,
-        threads=settings.embedding_threads,
-        int8=settings.embedding_runtime == "onnx-int8",
-    )
+        embedder = OnnxEmbedder(
+            settings.embedding_model,
+            cache_dir=settings.data_dir / "models",
+            batch_size=settings.embedding_batch_size,
+            threads=settings.embedding_threads,
+            int8=settings.embedding_runtime == "onnx-int8",
+        )
+    if settings.embedding_coalesce_max > 1:
+        from memory_store.coalescing import CoalescingEmbedder
+
+        runners = settings.embedding_runners or os.cpu_count() or 1
+        embedder = CoalescingEmbedder(embedder, max_batch=settings.embedding_coalesce_max, runners=runners)
+    return embedder

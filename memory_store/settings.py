@@ -34,6 +34,19 @@ class StoreSettings(BaseSettings):
     embedding_threads: int = Field(
         default=1, ge=1, le=256, description="Intra-op threads of the embedder (1 is steadiest on shared VMs)."
     )
+    embedding_coalesce_max: int = Field(
+        default=16,
+        ge=1,
+        le=4096,
+        description="Concurrent small embedding calls are run together, up to this many texts per pass "
+        "(cheaper per text under load; a call never waits for company). 1 turns it off.",
+    )
+    embedding_runners: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Embedding passes a process runs at once when calls are coalesced (0: one per core).",
+    )
     query_cache_size: int = Field(
         default=4096,
         ge=0,

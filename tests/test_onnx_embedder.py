@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from memory_store import SentenceTransformerEmbedder, StoreSettings
+from memory_store.coalescing import CoalescingEmbedder
 from memory_store.embedder import embedder_from_settings
 from memory_store.onnx_embedder import OnnxEmbedder
 
@@ -95,9 +96,12 @@ def test_export_happens_once_and_concurrent_loaders_share_it(tmp_path: Path):
 
 
 def test_settings_choose_the_runtime(tmp_path: Path):
-    assert isinstance(embedder_from_settings(StoreSettings(data_dir=tmp_path)), OnnxEmbedder)
+    default = embedder_from_settings(StoreSettings(data_dir=tmp_path))
+    assert isinstance(default, CoalescingEmbedder) and isinstance(default.inner, OnnxEmbedder)
+    plain = embedder_from_settings(StoreSettings(data_dir=tmp_path, embedding_coalesce_max=1))
+    assert isinstance(plain, OnnxEmbedder)
     torch_one = embedder_from_settings(StoreSettings(data_dir=tmp_path, embedding_runtime="torch"))
-    assert isinstance(torch_one, SentenceTransformerEmbedder)
+    assert isinstance(torch_one, CoalescingEmbedder) and isinstance(torch_one.inner, SentenceTransformerEmbedder)
 
 
 def test_the_int8_variant_stays_close_to_the_full_model_and_shares_its_export(tmp_path: Path):
@@ -105,7 +109,9 @@ def test_the_int8_variant_stays_close_to_the_full_model_and_shares_its_export(tm
     LoCoMo is measured by bench/locomo_retrieval.py (README)."""
     cache = tmp_path / "models"
     full = OnnxEmbedder(cache_dir=cache)
-    int8 = embedder_from_settings(StoreSettings(data_dir=tmp_path, embedding_runtime="onnx-int8"))
+    int8 = embedder_from_settings(
+        StoreSettings(data_dir=tmp_path, embedding_runtime="onnx-int8", embedding_coalesce_max=1)
+    )
     assert isinstance(int8, OnnxEmbedder) and int8.onnx_path().name.endswith("-int8.onnx")
     sentences = real_sentences(200)
     exact, quantised = full.embed(sentences), int8.embed(sentences)
