@@ -60,8 +60,20 @@ class IndexRegistry:
         with self._lock:
             return dict(self._indexes)
 
-    def get(self, tenant_id: str, *, known: Mapping[int, npt.NDArray[np.float32]] | None = None) -> TenantIndex:
-        """The tenant's index, loaded or rebuilt on first use and caught up with SQL."""
+    def get(
+        self,
+        tenant_id: str,
+        *,
+        known: Mapping[int, npt.NDArray[np.float32]] | None = None,
+        at_least: int | None = None,
+    ) -> TenantIndex:
+        """The tenant's index, loaded or rebuilt on first use and caught up with SQL. ``at_least``: the tenant's
+        change seq as the caller read it; an index already that far is returned without asking SQL again."""
+        if at_least is not None:
+            with self._lock:
+                held = self._indexes.get(tenant_id)
+            if held is not None and held.synced_seq >= at_least:
+                return held
         with self._tenant_lock(tenant_id):
             index = self._indexes.get(tenant_id)
             if index is None:

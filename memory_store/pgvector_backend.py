@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from sqlalchemy import BigInteger, bindparam, delete, func, select, text
@@ -89,34 +90,53 @@ class PgVectorBackend:
     def after_commit(self, tenant_id: str, known: Mapping[int, Vector] | None = None) -> None:
         return None
 
-    def search(self, tenant_id: str, vector: Vector, k: int, candidates: IdArray) -> tuple[IdArray, Vector]:
+    def search(
+        self, tenant_id: str, vector: Vector, k: int, candidates: IdArray, *, session: Session | None = None
+    ) -> tuple[IdArray, Vector]:
         empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
         if k <= 0 or len(candidates) == 0:
             return empty
-        with self._sessions() as session:
-            matrix = self._matrix(session, tenant_id, create=False)
-            if matrix is None:
-                return empty
-            query = rotate(matrix, vector.reshape(1, -1))[0]
+        if session is not None:  # the caller's connection and snapshot: no second connection per search
+            return self._search(session, tenant_id, vector, k, candidates) or empty
+        with self._sessions() as own:
+            return self._search(own, tenant_id, vector, k, candidates) or empty
+
+    def _search(
+        self, session: Session, tenant_id: str, vector: Vector, k: int, candidates: IdArray
+    ) -> tuple[IdArray, Vector] | None:
+        matrix = self._matrix(session, tenant_id, create=False)
+        if matrix is None:
+            return None
+        query = rotate(matrix, vector.reshape(1, -1))[0]
+        ids_param = bindparam("ids", value=candidates.tolist(), type_=ARRAY(BigInteger))
+        if len(candidates) > self._exact_max:
+            # Large candidate sets: the HNSW index, filtered, with a wider beam than the result size (SET LOCAL
+            # lasts to the end of the caller's transaction and touches only HNSW scans).
             distance = MemoryVector.embedding.max_inner_product(query)  # negative inner product
-            ids_param = bindparam("ids", value=candidates.tolist(), type_=ARRAY(BigInteger))
             stmt = (
                 select(MemoryVector.memory_id, distance)
-                .where(MemoryVector.memory_id == func.any(ids_param))
+                .where(MemoryVector.tenant_id == tenant_id, MemoryVector.memory_id == func.any(ids_param))
                 .order_by(distance)
                 .limit(k)
             )
-            if len(candidates) > self._exact_max:
-                # Large candidate sets: the HNSW index, filtered, with a wider beam than the result size.
-                session.execute(text(f"SET LOCAL hnsw.ef_search = {max(self._ef_search, 2 * k)}"))
-                stmt = stmt.where(MemoryVector.tenant_id == tenant_id)
-            else:
-                # Small candidate sets (one subject): exact scoring of just those rows.
-                session.execute(text("SET LOCAL enable_indexscan = off"))
+            session.execute(text(f"SET LOCAL hnsw.ef_search = {max(self._ef_search, 2 * k)}"))
             rows = session.execute(stmt).all()
-            if len(candidates) > self._exact_max and len(rows) < min(k, len(candidates)):
-                session.execute(text("SET LOCAL enable_indexscan = off"))
-                rows = session.execute(stmt).all()
+            if len(rows) >= min(k, len(candidates)):
+                return self._scored(rows)
+        # Small candidate sets (one subject), or a filtered HNSW scan that came back short: exact scoring of just
+        # those rows. The materialised CTE keeps the planner off the HNSW index for the ordering, without a SET
+        # that would last for the rest of the caller's transaction.
+        rows_cte = (
+            select(MemoryVector.memory_id, MemoryVector.embedding)
+            .where(MemoryVector.memory_id == func.any(ids_param))
+            .cte("candidate_vectors")
+            .prefix_with("MATERIALIZED")
+        )
+        distance = rows_cte.c.embedding.max_inner_product(query)
+        return self._scored(session.execute(select(rows_cte.c.memory_id, distance).order_by(distance).limit(k)).all())
+
+    @staticmethod
+    def _scored(rows: Sequence[Any]) -> tuple[IdArray, Vector]:
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         scores = np.array([-float(r[1]) for r in rows], dtype=np.float32)
         return ids, scores

@@ -96,8 +96,10 @@ def wants_assistant(filters: Filters) -> bool:
 class VectorSearch(Protocol):
     """What the searcher needs from a vector backend (``memory_store.vector_backend.VectorBackend`` fits)."""
 
-    def search(self, tenant_id: str, vector: Vector, k: int, candidates: IdArray) -> tuple[IdArray, Vector]:
-        """Top-k (memory ids, inner products) among ``candidates``."""
+    def search(
+        self, tenant_id: str, vector: Vector, k: int, candidates: IdArray, *, session: Session | None = None
+    ) -> tuple[IdArray, Vector]:
+        """Top-k (memory ids, inner products) among ``candidates``, read through ``session`` when given."""
         ...
 
 
@@ -145,6 +147,31 @@ class QueryVectors:
                 del self._cache[key]
 
 
+class SubjectIds:
+    """Internal ids of recently searched subjects by (tenant, external id), LRU, so a search can embed its query
+    before it opens a database session (on PostgreSQL a pooled connection would otherwise sit idle through the
+    embedding). Only a guess: the search checks it against the row it reads and embeds again on a mismatch (a
+    subject forgotten and created anew), so a stale guess costs time, never a wrong or cross-subject vector."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._ids: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def guess(self, tenant_id: str, subject: str) -> str | None:
+        with self._lock:
+            return self._ids.get((tenant_id, subject))
+
+    def remember(self, tenant_id: str, subject: str, subject_id: str) -> None:
+        if self._size == 0:
+            return
+        with self._lock:
+            self._ids[(tenant_id, subject)] = subject_id
+            self._ids.move_to_end((tenant_id, subject))
+            while len(self._ids) > self._size:
+                self._ids.popitem(last=False)
+
+
 class HybridSearcher:
     def __init__(
         self,
@@ -159,13 +186,16 @@ class HybridSearcher:
         self._sessions = sessions
         self._keys = keys
         self.queries = QueryVectors(embedder, query_cache_size)
+        self._subject_ids = SubjectIds(query_cache_size)
         self._vectors = vectors
         self._lexical = lexical
         self.calibration: Calibration | None = for_embedder(embedder.model_id)
 
-    def _dense_search(self, tenant_id: str, vector: Vector, k: int, candidates: IdArray) -> dict[int, float]:
+    def _dense_search(
+        self, session: Session, tenant_id: str, vector: Vector, k: int, candidates: IdArray
+    ) -> dict[int, float]:
         """Top-``k`` cosine similarities among ``candidates`` (all of them when k >= their count)."""
-        ids, scores = self._vectors.search(tenant_id, vector, k, candidates)
+        ids, scores = self._vectors.search(tenant_id, vector, k, candidates, session=session)
         return dict(zip(ids.tolist(), scores.tolist(), strict=True))
 
     def _lexical_index(
@@ -301,12 +331,15 @@ class HybridSearcher:
         include_assistant: bool = False,
     ) -> tuple[list[SearchHit], list[int]]:
         now = utcnow()
+        guess = self._subject_ids.guess(tenant_id, subject)
+        early = self.queries.vector(guess, query) if guess is not None else None
         with self._sessions() as session:
             owner = session.scalar(
                 select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject)
             )
             if owner is None:
                 raise NotFoundError("subject not found")
+            self._subject_ids.remember(tenant_id, subject, owner.id)
             sealer = MemorySealer(self._keys.subject_key(owner), tenant_id, owner.id)
             base = candidate_query(tenant_id, [owner.id], with_metadata=bool(filters.metadata))
             rows = session.execute(apply_filters(base, filters, now)).all()
@@ -318,11 +351,13 @@ class HybridSearcher:
                 return [], []
             fetch = int(min(len(candidates), max(4 * k, fusion.pool)))
 
-            vector = self.queries.vector(owner.id, query)
+            vector = early if early is not None and guess == owner.id else self.queries.vector(owner.id, query)
             # Small candidate sets are scored in full by one search; larger ones get a second, exact search
             # of just the pooled ids the first one did not return.
             exhaustive = len(candidates) <= _SCORE_ALL_MAX
-            dense = self._dense_search(tenant_id, vector, len(candidates) if exhaustive else fetch, candidates)
+            dense = self._dense_search(
+                session, tenant_id, vector, len(candidates) if exhaustive else fetch, candidates
+            )
             dense_ranked = sorted(dense.items(), key=lambda item: (-item[1], item[0]))[:fetch]
 
             lexical_index = self._lexical_index(session, owner, sealer, fusion)
@@ -355,7 +390,7 @@ class HybridSearcher:
                         pool.update(n for n in pair if n is not None)
                 missing = np.fromiter((m for m in pool if m not in dense), dtype=np.int64)
                 if len(missing):
-                    dense.update(self._dense_search(tenant_id, vector, len(missing), missing))
+                    dense.update(self._dense_search(session, tenant_id, vector, len(missing), missing))
                 lexical_scores = {m: score for m, score in scored.of(pool).items() if score > 0}
                 pooled_dense = {m: dense[m] for m in pool if m in dense}
                 stamps = self._timestamps(session, pooled_dense) if want_recency else None

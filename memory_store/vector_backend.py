@@ -12,9 +12,11 @@ from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from memory_store.index_registry import IndexRegistry
+from memory_store.models import Tenant
 
 Vector = npt.NDArray[np.float32]
 IdArray = npt.NDArray[np.int64]
@@ -36,8 +38,11 @@ class VectorBackend(Protocol):
     def after_commit(self, tenant_id: str, known: Mapping[int, Vector] | None = None) -> None:
         """Bring in-process state up to date after a committed write."""
 
-    def search(self, tenant_id: str, vector: Vector, k: int, candidates: IdArray) -> tuple[IdArray, Vector]:
-        """Top-k (memory ids, inner products) among ``candidates``."""
+    def search(
+        self, tenant_id: str, vector: Vector, k: int, candidates: IdArray, *, session: Session | None = None
+    ) -> tuple[IdArray, Vector]:
+        """Top-k (memory ids, inner products) among ``candidates``. ``session``: the caller's open session, whose
+        snapshot chose the candidates; the backend reads through it instead of taking a second connection."""
 
     def rebuild(self, tenant_id: str) -> int: ...
 
@@ -60,8 +65,15 @@ class FaissBackend:
     def after_commit(self, tenant_id: str, known: Mapping[int, Vector] | None = None) -> None:
         self.registry.get(tenant_id, known=known)
 
-    def search(self, tenant_id: str, vector: Vector, k: int, candidates: IdArray) -> tuple[IdArray, Vector]:
-        return self.registry.get(tenant_id).search(vector, k, candidates)
+    def search(
+        self, tenant_id: str, vector: Vector, k: int, candidates: IdArray, *, session: Session | None = None
+    ) -> tuple[IdArray, Vector]:
+        # The caller's snapshot says how far the index must be; when it is there already (the usual case), no
+        # second connection is taken and the tenant's lock is not waited on for a catch-up query.
+        at_least = (
+            session.scalar(select(Tenant.change_seq).where(Tenant.id == tenant_id)) if session is not None else None
+        )
+        return self.registry.get(tenant_id, at_least=at_least).search(vector, k, candidates)
 
     def rebuild(self, tenant_id: str) -> int:
         return self.registry.rebuild(tenant_id).ntotal
