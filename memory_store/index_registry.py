@@ -87,6 +87,23 @@ class IndexRegistry:
                 self._save(tenant_id, index)
             return index
 
+    def advance(
+        self, tenant_id: str, first_seq: int, last_seq: int, vectors: Mapping[int, npt.NDArray[np.float32]]
+    ) -> bool:
+        """Apply a write this process just committed, whose change seqs ``first_seq..last_seq`` added exactly
+        ``vectors``, without reading the change log: only when the index stands right before them (no other
+        write in between). False when it does not (or is not loaded): the caller then catches up from SQL."""
+        with self._tenant_lock(tenant_id):
+            index = self._indexes.get(tenant_id)
+            if index is None or index.synced_seq != first_seq - 1 or len(vectors) != last_seq - first_seq + 1:
+                return False
+            ids = np.fromiter(vectors.keys(), dtype=np.int64, count=len(vectors))
+            index.upsert(ids, np.vstack(list(vectors.values())))
+            index.synced_seq = last_seq
+            if index.changes_since_save >= max(self._persist_every, index.ntotal // 4):
+                self._save(tenant_id, index)
+            return True
+
     def _open(self, tenant_id: str) -> TenantIndex:
         with self._sessions() as session:
             tenant = session.get(Tenant, tenant_id)

@@ -87,7 +87,9 @@ class PgVectorBackend:
             stmt.on_conflict_do_update(index_elements=["memory_id"], set_={"embedding": stmt.excluded.embedding})
         )
 
-    def after_commit(self, tenant_id: str, known: Mapping[int, Vector] | None = None) -> None:
+    def after_commit(
+        self, tenant_id: str, known: Mapping[int, Vector] | None = None, *, seqs: tuple[int, int] | None = None
+    ) -> None:
         return None
 
     def search(

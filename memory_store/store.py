@@ -508,7 +508,7 @@ class MemoryStore:
             for item, row in zip(items, rows, strict=True):
                 touched.setdefault(item.subject, []).append(row.uid)
             self._record_audit(session, tenant_id, audit, touched, desensitised=found)
-        self.vectors.after_commit(tenant_id, known)
+        self.vectors.after_commit(tenant_id, known, seqs=(first_seq, last_seq))
         added: dict[str, list[LexicalSource]] = {}
         for row, text in zip(rows, texts, strict=True):
             added.setdefault(row.subject_id, []).append(lexical_source(row, text))

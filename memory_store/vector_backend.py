@@ -35,8 +35,11 @@ class VectorBackend(Protocol):
     def stage(self, session: Session, tenant_id: str, items: Sequence[tuple[int, Vector]]) -> None:
         """Write vectors inside the caller's SQL transaction (no-op where vectors follow the change log)."""
 
-    def after_commit(self, tenant_id: str, known: Mapping[int, Vector] | None = None) -> None:
-        """Bring in-process state up to date after a committed write."""
+    def after_commit(
+        self, tenant_id: str, known: Mapping[int, Vector] | None = None, *, seqs: tuple[int, int] | None = None
+    ) -> None:
+        """Bring in-process state up to date after a committed write. ``seqs``: the first and last change seq
+        the write took, when its changes are exactly ``known`` (new vectors, nothing deleted)."""
 
     def search(
         self, tenant_id: str, vector: Vector, k: int, candidates: IdArray, *, session: Session | None = None
@@ -62,7 +65,11 @@ class FaissBackend:
     def stage(self, session: Session, tenant_id: str, items: Sequence[tuple[int, Vector]]) -> None:
         return None
 
-    def after_commit(self, tenant_id: str, known: Mapping[int, Vector] | None = None) -> None:
+    def after_commit(
+        self, tenant_id: str, known: Mapping[int, Vector] | None = None, *, seqs: tuple[int, int] | None = None
+    ) -> None:
+        if seqs is not None and known and self.registry.advance(tenant_id, seqs[0], seqs[1], known):
+            return
         self.registry.get(tenant_id, known=known)
 
     def search(

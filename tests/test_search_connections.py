@@ -105,3 +105,27 @@ def test_a_subject_forgotten_and_created_anew_gets_its_own_query_vectors(
     assert embedder.texts == ["my diagnosis"]  # embedded anew for the new subject
     store.search(tenant_id=tenant_id, subject="ana", query="my diagnosis", k=1)
     assert embedder.texts == ["my diagnosis"]  # and cached for it from then on
+
+
+def test_an_add_brings_the_writers_own_index_forward_without_reading_the_change_log(
+    open_store: Callable[..., MemoryStore], faiss_only: None
+) -> None:
+    """The write knows its seqs and vectors: when no other write came between, its own FAISS index takes them
+    directly; when another process wrote in between, the change log is replayed as before. Either way the
+    index holds exactly the tenant's memories."""
+    store = open_store()
+    other = open_store()
+    tenant_id = store.create_tenant(name="acme").id
+    store.add(tenant_id=tenant_id, item=NewMemory(subject="ana", text="first"))
+    statements: list[str] = []
+    event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    for i in range(3):
+        store.add(tenant_id=tenant_id, item=NewMemory(subject="ana", text=f"mine {i}"))
+    assert not [s for s in statements if "vector_changes" in s and s.lstrip().upper().startswith("SELECT")]
+    other.add(tenant_id=tenant_id, item=NewMemory(subject="ana", text="from another process"))
+    store.add_batch(tenant_id=tenant_id, items=[NewMemory(subject="bob", text=f"after {i}") for i in range(2)])
+    assert [s for s in statements if "vector_changes" in s and s.lstrip().upper().startswith("SELECT")]
+    index = store.vectors.registry.get(tenant_id)  # type: ignore[attr-defined]
+    with store.engine.connect() as conn:
+        in_sql = {row[0] for row in conn.exec_driver_sql("SELECT id FROM memories")}
+    assert set(index.all_ids().tolist()) == in_sql and len(in_sql) == 7
