@@ -2,7 +2,8 @@
 console (``/admin``) alike: the same authorisation (the caller is admitted by :func:`service.deps.permit` before
 it gets here), the same audit records, the same reveal rules and the same errors. Each takes the services, the
 request (for the audit record's request id and times) and the admitted principal, and works only within the
-principal's tenant.
+principal's tenant. Reads of memories that every role makes too (list, search, history), the admin inspection
+among them, are :mod:`service.memory_actions`.
 """
 
 from __future__ import annotations
@@ -17,46 +18,10 @@ from memory_store.activity import Activity, tenant_activity
 from memory_store.audit import AuditEntry, VerifyReport
 from memory_store.credentials import ApiKeyInfo, IssuedKey
 from memory_store.db import make_sessionmaker
-from memory_store.types import Filters, HistoryEntry, MemoryRecord, SearchHit, SessionSummary, Stats, SubjectInfo
+from memory_store.types import SessionSummary, Stats, SubjectInfo
 from service.auth import Principal
 from service.errors import InvalidInput
 from service.services import Services
-
-
-@dataclass(frozen=True, kw_only=True)
-class MemoryListing:
-    items: list[MemoryRecord]  # as the caller's role may see them (revealed)
-    next_cursor: str | None
-
-
-def inspect_memories(
-    services: Services,
-    request: Request,
-    principal: Principal,
-    *,
-    subject: str | None,
-    filters: Filters,
-    cursor: str | None,
-    limit: int | None,
-    status: str | None = None,
-    source: str | None = None,
-) -> MemoryListing:
-    """Memories of the tenant (of one subject when given), newest first, optionally of one ``status`` and
-    ``source`` (filtered in the query); audited as ``admin.inspect``."""
-    page_size = services.limits.page_size(limit)
-    with services.auditor.record(request, principal, "admin.inspect", subject=subject) as note:
-        page = services.store.list(
-            tenant_id=principal.tenant_id,
-            subject=subject,
-            filters=filters,
-            cursor=cursor,
-            limit=page_size,
-            status=status,
-            source=source,
-        )
-        note.touch(page.items)
-        items = services.store.reveal(tenant_id=principal.tenant_id, records=page.items, role=principal.role)
-    return MemoryListing(items=items, next_cursor=page.next_cursor)
 
 
 def list_subjects(
@@ -144,70 +109,6 @@ def forget_subject(services: Services, request: Request, principal: Principal, *
         if chat is not None:  # queued write-back stops, and keys/values derived from memories leave RAM
             chat.forget_subject(principal.tenant_id, subject)
     return removed
-
-
-def memory_history(
-    services: Services, request: Request, principal: Principal, *, memory_id: str, subject: str | None
-) -> list[HistoryEntry]:
-    """A memory's change history (of ``subject`` when given); audited as ``memory.history``, as the API's."""
-    with services.auditor.record(request, principal, "memory.history", subject=subject, memory_ids=[memory_id]):
-        return services.store.history(tenant_id=principal.tenant_id, memory_id=memory_id, subject=subject)
-
-
-@dataclass(frozen=True, kw_only=True)
-class MemoryTimeline:
-    events: list[HistoryEntry]
-    lineage: list[MemoryRecord]  # the supersede lineage, oldest first, revealed as the caller's role may see it
-
-    def memory(self, memory_id: str) -> MemoryRecord | None:
-        return next((m for m in self.lineage if m.id == memory_id), None)
-
-
-def memory_timeline(
-    services: Services, request: Request, principal: Principal, *, memory_id: str, subject: str
-) -> MemoryTimeline:
-    """A memory's change history and its supersede lineage (what it replaced, what replaced it), through the
-    store's ``history`` and ``lineage`` lookups (never the subject's whole export); one ``memory.history``
-    record, as the API's history read, naming every memory whose content is shown."""
-    with services.auditor.record(request, principal, "memory.history", subject=subject, memory_ids=[memory_id]) as note:
-        events = services.store.history(tenant_id=principal.tenant_id, memory_id=memory_id, subject=subject)
-        lineage = services.store.lineage(tenant_id=principal.tenant_id, memory_id=memory_id, subject=subject)
-        note.memory_ids = [memory_id, *(m.id for m in lineage if m.id != memory_id)]
-        shown = services.store.reveal(tenant_id=principal.tenant_id, records=lineage, role=principal.role)
-    return MemoryTimeline(events=events, lineage=shown)
-
-
-def search_subject(
-    services: Services,
-    request: Request,
-    principal: Principal,
-    *,
-    subject: str,
-    query: str,
-    k: int | None,
-    filters: Filters | None = None,
-) -> list[SearchHit]:
-    """Hybrid search of one subject's memories with fused, dense and lexical scores (memories revealed as the
-    caller's role may see them); audited as ``memory.search``, as ``POST /v1/memories/search`` is."""
-    top = services.limits.k(k)
-    services.limits.text(query, field="query")
-    with services.auditor.record(request, principal, "memory.search", subject=subject) as note:
-        hits = services.store.search(
-            tenant_id=principal.tenant_id,
-            subject=subject,
-            query=query,
-            k=top,
-            filters=filters or Filters(),
-            role=principal.role,
-        )
-        note.memory_ids = [h.memory.id for h in hits]
-        shown = services.store.reveal(
-            tenant_id=principal.tenant_id, records=[h.memory for h in hits], role=principal.role
-        )
-    return [
-        SearchHit(memory=m, score=h.score, dense_score=h.dense_score, lexical_score=h.lexical_score)
-        for h, m in zip(hits, shown, strict=True)
-    ]
 
 
 def list_sessions(

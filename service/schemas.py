@@ -339,6 +339,16 @@ class SubjectExport(BaseModel):
     memories: list[MemoryOut]
     history: list[HistoryEntryOut]
 
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> SubjectExport:
+        """What :func:`service.admin_actions.export_subject` returns, as the API and the console's download."""
+        return cls(
+            subject=data["subject"],
+            created_at=data["created_at"],
+            memories=[MemoryOut.of(m) for m in data["memories"]],
+            history=[HistoryEntryOut.of(e) for e in data["history"]],
+        )
+
 
 class ForgetResult(BaseModel):
     subject: str

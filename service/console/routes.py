@@ -1,9 +1,10 @@
 """The admin console's pages (``/admin``), server-rendered with Jinja2 (autoescaped), enhanced by htmx.
 
-Every page acts through :mod:`service.admin_actions`, the functions the ``/v1/admin`` routes call: the session's
-API key is admitted by the same :func:`service.deps.permit` rule as an admin request (checked, with the key still
-active, on every request), reads and changes leave the same audit records, and errors are the same errors,
-shown on the page with their status. Routes are left out of the OpenAPI schema.
+Every page acts through :mod:`service.admin_actions` and :mod:`service.memory_actions`, the functions the
+``/v1/admin`` and ``/v1/memories`` routes call: the session's API key is admitted by the same
+:func:`service.deps.permit` rule as an admin request (checked, with the key still active, on every request),
+reads and changes leave the same audit records, and errors are the same errors, shown on the page with their
+status. Routes are left out of the OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -26,15 +27,16 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from memory_store.credentials import ROLES
 from memory_store.errors import StoreError
-from memory_store.types import KINDS, Filters
+from memory_store.types import KINDS, Filters, SearchHit
 from service import admin_actions as actions
+from service import memory_actions
 from service.auth import Principal
 from service.console import security
 from service.console.charts import writes_chart
 from service.deps import get_services, permit
 from service.errors import ApiError, InvalidInput, request_id_of, store_error_parts, validation_message
 from service.routes.common import CursorQuery, IdentifierQuery, KindQuery
-from service.schemas import IDENTIFIER_PATTERN, HistoryEntryOut, MemoryOut, SubjectExport
+from service.schemas import IDENTIFIER_PATTERN, SearchFilters, SubjectExport
 from service.services import Services
 
 log = logging.getLogger("sealmem.console")
@@ -316,7 +318,7 @@ def subject_page(
 ) -> Response:
     """One subject's memories, filtered by kind, status, source and session in the store's query."""
     filters = Filters(session_id=session, kinds=(kind,) if kind else None, include_superseded=True)
-    page = actions.inspect_memories(
+    page = memory_actions.list_memories(
         caller.services,
         request,
         caller.principal,
@@ -326,6 +328,7 @@ def subject_page(
         limit=50,
         status=status,
         source=source,
+        across_subjects=True,
     )
     return render(
         request,
@@ -349,7 +352,9 @@ def memory_page(
 ) -> Response:
     """A memory's history as a timeline, and its supersede chain (what it replaced, what replaced it), from the
     store's history and lineage lookups; one ``memory.history`` record, as the API's history read."""
-    timeline = actions.memory_timeline(caller.services, request, caller.principal, memory_id=id, subject=subject)
+    timeline = memory_actions.history(
+        caller.services, request, caller.principal, memory_id=id, subject=subject, lineage=True
+    )
     return render(
         request,
         "memory.html",
@@ -366,12 +371,7 @@ def memory_page(
 def export(request: Request, caller: Caller, id: SubjectParam) -> Response:
     """The subject's export (the JSON ``GET /v1/admin/subjects/{subject}/export`` answers), as a download."""
     data = actions.export_subject(caller.services, request, caller.principal, subject=id)
-    body = SubjectExport(
-        subject=data["subject"],
-        created_at=data["created_at"],
-        memories=[MemoryOut.of(m) for m in data["memories"]],
-        history=[HistoryEntryOut.of(e) for e in data["history"]],
-    ).model_dump_json(indent=2)
+    body = SubjectExport.of(data).model_dump_json(indent=2)
     name = re.sub(r"[^A-Za-z0-9._-]", "_", id)[:80] or "subject"
     return Response(
         body,
@@ -396,9 +396,14 @@ def forget(
     return render(request, "forgotten.html", nav="subjects", subject=subject, removed=removed)
 
 
+def _search_page(request: Request, *, hits: list[SearchHit] | None, form: dict[str, Any]) -> Response:
+    return render(request, "search.html", nav="search", hits=hits, kinds=KINDS, **form)
+
+
 @router.get("/search")
 def search_form(request: Request, caller: Caller, subject: OptionalSubject = None) -> Response:
-    return render(request, "search.html", nav="search", subject=subject or "", query="", k=10, hits=None)
+    form = {"subject": subject or "", "query": "", "k": 10, "min_score": 0.0, "kind": ""}
+    return _search_page(request, hits=None, form=form | {"include_assistant": False, "include_superseded": False})
 
 
 @router.post("/search")
@@ -408,13 +413,41 @@ def search(
     subject: Annotated[str, Form(min_length=1, max_length=256, pattern=IDENTIFIER_PATTERN)],
     query: Annotated[str, Form(min_length=1, max_length=20_000)],
     k: Annotated[int, Form(ge=1, le=1000)] = 10,
+    min_score: Annotated[float, Form(ge=-1.0, le=1.0)] = 0.0,
+    kind: Annotated[str | None, Form(pattern=r"^([a-z][a-z0-9_]{0,31})?$")] = None,
+    include_assistant: Annotated[bool, Form()] = False,
+    include_superseded: Annotated[bool, Form()] = False,
     csrf_token: CsrfField = None,
 ) -> Response:
-    """Search a subject (a POST, so the query stays out of URLs and access logs); fused, dense and lexical
-    scores per result."""
+    """Search a subject (a POST, so the query stays out of URLs and access logs) through the function
+    ``POST /v1/memories/search`` calls, with its ``k``, ``min_score`` and filters (kind, ``include_assistant``,
+    ``include_superseded``); fused, dense and lexical scores and the calibrated relevance per result."""
     checked(caller, csrf_token)
-    hits = actions.search_subject(caller.services, request, caller.principal, subject=subject, query=query, k=k)
-    return render(request, "search.html", nav="search", subject=subject, query=query, k=k, hits=hits)
+    filters = SearchFilters(
+        kinds=[kind] if kind else None,
+        include_assistant=include_assistant,
+        include_superseded=include_superseded,
+    )
+    hits = memory_actions.search(
+        caller.services,
+        request,
+        caller.principal,
+        subject=subject,
+        query=query,
+        k=k,
+        filters=filters,
+        min_score=min_score,
+    )
+    form = {
+        "subject": subject,
+        "query": query,
+        "k": k,
+        "min_score": min_score,
+        "kind": kind or "",
+        "include_assistant": include_assistant,
+        "include_superseded": include_superseded,
+    }
+    return _search_page(request, hits=hits, form=form)
 
 
 @router.get("/sessions")

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from service import admin_actions as actions
+from service import memory_actions
 from service.deps import Admin, ServicesDep
 from service.errors import ERROR_RESPONSES, InvalidInput
 from service.routes.common import CursorQuery, LimitQuery, ListParams, list_params
@@ -18,7 +19,6 @@ from service.schemas import (
     DesensitisationOut,
     DesensitisationUpdate,
     ForgetResult,
-    HistoryEntryOut,
     KeyCreate,
     KeyCreated,
     KeyList,
@@ -43,7 +43,7 @@ def inspect_memories(
     services: ServicesDep,
     request: Request,
 ) -> MemoryPage:
-    page = actions.inspect_memories(
+    page = memory_actions.list_memories(
         services,
         request,
         principal,
@@ -51,6 +51,7 @@ def inspect_memories(
         filters=params.filters(),
         cursor=params.cursor,
         limit=params.limit,
+        across_subjects=True,
     )
     return MemoryPage(items=[MemoryOut.of(m) for m in page.items], next_cursor=page.next_cursor)
 
@@ -78,13 +79,7 @@ def stats(principal: Admin, services: ServicesDep, request: Request) -> StatsOut
     summary="Everything held about a subject (data portability)",
 )
 def export_subject(subject: SubjectPath, principal: Admin, services: ServicesDep, request: Request) -> SubjectExport:
-    data = actions.export_subject(services, request, principal, subject=subject)
-    return SubjectExport(
-        subject=data["subject"],
-        created_at=data["created_at"],
-        memories=[MemoryOut.of(m) for m in data["memories"]],
-        history=[HistoryEntryOut.of(e) for e in data["history"]],
-    )
+    return SubjectExport.of(actions.export_subject(services, request, principal, subject=subject))
 
 
 @router.delete(

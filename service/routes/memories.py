@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 
-from service.auth import Principal, subject_for
+from service import memory_actions
+from service.auth import Principal
 from service.deps import Reader, ServicesDep, Writer
 from service.errors import ERROR_RESPONSES, InvalidInput
-from service.routes.common import ListParams, list_params, new_memory, to_filters
+from service.routes.common import ListParams, list_params, new_memory
 from service.schemas import (
     HistoryEntryOut,
     HistoryResponse,
@@ -83,45 +82,31 @@ def list_memories(
     services: ServicesDep,
     request: Request,
 ) -> MemoryPage:
-    limit = services.limits.page_size(params.limit)
-    with services.auditor.record(request, principal, "memory.list", subject=principal.subject) as note:
-        note.subject = subject = subject_for(principal, params.subject)
-        page = services.store.list(
-            tenant_id=principal.tenant_id,
-            subject=subject,
-            filters=params.filters(),
-            cursor=params.cursor,
-            limit=limit,
-        )
-        note.touch(page.items)
-        items = services.store.reveal(tenant_id=principal.tenant_id, records=page.items, role=principal.role)
-    return MemoryPage(items=[MemoryOut.of(m) for m in items], next_cursor=page.next_cursor)
+    page = memory_actions.list_memories(
+        services,
+        request,
+        principal,
+        subject=params.subject,
+        filters=params.filters(),
+        cursor=params.cursor,
+        limit=params.limit,
+    )
+    return MemoryPage(items=[MemoryOut.of(m) for m in page.items], next_cursor=page.next_cursor)
 
 
 @router.post("/search", response_model=SearchResponse, summary="Hybrid (vector + keyword) search of a subject")
 def search_memories(body: SearchRequest, principal: Reader, services: ServicesDep, request: Request) -> SearchResponse:
-    k = services.limits.k(body.k)
-    services.limits.text(body.query, field="query")
-    with services.auditor.record(request, principal, "memory.search", subject=principal.subject) as note:
-        note.subject = subject = subject_for(principal, body.subject)
-        filters = to_filters(body.filters, services.limits)
-        started = time.perf_counter()
-        hits = services.store.search(
-            tenant_id=principal.tenant_id,
-            subject=subject,
-            query=body.query,
-            k=k,
-            filters=filters,
-            role=principal.role,
-            min_score=body.min_score,
-            include_assistant=body.filters is not None and body.filters.include_assistant,
-        )
-        services.metrics.search_latency.observe(time.perf_counter() - started)
-        note.memory_ids = [h.memory.id for h in hits]
-        shown = services.store.reveal(
-            tenant_id=principal.tenant_id, records=[h.memory for h in hits], role=principal.role
-        )
-    return SearchResponse(results=[SearchResult.of_hit(replace(h, memory=m)) for h, m in zip(hits, shown, strict=True)])
+    hits = memory_actions.search(
+        services,
+        request,
+        principal,
+        subject=body.subject,
+        query=body.query,
+        k=body.k,
+        filters=body.filters,
+        min_score=body.min_score,
+    )
+    return SearchResponse(results=[SearchResult.of_hit(h) for h in hits])
 
 
 @router.get("/{memory_id}", response_model=MemoryOut, summary="Read one memory")
@@ -189,8 +174,5 @@ def delete_memory(memory_id: MemoryId, principal: Writer, services: ServicesDep,
 
 @router.get("/{memory_id}/history", response_model=HistoryResponse, summary="A memory's change history")
 def memory_history(memory_id: MemoryId, principal: Reader, services: ServicesDep, request: Request) -> HistoryResponse:
-    with services.auditor.record(
-        request, principal, "memory.history", subject=principal.subject, memory_ids=[memory_id]
-    ):
-        events = services.store.history(tenant_id=principal.tenant_id, memory_id=memory_id, subject=principal.subject)
-    return HistoryResponse(memory_id=memory_id, events=[HistoryEntryOut.of(e) for e in events])
+    found = memory_actions.history(services, request, principal, memory_id=memory_id)
+    return HistoryResponse(memory_id=memory_id, events=[HistoryEntryOut.of(e) for e in found.events])

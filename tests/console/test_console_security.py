@@ -413,3 +413,57 @@ def test_the_session_table_holds_digests_only_and_purges_dead_sessions(console: 
     assert (session_rows(console, idle), session_rows(console, old), session_rows(console, live)) == (0, 0, 1)
     assert sessions.resolve(live) is not None and sessions.resolve(idle) is None
     sessions.end(live)
+
+
+# ---- one path with the API (search, history) ----------------------------------------------------------------
+
+SEARCH_ROW = re.compile(
+    r'&amp;id=([0-9a-f-]+)">[^<]*</a></td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>'
+)
+
+
+def _score(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def test_console_search_is_the_api_search(console: Seeded) -> None:
+    """The playground calls the function ``POST /v1/memories/search`` calls: the same hits with the same fused,
+    dense, lexical scores and relevance, and the same ``memory.search`` record."""
+    tenant, api = console.acme.id, console.harness.client
+    body: dict[str, Any] = {"subject": "alice", "query": "Alice tea Lisbon", "k": 5}
+    with sign_in(console.url, console.acme.admin) as client:
+        token = csrf_of(client, "/admin/search")
+        seq = head_seq(console, tenant)
+        page = client.post("/admin/search", data={**body, "csrf_token": token})
+        rest = api.post("/v1/memories/search", json=body, headers=bearer(console.acme.admin))
+    assert page.status_code == 200 and rest.status_code == 200, rest.text
+    assert '<th scope="col">Relevance</th>' in page.text
+    shown = SEARCH_ROW.findall(page.text)
+    results = rest.json()["results"]
+    assert shown and [row[0] for row in shown] == [r["id"] for r in results]
+    for row, r in zip(shown, results, strict=True):
+        assert row[1:] == tuple(_score(r[name]) for name in ("score", "dense_score", "lexical_score", "relevance"))
+    records = new_records(console, tenant, seq)
+    assert [e.action for e in records] == ["memory.search", "memory.search"]
+    assert records[0].subject == records[1].subject == "alice"
+    assert records[0].memory_ids == records[1].memory_ids == [r["id"] for r in results]
+
+
+def test_console_search_takes_the_api_search_parameters(console: Seeded) -> None:
+    old = console.alice_old["id"]
+    with sign_in(console.url, console.acme.admin) as client:
+        token = csrf_of(client, "/admin/search")
+        form = {"subject": "alice", "query": "Alice lives in Lisbon", "csrf_token": token}
+        plain = client.post("/admin/search", data=form)
+        assert plain.status_code == 200 and old not in plain.text  # superseded: left out, as over REST
+        superseded = client.post("/admin/search", data={**form, "include_superseded": "true"})
+        assert old in superseded.text and 'id="s-include-superseded" name="include_superseded"' in superseded.text
+        preference = client.post("/admin/search", data={**form, "kind": "preference"})
+        assert ">Alice likes green tea<" in preference.text and ">Alice moved to Porto<" not in preference.text
+        kept = client.post("/admin/search", data={**form, "min_score": "0.5", "include_assistant": "true"})
+        assert kept.status_code == 200  # the hashing embedder has no calibration: min_score filters nothing
+        assert SEARCH_ROW.findall(kept.text)
+        for bad in ("nan", "inf", "-1.5", "2", "x"):
+            refused = client.post("/admin/search", data={**form, "min_score": bad})
+            assert refused.status_code == 422, (bad, refused.text)
+            assert "min_score" in refused.text

@@ -313,3 +313,32 @@ def test_minting_rules(world):
     claims = jwt.decode(minted["token"], world.secret, algorithms=["HS256"], audience=AUDIENCE)
     assert claims["tenant"] == world.a.id and claims["subject"] == "alice" and claims["exp"] - claims["iat"] == 900
     assert claims["kid"] == _claims(world)["kid"] and claims["jti"] == minted["token_id"]
+
+
+def test_the_shared_memory_reads_confine_a_subject_token_to_its_subject(make_api: Callable[..., Harness]) -> None:
+    """``service.memory_actions``, which the REST routes and the console call: a subject token reaches only its
+    own subject even where a caller asks for the tenant-wide admin listing or for another subject's history."""
+    from starlette.requests import Request
+
+    from memory_store.types import Filters
+    from service import memory_actions
+    from service.errors import ApiError
+
+    api = make_api()
+    keys = api.tenant()
+    mine = api.add(keys.app, "alice", "Alice lives in Porto")
+    theirs = api.add(keys.app, "bob", "Bob lives in Faro")
+    principal = api.services.auth.authenticate(api.token(keys.app, "alice", ["read"]), client=None)
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": [], "app": api.app})
+    listing = memory_actions.list_memories(
+        api.services, request, principal, subject=None, filters=Filters(), cursor=None, limit=None,
+        across_subjects=True,
+    )  # fmt: skip
+    assert [m.id for m in listing.items] == [mine["id"]]
+    with pytest.raises(ApiError) as refused:
+        memory_actions.history(api.services, request, principal, memory_id=theirs["id"], subject="bob")
+    assert refused.value.status == 404
+    found = memory_actions.history(api.services, request, principal, memory_id=mine["id"], lineage=True)
+    assert [m.id for m in found.lineage] == [mine["id"]]
+    hits = memory_actions.search(api.services, request, principal, subject=None, query="lives", k=5)
+    assert [h.memory.id for h in hits] == [mine["id"]]
