@@ -7,7 +7,7 @@ import binascii
 import re
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Select, or_, select
 
@@ -19,7 +19,67 @@ from memory_store.types import Filters, MemoryRecord
 _Q = TypeVar("_Q", bound="Select[*tuple[Any, ...]]")
 
 
-def decode(row: Memory, subject: Subject, sealer: MemorySealer) -> MemoryRecord:
+class RecordRow(Protocol):
+    """What a memory's public view is built from: a ``Memory`` instance, or a row of :data:`RECORD_COLUMNS`
+    (read without the ORM's per-object bookkeeping or the sealed embedding, for reads of many rows)."""
+
+    @property
+    def uid(self) -> str: ...
+    @property
+    def text_ct(self) -> bytes: ...
+    @property
+    def metadata_ct(self) -> bytes: ...
+    @property
+    def agent_id(self) -> str | None: ...
+    @property
+    def session_id(self) -> str | None: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def superseded_by(self) -> str | None: ...
+    @property
+    def importance(self) -> float: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def source_ref(self) -> str | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
+    @property
+    def last_accessed_at(self) -> datetime | None: ...
+    @property
+    def occurred_at(self) -> datetime | None: ...
+    @property
+    def expires_at(self) -> datetime | None: ...
+
+
+RECORD_COLUMNS = (
+    Memory.id,
+    Memory.uid,
+    Memory.text_ct,
+    Memory.metadata_ct,
+    Memory.agent_id,
+    Memory.session_id,
+    Memory.kind,
+    Memory.status,
+    Memory.superseded_by,
+    Memory.importance,
+    Memory.source,
+    Memory.source_ref,
+    Memory.created_at,
+    Memory.updated_at,
+    Memory.last_accessed_at,
+    Memory.occurred_at,
+    Memory.expires_at,
+)
+"""The columns :func:`decode` needs (and the row id), for ``select(*RECORD_COLUMNS)``."""
+
+
+def decode(row: RecordRow, subject: Subject, sealer: MemorySealer) -> MemoryRecord:
     return record(
         row,
         subject.external_id,
@@ -28,7 +88,7 @@ def decode(row: Memory, subject: Subject, sealer: MemorySealer) -> MemoryRecord:
     )
 
 
-def record(row: Memory, subject: str, *, text: str, metadata: dict[str, Any]) -> MemoryRecord:
+def record(row: RecordRow, subject: str, *, text: str, metadata: dict[str, Any]) -> MemoryRecord:
     """The public view of a row whose content is already in plaintext (decrypted, or just written)."""
     return MemoryRecord(
         id=row.uid,

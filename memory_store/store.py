@@ -49,7 +49,15 @@ from memory_store.models import (
     utcnow,
 )
 from memory_store.pgvector_backend import PgVectorBackend
-from memory_store.records import apply_filters, decode, decode_cursor, encode_cursor, metadata_matches, record
+from memory_store.records import (
+    RECORD_COLUMNS,
+    apply_filters,
+    decode,
+    decode_cursor,
+    encode_cursor,
+    metadata_matches,
+    record,
+)
 from memory_store.retry import retry_read, retry_write
 from memory_store.sealing import MemorySealer
 from memory_store.search import HybridSearcher, lexical_source
@@ -1051,7 +1059,7 @@ class MemoryStore:
         last_id: int | None = None
         with self._sessions() as session:
             query: Select[*tuple[Any, ...]] = (
-                select(Memory, Subject)
+                select(*RECORD_COLUMNS, Subject)  # columns, not Memory objects: a page is read, never changed
                 .join(Subject, Subject.id == Memory.subject_id)
                 .where(Memory.tenant_id == tenant_id)
             )
@@ -1069,7 +1077,8 @@ class MemoryStore:
                 page_query = query.where(Memory.id < after) if after is not None else query
                 rows = session.execute(page_query.limit(batch)).all()
                 more = len(rows) == batch
-                for row, owner in rows:
+                for row in rows:
+                    owner: Subject = row[-1]
                     after = row.id
                     record = decode(row, owner, self._sealer(owner))
                     if filters.metadata and not metadata_matches(record.metadata, filters.metadata):
