@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -66,26 +67,38 @@ class IndexRegistry:
         *,
         known: Mapping[int, npt.NDArray[np.float32]] | None = None,
         at_least: int | None = None,
+        session: Session | None = None,
     ) -> TenantIndex:
         """The tenant's index, loaded or rebuilt on first use and caught up with SQL. ``at_least``: the tenant's
-        change seq as the caller read it; an index already that far is returned without asking SQL again."""
+        change seq as the caller read it; an index already that far is returned without asking SQL again.
+        ``session``: the caller's open (reading) session, used for every read here, so a caller never holds a
+        second pooled connection; the index is then not saved here (writes and the maintenance thread save)."""
         if at_least is not None:
             with self._lock:
                 held = self._indexes.get(tenant_id)
             if held is not None and held.synced_seq >= at_least:
                 return held
-        with self._tenant_lock(tenant_id):
+        with self._tenant_lock(tenant_id), self._reading(session) as reading:
             index = self._indexes.get(tenant_id)
             if index is None:
-                index = self._open(tenant_id)
+                index = self._open(reading, tenant_id)
                 self._indexes[tenant_id] = index
-            index = self._catch_up(tenant_id, index, known or {})
+            index = self._catch_up(reading, tenant_id, index, known or {})
             self._indexes[tenant_id] = index
-            # Saving rewrites the whole file: wait for a quarter of the index to change (or persist_every) so
-            # the cost per memory stays constant as the index grows; the change log covers the rest on a crash.
-            if index.changes_since_save >= max(self._persist_every, index.ntotal // 4):
+        # Saving rewrites the whole file: wait for a quarter of the index to change (or persist_every) so the
+        # cost per memory stays constant as the index grows; the change log covers the rest on a crash.
+        if session is None and index.changes_since_save >= max(self._persist_every, index.ntotal // 4):
+            with self._tenant_lock(tenant_id):
                 self._save(tenant_id, index)
-            return index
+        return index
+
+    @contextmanager
+    def _reading(self, session: Session | None) -> Iterator[Session]:
+        if session is not None:
+            yield session
+            return
+        with self._sessions() as own:
+            yield own
 
     def advance(
         self, tenant_id: str, first_seq: int, last_seq: int, vectors: Mapping[int, npt.NDArray[np.float32]]
@@ -104,30 +117,29 @@ class IndexRegistry:
                 self._save(tenant_id, index)
             return True
 
-    def _open(self, tenant_id: str) -> TenantIndex:
-        with self._sessions() as session:
-            tenant = session.get(Tenant, tenant_id)
-            if tenant is None:
-                raise NotFoundError("tenant not found")
-            path = self.path(tenant_id)
-            try:
-                index = TenantIndex.load(
-                    path,
-                    tenant_id=tenant_id,
-                    key=self._keys.index_key(tenant),
-                    key_version=tenant.index_key_version,
-                    exact_max=self._exact_max,
-                    nprobe=self._nprobe,
-                )
-            except IndexFileError as exc:
-                if path.exists() or tenant.change_seq > 0:
-                    # Loud: the cache was lost or tampered with; it is rebuilt, never silently emptied.
-                    log.warning("index of tenant %s unusable (%s): rebuilding from SQL", tenant_id, exc)
-                return self._build(session, tenant)
-            if index.dim != tenant.embedding_dim or index.synced_seq > tenant.change_seq:
-                log.warning("index of tenant %s does not match the database: rebuilding from SQL", tenant_id)
-                return self._build(session, tenant)
-            return index
+    def _open(self, session: Session, tenant_id: str) -> TenantIndex:
+        tenant = session.get(Tenant, tenant_id)
+        if tenant is None:
+            raise NotFoundError("tenant not found")
+        path = self.path(tenant_id)
+        try:
+            index = TenantIndex.load(
+                path,
+                tenant_id=tenant_id,
+                key=self._keys.index_key(tenant),
+                key_version=tenant.index_key_version,
+                exact_max=self._exact_max,
+                nprobe=self._nprobe,
+            )
+        except IndexFileError as exc:
+            if path.exists() or tenant.change_seq > 0:
+                # Loud: the cache was lost or tampered with; it is rebuilt, never silently emptied.
+                log.warning("index of tenant %s unusable (%s): rebuilding from SQL", tenant_id, exc)
+            return self._build(session, tenant)
+        if index.dim != tenant.embedding_dim or index.synced_seq > tenant.change_seq:
+            log.warning("index of tenant %s does not match the database: rebuilding from SQL", tenant_id)
+            return self._build(session, tenant)
+        return index
 
     def _build(self, session: Session, tenant: Tenant) -> TenantIndex:
         index = TenantIndex(tenant.embedding_dim, exact_max=self._exact_max, nprobe=self._nprobe)
@@ -159,44 +171,43 @@ class IndexRegistry:
         return ids, vectors
 
     def _catch_up(
-        self, tenant_id: str, index: TenantIndex, known: Mapping[int, npt.NDArray[np.float32]]
+        self, session: Session, tenant_id: str, index: TenantIndex, known: Mapping[int, npt.NDArray[np.float32]]
     ) -> TenantIndex:
-        with self._sessions() as session:
-            tenant = session.get(Tenant, tenant_id)
-            if tenant is None:
-                raise NotFoundError("tenant not found")
-            if tenant.change_seq == index.synced_seq:
-                return index
-            changes = session.execute(
-                select(VectorChange.seq, VectorChange.memory_id, VectorChange.op)
-                .where(VectorChange.tenant_id == tenant_id, VectorChange.seq > index.synced_seq)
-                .order_by(VectorChange.seq)
-            ).all()
-            if tenant.change_seq < index.synced_seq or not changes or changes[0][0] != index.synced_seq + 1:
-                log.warning("index of tenant %s cannot follow the change log: rebuilding from SQL", tenant_id)
-                return self._build(session, tenant)
-            last_op: dict[int, str] = {}
-            for _seq, memory_id, op in changes:
-                last_op[memory_id] = op
-            removed = np.array([m for m, op in last_op.items() if op == "delete"], dtype=np.int64)
-            upserted = [m for m, op in last_op.items() if op == "upsert"]
-            index.remove(removed)
-            have = [m for m in upserted if m in known]
-            if have:
-                index.upsert(np.array(have, dtype=np.int64), np.vstack([known[m] for m in have]))
-            missing = [m for m in upserted if m not in known]
-            if missing:
-                rows = session.execute(
-                    select(Memory.id, Memory.uid, Memory.subject_id, Memory.embedding_ct).where(
-                        Memory.tenant_id == tenant_id, Memory.id.in_(missing)
-                    )
-                ).all()
-                ids, vectors = self._decrypt(session, tenant_id, rows)
-                index.upsert(ids, vectors)
-                gone = np.array(sorted(set(missing) - set(ids.tolist())), dtype=np.int64)
-                index.remove(gone)
-            index.synced_seq = max(tenant.change_seq, changes[-1][0])
+        tenant = session.get(Tenant, tenant_id)
+        if tenant is None:
+            raise NotFoundError("tenant not found")
+        if tenant.change_seq == index.synced_seq:
             return index
+        changes = session.execute(
+            select(VectorChange.seq, VectorChange.memory_id, VectorChange.op)
+            .where(VectorChange.tenant_id == tenant_id, VectorChange.seq > index.synced_seq)
+            .order_by(VectorChange.seq)
+        ).all()
+        if tenant.change_seq < index.synced_seq or not changes or changes[0][0] != index.synced_seq + 1:
+            log.warning("index of tenant %s cannot follow the change log: rebuilding from SQL", tenant_id)
+            return self._build(session, tenant)
+        last_op: dict[int, str] = {}
+        for _seq, memory_id, op in changes:
+            last_op[memory_id] = op
+        removed = np.array([m for m, op in last_op.items() if op == "delete"], dtype=np.int64)
+        upserted = [m for m, op in last_op.items() if op == "upsert"]
+        index.remove(removed)
+        have = [m for m in upserted if m in known]
+        if have:
+            index.upsert(np.array(have, dtype=np.int64), np.vstack([known[m] for m in have]))
+        missing = [m for m in upserted if m not in known]
+        if missing:
+            rows = session.execute(
+                select(Memory.id, Memory.uid, Memory.subject_id, Memory.embedding_ct).where(
+                    Memory.tenant_id == tenant_id, Memory.id.in_(missing)
+                )
+            ).all()
+            ids, vectors = self._decrypt(session, tenant_id, rows)
+            index.upsert(ids, vectors)
+            gone = np.array(sorted(set(missing) - set(ids.tolist())), dtype=np.int64)
+            index.remove(gone)
+        index.synced_seq = max(tenant.change_seq, changes[-1][0])
+        return index
 
     def _save(self, tenant_id: str, index: TenantIndex) -> None:
         with self._sessions() as session:

@@ -75,12 +75,13 @@ class FaissBackend:
     def search(
         self, tenant_id: str, vector: Vector, k: int, candidates: IdArray, *, session: Session | None = None
     ) -> tuple[IdArray, Vector]:
-        # The caller's snapshot says how far the index must be; when it is there already (the usual case), no
-        # second connection is taken and the tenant's lock is not waited on for a catch-up query.
+        # The caller's snapshot says how far the index must be: when it is there already (the usual case), no
+        # query and no wait on the tenant's lock; otherwise the catch-up reads through the caller's session, so
+        # a search never holds a second pooled connection.
         at_least = (
             session.scalar(select(Tenant.change_seq).where(Tenant.id == tenant_id)) if session is not None else None
         )
-        return self.registry.get(tenant_id, at_least=at_least).search(vector, k, candidates)
+        return self.registry.get(tenant_id, at_least=at_least, session=session).search(vector, k, candidates)
 
     def rebuild(self, tenant_id: str) -> int:
         return self.registry.rebuild(tenant_id).ntotal

@@ -99,11 +99,13 @@ def open_store(settings: Settings, embedder: Embedder | None = None) -> MemorySt
 def bound_worker_threads(store: MemoryStore) -> tuple[int, int]:
     """Cap the threads that run store calls so they cannot exhaust the connection pool.
 
-    A store call may hold two pooled connections at once (a search keeps its session while the vector index
-    catches up in another), so more threads than half the pool can all hold one connection and wait for a
-    second: every request then stalls for the pool timeout and fails. Found under load with 64 clients
-    (bench/load.py): AnyIO's default of 40 threads against SQLite's pool of 15. Requests beyond the cap wait
-    on the event loop instead. Returns (threads for sync routes, threads for ``asyncio.to_thread``).
+    A request takes its pooled connections one after the other (authentication, the store call, the audit
+    append); a search reads its vector index through its own session. Store calls once held two at a time (a
+    search kept its session while the index caught up in another), and more threads than half the pool then
+    all held one connection and waited for a second: every request stalled for the pool timeout and failed.
+    Found under load with 64 clients (bench/load.py): AnyIO's default of 40 threads against SQLite's pool of
+    15. The cap stays at half the pool as a margin. Requests beyond it wait on the event loop instead. Returns
+    (threads for sync routes, threads for ``asyncio.to_thread``).
     """
     pool = store.engine.pool
     size_of = getattr(pool, "size", None)

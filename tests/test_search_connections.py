@@ -28,12 +28,13 @@ class ConnectionAware(HashingEmbedder):
 
 
 def _track(store: MemoryStore, embedder: ConnectionAware) -> list[int]:
+    """Checkouts, each recorded as the number of connections the thread then holds (2: one was nested)."""
     checkouts: list[int] = []
 
     @event.listens_for(store.engine, "checkout")
     def checkout(*args: Any) -> None:
-        checkouts.append(1)
         embedder.held.count = getattr(embedder.held, "count", 0) + 1
+        checkouts.append(embedder.held.count)
 
     @event.listens_for(store.engine, "checkin")
     def checkin(*args: Any) -> None:
@@ -129,3 +130,24 @@ def test_an_add_brings_the_writers_own_index_forward_without_reading_the_change_
     with store.engine.connect() as conn:
         in_sql = {row[0] for row in conn.exec_driver_sql("SELECT id FROM memories")}
     assert set(index.all_ids().tolist()) == in_sql and len(in_sql) == 7
+
+
+def test_a_search_that_must_catch_up_or_load_the_index_still_takes_one_connection(
+    open_store: Callable[..., MemoryStore], faiss_only: None
+) -> None:
+    """The slow paths too: a search whose FAISS index is behind (another process wrote) or not loaded at all
+    (first search after start) reads the change log and the sealed vectors through its own session."""
+    reader = open_store()
+    writer = open_store()
+    tenant_id = reader.create_tenant(name="acme").id
+    writer.add_batch(tenant_id=tenant_id, items=[NewMemory(subject="ana", text=f"fact number {i}") for i in range(5)])
+    embedder = ConnectionAware()
+    fresh = open_store(embedder=embedder)  # nothing loaded yet
+    checkouts = _track(fresh, embedder)
+    assert fresh.search(tenant_id=tenant_id, subject="ana", query="fact number 3", k=3)
+    assert checkouts and max(checkouts) == 1  # (the first search also reads the tenant's policy: one after another)
+    checkouts.clear()
+    writer.add(tenant_id=tenant_id, item=NewMemory(subject="ana", text="a later fact from elsewhere"))
+    hits = fresh.search(tenant_id=tenant_id, subject="ana", query="a later fact from elsewhere", k=3)
+    assert hits[0].memory.text == "a later fact from elsewhere"
+    assert checkouts == [1]
