@@ -42,7 +42,7 @@ from memory_store.fusion import Fused, FusionConfig, Neighbours, reciprocal_rank
 from memory_store.keys import KeyManager
 from memory_store.lexical import LexicalCache, LexicalIndex, LexicalOptions, LexicalSource, StaleIndexError
 from memory_store.models import Memory, Subject, VectorChange, utcnow
-from memory_store.records import apply_filters, candidate_query, decode, metadata_matches
+from memory_store.records import RECORD_COLUMNS, apply_filters, candidate_query, decode, metadata_matches
 from memory_store.sealing import MemorySealer
 from memory_store.types import Filters, MemoryRecord, SearchHit
 
@@ -299,9 +299,11 @@ class HybridSearcher:
         while len(hits) < k and start < len(passing):
             chunk = passing[start : start + k - len(hits) + 4]
             start += len(chunk)
-            by_id = {
+            by_id = {  # columns, not ORM objects: hits are read, never changed, and need no sealed embedding
                 row.id: row
-                for row in session.scalars(select(Memory).where(Memory.id.in_([f.memory_id for f, _ in chunk])))
+                for row in session.execute(
+                    select(*RECORD_COLUMNS).where(Memory.id.in_([f.memory_id for f, _ in chunk]))
+                )
             }
             for f, rel in chunk:
                 row = by_id.get(f.memory_id)
