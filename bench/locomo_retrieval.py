@@ -11,7 +11,8 @@ the top 10), per category and overall (categories 1-4; 5, adversarial, reported 
         [--ablations] [--no-store] [--feature-cache DIR] [--out FILE]
 
 Tuning that cannot overfit: each conversation's turns and questions are embedded once and their raw scores
-cached (cosine of every question with every turn; BM25 of every turn under each lexical option), and every
+cached (cosine of every question with every turn; BM25 of every turn under each lexical option; the turns whose
+speaker each question names, read by the store's lexical index), and every
 setting of ``GRID`` is ranked from the cache exactly as the store ranks (``cached_plain_matches_store`` checks
 it). Leave-one-conversation-out: each conversation is scored with the setting that is best on the other four;
 ``summary_recall@10`` prints that figure beside the plain one (default settings) and the BM25 baseline, per
@@ -79,18 +80,23 @@ ABLATIONS: dict[str, FusionConfig] = {
     "rrf k=10, no context": FusionConfig(method="rrf", rrf_k=10, neighbour_weight=0.0, lexical_context=0,
                                          lexical_dates=False),
     "rrf k=60 + lexical context + dates": FusionConfig(method="rrf", neighbour_weight=0.0),
-    "score fusion, no context": FusionConfig(neighbour_weight=0.0, lexical_context=0, lexical_dates=False),
-    "score + lexical context": FusionConfig(neighbour_weight=0.0, lexical_dates=False),
-    "score + lexical context + dates": FusionConfig(neighbour_weight=0.0),
-    "score + neighbours only": FusionConfig(lexical_context=0, lexical_dates=False),
-    "score + context + dates + neighbours 0.3 (before #15)": FusionConfig(dense_weight=1.0, lexical_context=1),
-    "default (dense 1.5, lexical_context 2: picked by LOO)": FusionConfig(),
-    "default, neighbour_weight 0.5": FusionConfig(neighbour_weight=0.5),
-    "default, neighbour_weight 0.15": FusionConfig(neighbour_weight=0.15),
-    "default, lexical_context 1": FusionConfig(lexical_context=1),
-    "default, dense 1 : lexical 1": FusionConfig(dense_weight=1.0),
-    "default, dense 1 : lexical 1.5": FusionConfig(dense_weight=1.0, lexical_weight=1.5),
-    "lexical only (context + dates + neighbours)": FusionConfig(dense_weight=0.0),
+    "score fusion, no context": FusionConfig(neighbour_weight=0.0, lexical_context=0, lexical_dates=False,
+                                             speaker_weight=0.0),
+    "score + lexical context + dates": FusionConfig(neighbour_weight=0.0, speaker_weight=0.0),
+    "score + context + dates + neighbours 0.3 (before #15)": FusionConfig(
+        dense_weight=1.0, neighbour_weight=0.3, lexical_context=1, neighbour_direction="both", speaker_weight=0.0
+    ),
+    "dense 1.5, lexical_context 2, both neighbours 0.3 (first LOO pick of #15)": FusionConfig(
+        dense_weight=1.5, neighbour_weight=0.3, neighbour_direction="both", speaker_weight=0.0
+    ),
+    "default, no speaker bonus": FusionConfig(speaker_weight=0.0),
+    "default, both neighbours": FusionConfig(neighbour_direction="both"),
+    "default (dense 1, next neighbour 0.5, speaker 0.2, others 0.5: picked by LOO)": FusionConfig(),
+    "default, neighbour_weight 0.3": FusionConfig(neighbour_weight=0.3),
+    "default, speaker_weight 0.3": FusionConfig(speaker_weight=0.3),
+    "default, every named speaker the whole bonus": FusionConfig(speaker_others=1.0),
+    "default, dense 1.5 : lexical 1": FusionConfig(dense_weight=1.5),
+    "lexical only (context + dates + neighbours + speaker)": FusionConfig(dense_weight=0.0),
 }
 
 
@@ -329,6 +335,9 @@ GRID: dict[str, tuple[Any, ...]] = {
     "neighbour_weight": (0.0, 0.15, 0.3, 0.5),
     "lexical_context": (0, 1, 2),
     "lexical_dates": (False, True),
+    "neighbour_direction": ("both", "next"),
+    "speaker_weight": (0.0, 0.1, 0.2, 0.3),
+    "speaker_others": (1.0, 0.5),
 }
 
 
@@ -342,6 +351,9 @@ class Features:
     bm25: dict[tuple[int, bool], Any]  # (lexical_context, lexical_dates) -> (questions, turns) float32
     prev: Any  # (turns,) int: previous turn of the same session, -1 for none
     next: Any  # (turns,) int: next turn of the same session, -1 for none
+    named: Any  # (questions, turns) int: where the question first names the turn's speaker (-1: it does not),
+    # as the store's lexical index reads it
+    prepared: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # rank_offline's per-pool cache
 
 
 def _embed_cached(embedder: Embedder, texts: Sequence[str], cache: Path | None) -> Any:
@@ -384,24 +396,48 @@ def features(conversations: Sequence[Conversation], embedder: Embedder, cache: P
             for i, (t, text) in enumerate(zip(conv.turns, texts, strict=True))
         ]
         bm25 = {}
+        named = np.full((len(conv.questions), len(texts)), -1, dtype=np.int64)
         for context, dates in options:
             index = LexicalIndex.build(sources, LexicalOptions(context=context, dates=dates))
-            bm25[(context, dates)] = np.stack([index.scores(q.question).scores for q in conv.questions])
+            scored = [index.scores(q.question) for q in conv.questions]
+            bm25[(context, dates)] = np.stack([s.scores for s in scored])
+            if (context, dates) == options[0]:  # the speakers do not depend on the options tuned here
+                for qi, s in enumerate(scored):
+                    for memory_id, position in index.named_speakers(s, range(1, len(texts) + 1)).items():
+                        named[qi, memory_id - 1] = position
         prev = np.full(len(texts), -1, dtype=np.int64)
         nxt = np.full(len(texts), -1, dtype=np.int64)
         for i in range(1, len(conv.turns)):
             if conv.turns[i].session == conv.turns[i - 1].session:
                 prev[i], nxt[i - 1] = i - 1, i
-        out.append(Features(conv, list(conv.questions), question_vectors @ turn_vectors.T, bm25, prev, nxt))
+        out.append(Features(conv, list(conv.questions), question_vectors @ turn_vectors.T, bm25, prev, nxt, named))
     return out
 
 
-def rank_offline(f: Features, q: int, config: FusionConfig, k: int) -> list[int]:
-    """The top-``k`` turn indexes for question ``q`` as ``HybridSearcher.search`` ranks them with ``config``
-    (score fusion: the same pool of each retriever's top ``max(4k, pool)``, their session neighbours, the
-    same normalisation, neighbour share and tie order), from the cached scores."""
+@dataclass
+class _Prepared:
+    """What does not change between settings that share a question's pool: the pool (turn indexes, ascending),
+    normalised cosine and BM25, each member's previous/next pool position (len(idx): none), whether it was
+    in a retriever's top list (not only a neighbour), whether its speaker is the one the query names first
+    among the pool's speakers, or another one it names."""
+
+    idx: Any
+    dense: Any
+    lexical: Any
+    prev: Any
+    next: Any
+    original: Any
+    named_first: Any
+    named_other: Any
+
+
+def _prepare(f: Features, q: int, config: FusionConfig, k: int) -> _Prepared:
     import numpy as np
 
+    key = (q, config.lexical_context, config.lexical_dates, config.neighbour_weight > 0, k, config.pool)
+    cached: _Prepared | None = f.prepared.get(key)
+    if cached is not None:
+        return cached
     cos = f.cosine[q]
     bm = f.bm25[(config.lexical_context, config.lexical_dates)][q]
     n = len(cos)
@@ -412,8 +448,7 @@ def rank_offline(f: Features, q: int, config: FusionConfig, k: int) -> list[int]
     lexical_top = np.argsort(-np.where(positive, bm, -np.inf), kind="stable")[: min(int(positive.sum()), fetch)]
     pool[lexical_top] = True
     original = pool.copy()
-    a = config.neighbour_weight
-    if a > 0:
+    if config.neighbour_weight > 0:
         for links in (f.prev, f.next):
             linked = links[original]
             pool[linked[linked >= 0]] = True
@@ -423,21 +458,48 @@ def rank_offline(f: Features, q: int, config: FusionConfig, k: int) -> list[int]
     lex = bm[idx]
     lexical_max = float(lex.max())
     l_norm = lex / lexical_max if lexical_max > 0 else np.zeros(len(idx))
+    position = np.full(n + 1, len(idx))  # slot n: "no neighbour"
+    position[idx] = np.arange(len(idx))
+    mentions = f.named[q][idx]
+    named = mentions >= 0
+    first = mentions[named].min() if named.any() else -1
+    prepared = _Prepared(idx, d, l_norm, position[f.prev[idx]], position[f.next[idx]], original[idx],
+                         named & (mentions == first), named & (mentions != first))
+    f.prepared[key] = prepared
+    return prepared
+
+
+def rank_offline(f: Features, q: int, config: FusionConfig, k: int) -> list[int]:
+    """The top-``k`` turn indexes for question ``q`` as ``HybridSearcher.search`` ranks them with ``config``
+    (score fusion: the same pool of each retriever's top ``max(4k, pool)``, their session neighbours, the
+    same normalisation, neighbour share, speaker bonus and tie order), from the cached scores."""
+    import numpy as np
+
+    p = _prepare(f, q, config, k)
     total = config.dense_weight + config.lexical_weight
-    mixed = np.zeros(n + 1)  # slot n: "no neighbour" (0)
-    mixed[idx] = (config.dense_weight * d + config.lexical_weight * l_norm) / total if total else 0.0
-    score = mixed[idx].copy()
+    mixed = np.zeros(len(p.idx) + 1)  # last slot: "no neighbour" (0)
+    mixed[:-1] = (config.dense_weight * p.dense + config.lexical_weight * p.lexical) / total if total else 0.0
+    score = mixed[:-1].copy()
+    a = config.neighbour_weight
     if a > 0:
-        members = original[idx]
-        best = np.maximum(mixed[f.prev[idx]], mixed[f.next[idx]])  # -1 indexes slot n
-        score = np.where(members, (score + a * best) / (1.0 + a), score)
-    order = np.lexsort((-idx, -score))[:k]
-    return idx[order].tolist()
+        best = mixed[p.next]
+        if config.neighbour_direction == "both":
+            best = np.maximum(mixed[p.prev], best)
+        score = np.where(p.original, (score + a * best) / (1.0 + a), score)
+    w = config.speaker_weight
+    if w and p.named_first.any():
+        share = np.where(p.named_first, 1.0, np.where(p.named_other, config.speaker_others, 0.0))
+        score = (score + w * share) / (1.0 + w)
+    order = np.lexsort((-p.idx, -score))[:k]
+    ranked: list[int] = p.idx[order].tolist()
+    return ranked
 
 
 def grid_configs() -> list[FusionConfig]:
     names = list(GRID)
     configs = [FusionConfig(**dict(zip(names, values, strict=True))) for values in itertools.product(*GRID.values())]
+    # Without the speaker bonus its share for other speakers changes nothing: one setting of it is enough.
+    configs = [c for c in configs if c.speaker_weight or c.speaker_others == FusionConfig().speaker_others]
     default = FusionConfig()
     assert default in configs, "the default FusionConfig must be one of the grid's settings"
     configs.remove(default)

@@ -28,6 +28,7 @@ import functools
 import itertools
 import logging
 import math
+import re
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -268,6 +269,25 @@ def tokenize_query(text: str) -> list[str]:
     return tokenize_texts([text])[0]
 
 
+# "Caroline: ...", "Mary Ann: ...": one to three words opening a text, each starting with a capital letter,
+# then a colon and a space (how imported conversation transcripts name who speaks).
+_SPEAKER = re.compile(r"\s*([^\W\d_][\w.'\-]*(?: [^\W\d_][\w.'\-]*){0,2}):\s")
+
+
+def speaker_name(text: str) -> str | None:
+    """Who speaks in a conversation turn stored as ``"Name: text"`` (one to three capitalised words, then a
+    colon), else None."""
+    match = _SPEAKER.match(text)
+    if match is None or not all(word[0].isupper() for word in match[1].split(" ")):
+        return None
+    return match[1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_tokens(name: str) -> tuple[str, ...]:
+    return tuple(tokenize_texts([name])[0])
+
+
 @dataclass(frozen=True)
 class LexicalSource:
     """What the lexical index needs to know about one memory."""
@@ -390,6 +410,7 @@ class LexicalScores:
 
     ids: IdArray
     scores: ScoreArray
+    terms: tuple[int, ...] = ()  # the index's term ids of the query's words, in the query's order
 
     def of(self, memory_ids: Iterable[int]) -> dict[int, float]:
         """The scores of those of ``memory_ids`` that were indexed, in the order given."""
@@ -406,9 +427,11 @@ class StaleIndexError(RuntimeError):
 
 
 class _Member:
-    """One indexed memory: its order in its session, its text's term ids and its current document."""
+    """One indexed memory: its order in its session, its text's term ids, its speaker's and its current document."""
 
-    __slots__ = ("date_tokens", "doc", "key", "linked", "memory_id", "session_id", "slot", "tokens", "window")
+    __slots__ = (
+        "date_tokens", "doc", "key", "linked", "memory_id", "session_id", "slot", "speaker", "tokens", "window"
+    )
 
     def __init__(
         self,
@@ -424,6 +447,7 @@ class _Member:
         self.linked = linked
         self.tokens = tokens  # term ids of the text
         self.date_tokens = dates  # term ids of the date in words (empty without dates)
+        self.speaker: frozenset[int] = frozenset()  # term ids of the speaker's name (turns of options.kinds)
         self.window: tuple[int, ...] = ()  # the memories whose text the document includes as context
         self.doc: tuple[int, ...] = ()  # term ids of the document as indexed (with repeats)
         self.slot = -1  # row in the slot arrays (-1: not stored yet)
@@ -444,6 +468,7 @@ class LexicalIndex:
         self._vocab: dict[str, int] = {}  # stemmed term -> term id (terms no document holds stay until a rebuild)
         self._interned: dict[str, str] = {}  # one string per session id
         self._dates: dict[str, tuple[int, ...]] = {}  # date in words -> its term ids (shared by its memories)
+        self._speaker_terms: set[int] = set()  # term ids of every speaker's name (kept through removals)
         # term id -> (slots, term frequencies) of the documents holding it, both int32
         self._postings: dict[int, tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]]] = {}
         self._slot_ids: IdArray = np.zeros(0, dtype=np.int64)  # memory id per slot, -1 when free
@@ -481,8 +506,10 @@ class LexicalIndex:
                 raise StaleIndexError("lexical index needs a rebuild")
             slots_by_id, ids = self._current_view()
             count = len(ids)
+            vocab = self._vocab
+            terms = tuple(term for token in tokens if (term := vocab.get(token)) is not None)
             if count == 0 or not tokens:
-                return LexicalScores(ids, np.zeros(count, dtype=np.float32))
+                return LexicalScores(ids, np.zeros(count, dtype=np.float32), terms)
             acc = np.zeros(self._used, dtype=np.float32)
             for token in tokens:  # duplicates count twice, as in bm25s
                 term = self._vocab.get(token)
@@ -493,7 +520,7 @@ class LexicalIndex:
                 if contribution is None:
                     contribution = self._contributions[term] = self._contribution(posting, count)
                 acc[posting[0]] += contribution
-            return LexicalScores(ids, acc[slots_by_id])
+            return LexicalScores(ids, acc[slots_by_id], terms)
 
     def _contribution(self, posting: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]], count: int) -> ScoreArray:
         """A term's score in each document holding it, as bm25s computes it: float32 idf, the term-frequency
@@ -511,6 +538,28 @@ class LexicalIndex:
         """:meth:`SessionLinks.neighbours` under the index's lock."""
         with self.lock:
             return self.links.neighbours(memory_ids, allowed, max_skip=max_skip)
+
+    def named_speakers(self, scored: LexicalScores, memory_ids: Iterable[int]) -> dict[int, int]:
+        """Those of ``memory_ids`` whose speaker (:func:`speaker_name`, turns of the options' kinds only) the
+        query of ``scored`` (this index's :meth:`scores`) names - a word of the name is a word of the query -
+        each with the position in the query of that speaker's first mention (its first word that names it)."""
+        terms = scored.terms
+        if not terms:
+            return {}
+        first: dict[int, int] = {}
+        for position, term in enumerate(terms):
+            first.setdefault(term, position)
+        out: dict[int, int] = {}
+        with self.lock:
+            if self._speaker_terms.isdisjoint(first):  # the query names nobody who speaks here
+                return out
+            members = self._members
+            for memory_id in memory_ids:
+                member = members.get(memory_id)
+                if member is None or first.keys().isdisjoint(member.speaker):
+                    continue
+                out[memory_id] = min(first[term] for term in member.speaker if term in first)
+        return out
 
     def _current_view(self) -> tuple[IdArray, IdArray]:
         if self._view is None:
@@ -590,6 +639,11 @@ class LexicalIndex:
                 session_id = self._interned.setdefault(session_id, session_id)
             linked = _linked(session_id, source.kind, options.kinds)
             member = _Member(source, session_id, linked, self._term_ids(words), dates)
+            if options.kinds is None or source.kind in options.kinds:
+                name = speaker_name(source.text)
+                if name is not None:
+                    member.speaker = frozenset(self._term_ids(_name_tokens(name)))
+                    self._speaker_terms.update(member.speaker)
             old = self._members.get(source.memory_id)
             if old is not None:
                 if old.linked:

@@ -14,7 +14,9 @@ Steps of a search:
 4. score fusion (default): the union of both lists plus each member's session neighbours (previous/next
    candidate in the same session, from the cached session order) is scored exactly - cosine (a second
    vector search of just the ids still missing, if any) and BM25 - normalised, mixed, and each memory
-   inherits a share of its better neighbour's score; or, with ``method="rrf"``, reciprocal rank fusion of
+   inherits a share of its next neighbour's score (its reply; with ``neighbour_direction="both"``, the
+   better of its two neighbours'), and turns whose speaker the query names ("What does Caroline ...?" and a
+   turn "Caroline: ...") get ``speaker_weight`` more; or, with ``method="rrf"``, reciprocal rank fusion of
    the two ranked lists alone;
 5. the fused list is read best first: hits whose :func:`~memory_store.calibration.relevance` is below the
    search's ``min_score`` are skipped, and so are the assistant's own chat replies (:func:`assistant_reply`)
@@ -396,8 +398,15 @@ class HybridSearcher:
                 lexical_scores = {m: score for m, score in scored.of(pool).items() if score > 0}
                 pooled_dense = {m: dense[m] for m in pool if m in dense}
                 stamps = self._timestamps(session, pooled_dense) if want_recency else None
+                named = lexical_index.named_speakers(scored, pooled_dense) if fusion.speaker_weight else {}
                 fused = score_fusion(
-                    pooled_dense, lexical_scores, fusion, neighbours=neighbours, timestamps=stamps, now=now
+                    pooled_dense,
+                    lexical_scores,
+                    fusion,
+                    neighbours=neighbours,
+                    named=named,
+                    timestamps=stamps,
+                    now=now,
                 )
             return self._hits(
                 session, owner, sealer, fused, k, min_score, include_assistant or wants_assistant(filters)

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from memory_store import Filters, FusionConfig, NewMemory, ValidationError
-from memory_store.fusion import reciprocal_rank_fusion
-from memory_store.lexical import date_words
+from memory_store.fusion import reciprocal_rank_fusion, score_fusion
+from memory_store.lexical import LexicalIndex, LexicalSource, date_words, speaker_name
 
 
 @pytest.fixture
@@ -115,3 +115,72 @@ def test_rrf_normalisation():
     fused = reciprocal_rank_fusion([(1, 0.9), (2, 0.5)], [(1, 7.0), (3, 2.0)], FusionConfig(method="rrf"))
     assert fused[0].memory_id == 1 and fused[0].score == pytest.approx(1.0)
     assert {f.memory_id for f in fused} == {1, 2, 3}
+
+
+
+# ---- speakers and the direction of neighbour context (#15) --------------------------------------------
+
+
+def _source(memory_id, text, kind="turn", minute=0):
+    stamp = datetime(2023, 5, 8, tzinfo=UTC) + timedelta(minutes=minute)
+    return LexicalSource(
+        memory_id=memory_id, text=text, session_id="s1", occurred_at=stamp, created_at=stamp, kind=kind
+    )
+
+
+def test_speaker_name_reads_the_name_that_opens_a_transcript_line():
+    assert speaker_name("Caroline: I went to the support group.") == "Caroline"
+    assert speaker_name("Mary Ann: hello") == "Mary Ann"
+    assert speaker_name("Zoë: olá") == "Zoë"
+    for text in ("note: buy milk", "Meeting at 12:30 today", "See https://example.org", "I said: fine", ""):
+        assert speaker_name(text) is None, text
+
+
+def test_the_index_names_the_speakers_of_turns_only_and_follows_edits():
+    index = LexicalIndex.build(
+        [
+            _source(1, "Alice: I play the cello."),
+            _source(2, "Bob: I play the violin.", minute=1),
+            _source(3, "Bob: plays the drums too.", kind="fact", minute=2),  # not a turn: no speaker
+        ]
+    )
+    named = lambda query: index.named_speakers(index.scores(query), [1, 2, 3])  # noqa: E731
+    assert named("What does Bob play?") == {2: 0}
+    # Where each speaker is first named among the query's words that the index holds ("alice", "bob"; not
+    # "instruments" or "suggest"): only the order matters.
+    assert named("Which instruments did Alice suggest to Bob?") == {1: 0, 2: 1}
+    assert named("Which cello did Bob suggest to Alice?") == {1: 2, 2: 1}
+    assert named("Which instruments are played?") == {}
+    index.apply(index.prepare([_source(2, "Carol: I play the violin.", minute=1)]), ())
+    assert named("What does Bob play?") == {}
+    assert named("What does Carol play?") == {2: 0}
+
+
+def test_neighbour_direction_next_inherits_from_the_reply_only():
+    dense = {1: 0.9, 2: 0.1, 3: 0.5}
+    neighbours = {2: (1, 3)}  # 2 follows 1 and is answered by 3
+    def fused(direction):
+        config = FusionConfig(lexical_weight=0, neighbour_direction=direction)
+        return {f.memory_id: f.score for f in score_fusion(dense, {}, config, neighbours=neighbours)}
+
+    both, after = fused("both"), fused("next")
+    a = FusionConfig().neighbour_weight
+    assert both[2] == pytest.approx((0.1 / 0.9 + a * 1.0) / (1 + a))
+    assert after[2] == pytest.approx((0.1 / 0.9 + a * 0.5 / 0.9) / (1 + a))
+    with pytest.raises(ValidationError):
+        FusionConfig(neighbour_direction="previous")  # type: ignore[arg-type]
+
+
+def test_speaker_bonus_keeps_scores_bounded_and_favours_the_speaker_named_first():
+    dense = {1: 0.8, 2: 0.6, 3: 0.4}
+    config = FusionConfig(lexical_weight=0, speaker_weight=0.5, speaker_others=0.5)
+    fused = lambda named: {f.memory_id: f.score for f in score_fusion(dense, {}, config, named=named)}  # noqa: E731
+    assert fused({}) == {1: pytest.approx(1.0), 2: pytest.approx(0.75), 3: pytest.approx(0.5)}
+    one = fused({2: 0})
+    assert one[2] == pytest.approx((0.75 + 0.5) / 1.5) and one[1] == pytest.approx(1.0 / 1.5)
+    two = fused({2: 4, 3: 1})  # 3's speaker is named first: the whole bonus; 2's: half of it
+    assert two[3] == pytest.approx((0.5 + 0.5) / 1.5) and two[2] == pytest.approx((0.75 + 0.25) / 1.5)
+    assert max(two.values()) <= 1.0
+    for bad in ({"speaker_weight": -0.1}, {"speaker_others": 1.5}):
+        with pytest.raises(ValidationError):
+            FusionConfig(**bad)

@@ -97,7 +97,7 @@ class ChatSettings(BaseSettings):
         le=1.0,
         description="Retrieved memories whose relevance (estimated probability of being relevant, comparable "
         "across queries; see memory_store.calibration) is below this are not injected: the default keeps 99.6% "
-        "of relevant hits on LoCoMo and drops memories unrelated to the message (about 0.001); -1 injects every "
+        "of relevant hits on LoCoMo and drops memories unrelated to the message (about 0.002); -1 injects every "
         "retrieved memory.",
     )
     chat_working_memory_tokens: int = Field(
