@@ -26,6 +26,8 @@ from memory_store.sealing import MemorySealer
 from memory_store.vector_index import IndexFileError, TenantIndex
 
 log = logging.getLogger("sealmem.index")
+CATCH_UP_CHUNK = 10_000
+"""Rows read per statement when the index catches up with rows it has no vectors for."""
 CHANGE_LOG_KEEP = 100_000
 
 
@@ -196,15 +198,18 @@ class IndexRegistry:
         if have:
             index.upsert(np.array(have, dtype=np.int64), np.vstack([known[m] for m in have]))
         missing = [m for m in upserted if m not in known]
-        if missing:
+        # In chunks: a replica far behind (e.g. started after another one's bulk import) may miss more rows
+        # than one statement can name (PostgreSQL takes at most 65,535 parameters).
+        for start in range(0, len(missing), CATCH_UP_CHUNK):
+            chunk = missing[start : start + CATCH_UP_CHUNK]
             rows = session.execute(
                 select(Memory.id, Memory.uid, Memory.subject_id, Memory.embedding_ct).where(
-                    Memory.tenant_id == tenant_id, Memory.id.in_(missing)
+                    Memory.tenant_id == tenant_id, Memory.id.in_(chunk)
                 )
             ).all()
             ids, vectors = self._decrypt(session, tenant_id, rows)
             index.upsert(ids, vectors)
-            gone = np.array(sorted(set(missing) - set(ids.tolist())), dtype=np.int64)
+            gone = np.array(sorted(set(chunk) - set(ids.tolist())), dtype=np.int64)
             index.remove(gone)
         index.synced_seq = max(tenant.change_seq, changes[-1][0])
         return index

@@ -151,3 +151,28 @@ def test_a_search_that_must_catch_up_or_load_the_index_still_takes_one_connectio
     hits = fresh.search(tenant_id=tenant_id, subject="ana", query="a later fact from elsewhere", k=3)
     assert hits[0].memory.text == "a later fact from elsewhere"
     assert checkouts == [1]
+
+
+def test_a_replica_far_behind_catches_up_in_chunks(
+    open_store: Callable[..., MemoryStore], faiss_only: None, monkeypatch: Any
+) -> None:
+    """A replica whose index misses more rows than one statement may name (PostgreSQL: 65,535 parameters; the
+    chunk is made tiny here) reads them in chunks, and ends with exactly the tenant's vectors."""
+    import memory_store.index_registry as registry_module
+
+    monkeypatch.setattr(registry_module, "CATCH_UP_CHUNK", 7)
+    reader = open_store()
+    writer = open_store()
+    tenant_id = reader.create_tenant(name="acme").id
+    reader.add(tenant_id=tenant_id, item=NewMemory(subject="ana", text="loaded before the import"))
+    assert reader.search(tenant_id=tenant_id, subject="ana", query="import", k=1)
+    added = writer.add_batch(
+        tenant_id=tenant_id, items=[NewMemory(subject="ana", text=f"bulk imported fact {i}") for i in range(40)]
+    )
+    writer.delete(tenant_id=tenant_id, memory_id=added[3].id)
+    hits = reader.search(tenant_id=tenant_id, subject="ana", query="bulk imported fact 17", k=3)
+    assert hits[0].memory.text == "bulk imported fact 17"
+    index = reader.vectors.registry.get(tenant_id)  # type: ignore[attr-defined]
+    with reader.engine.connect() as conn:
+        in_sql = {row[0] for row in conn.exec_driver_sql("SELECT id FROM memories")}
+    assert set(index.all_ids().tolist()) == in_sql and len(in_sql) == 40
