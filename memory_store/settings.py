@@ -42,10 +42,11 @@ class StoreSettings(BaseSettings):
         "(cheaper per text under load; a call never waits for company). 1 turns it off.",
     )
     embedding_runners: int = Field(
-        default=0,
+        default=1,
         ge=0,
         le=256,
-        description="Embedding passes a process runs at once when calls are coalesced (0: one per core).",
+        description="Embedding passes a process runs at once when calls are coalesced (0: one per core). With one "
+        "worker process per core (the default), 1 leaves each process's other cores to its Python work.",
     )
     query_cache_size: int = Field(
         default=4096,
