@@ -1134,8 +1134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             log("pgvector run (PostgreSQL metadata + pgvector HNSW vectors, same replayed embeddings)")
             admin = create_engine(url, isolation_level="AUTOCOMMIT")
             with admin.connect() as conn:  # its own database: a database is bound to one master key
-                conn.execute(text("DROP DATABASE IF EXISTS bench_pgvector"))
-                conn.execute(text("CREATE DATABASE bench_pgvector"))
+                exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = 'bench_pgvector'")).first()
+                if not (args.reuse and exists):  # --reuse keeps what a previous run filled
+                    conn.execute(text("DROP DATABASE IF EXISTS bench_pgvector"))
+                    conn.execute(text("CREATE DATABASE bench_pgvector"))
             admin.dispose()
             pgv_url = url.replace("/postgres?", "/bench_pgvector?", 1)
             result["pgvector"] = run_backend("pgvector", corpus, embedder, args, work, pgv_url, args.profile_out)
