@@ -1135,7 +1135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             admin = create_engine(url, isolation_level="AUTOCOMMIT")
             with admin.connect() as conn:  # its own database: a database is bound to one master key
                 exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = 'bench_pgvector'")).first()
-                if not (args.reuse and exists):  # --reuse keeps what a previous run filled
+                state_path = work / STATE_FILE
+                saved = json.loads(state_path.read_text()) if state_path.exists() else {}
+                if not (args.reuse and exists and "pgvector" in saved):  # --reuse keeps what a run filled
                     conn.execute(text("DROP DATABASE IF EXISTS bench_pgvector"))
                     conn.execute(text("CREATE DATABASE bench_pgvector"))
             admin.dispose()
