@@ -87,12 +87,15 @@ class IndexRegistry:
                 self._indexes[tenant_id] = index
             index = self._catch_up(reading, tenant_id, index, known or {})
             self._indexes[tenant_id] = index
-        # Saving rewrites the whole file: wait for a quarter of the index to change (or persist_every) so the
-        # cost per memory stays constant as the index grows; the change log covers the rest on a crash.
-        if session is None and index.changes_since_save >= max(self._persist_every, index.ntotal // 4):
+        if session is None and self._due(index):
             with self._tenant_lock(tenant_id):
                 self._save(tenant_id, index)
         return index
+
+    def _due(self, index: TenantIndex) -> bool:
+        """Saving rewrites the whole file: wait for a quarter of the index to change (or persist_every) so the
+        cost per memory stays constant as the index grows; the change log covers the rest on a crash."""
+        return index.changes_since_save >= max(self._persist_every, index.ntotal // 4)
 
     @contextmanager
     def _reading(self, session: Session | None) -> Iterator[Session]:
@@ -115,7 +118,7 @@ class IndexRegistry:
             ids = np.fromiter(vectors.keys(), dtype=np.int64, count=len(vectors))
             index.upsert(ids, np.vstack(list(vectors.values())))
             index.synced_seq = last_seq
-            if index.changes_since_save >= max(self._persist_every, index.ntotal // 4):
+            if self._due(index):
                 self._save(tenant_id, index)
             return True
 
