@@ -170,3 +170,12 @@ def store(open_store: Callable[..., MemoryStore]) -> MemoryStore:
 @pytest.fixture
 def tenant_id(store: MemoryStore) -> str:
     return store.create_tenant(name="acme").id
+
+
+@pytest.fixture(scope="session")
+def onnx(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The real all-MiniLM-L6-v2 on ONNX Runtime, exported once per test session (tests where the model and
+    its calibrated relevance matter)."""
+    from memory_store.onnx_embedder import OnnxEmbedder
+
+    return OnnxEmbedder(cache_dir=tmp_path_factory.mktemp("models"))

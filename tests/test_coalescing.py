@@ -64,11 +64,6 @@ class FailsOn(Gated):
         return super().embed(texts)
 
 
-@pytest.fixture(scope="module")
-def onnx(tmp_path_factory: pytest.TempPathFactory) -> OnnxEmbedder:
-    return OnnxEmbedder(cache_dir=tmp_path_factory.mktemp("models"))
-
-
 def _wait_queued(embedder: CoalescingEmbedder, count: int) -> None:
     deadline = time.monotonic() + 30
     while embedder.queued < count:

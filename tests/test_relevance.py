@@ -9,7 +9,6 @@ import pytest
 
 from memory_store import Filters, NewMemory, ValidationError
 from memory_store.calibration import CALIBRATIONS, for_embedder
-from memory_store.onnx_embedder import OnnxEmbedder
 from service.chat.sessions import SessionStore
 from service.chat.settings import ChatSettings
 
@@ -20,11 +19,6 @@ SORRY = "I'm sorry for your loss, but it sounds like Biscuit had a wonderful lif
 @pytest.fixture
 def backend():
     return "sqlite"
-
-
-@pytest.fixture(scope="module")
-def onnx(tmp_path_factory: pytest.TempPathFactory) -> OnnxEmbedder:
-    return OnnxEmbedder(cache_dir=tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from memory_store import FusionConfig, NewMemory
-from memory_store.onnx_embedder import OnnxEmbedder
 
 TURNS = [
     "Tim: Joined a travel club and picked up new skills lately.",
@@ -25,11 +24,6 @@ TURNS = [
 @pytest.fixture
 def backend():
     return "sqlite"
-
-
-@pytest.fixture(scope="module")
-def onnx(tmp_path_factory: pytest.TempPathFactory) -> OnnxEmbedder:
-    return OnnxEmbedder(cache_dir=tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture

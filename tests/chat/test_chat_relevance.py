@@ -5,15 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
-
 from memory_store.onnx_embedder import OnnxEmbedder
 from tests.harness import Harness
-
-
-@pytest.fixture(scope="module")
-def onnx(tmp_path_factory: pytest.TempPathFactory) -> OnnxEmbedder:
-    return OnnxEmbedder(cache_dir=tmp_path_factory.mktemp("models"))
 
 
 def test_an_unrelated_message_injects_no_memories(make_chat: Callable[..., Harness], onnx: OnnxEmbedder) -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-import pytest
-
 from memory_store.onnx_embedder import OnnxEmbedder
 from tests.harness import Harness, bearer
 
@@ -17,11 +15,6 @@ SEARCH_ROW = re.compile(
     r'&amp;id=([0-9a-f-]+)">[^<]*</a></td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>'
 )
 SORRY = "I'm sorry for your loss, but it sounds like Biscuit had a wonderful life with you."
-
-
-@pytest.fixture(scope="module")
-def onnx(tmp_path_factory: pytest.TempPathFactory) -> OnnxEmbedder:
-    return OnnxEmbedder(cache_dir=tmp_path_factory.mktemp("models"))
 
 
 def _search(api: Harness, key: str, **body: object) -> list[dict]:
