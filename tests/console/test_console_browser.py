@@ -41,6 +41,21 @@ def wait_for(browser: Any, css: str, timeout: float = 10) -> Any:
     return WebDriverWait(browser, timeout).until(ec.presence_of_element_located((by("CSS_SELECTOR"), css)))
 
 
+def wait_for_text(browser: Any, xpath: str, wanted: str, timeout: float = 10) -> str:
+    """The text of the element at `xpath` once it contains `wanted`. A click that posts a plain form navigates: until
+    the new page is in, the element may be the old one, stale, or absent, so each of those is simply tried again."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def current(driver: Any) -> str | bool:
+        text: str = driver.find_element(by("XPATH"), xpath).text
+        return text if wanted in text else False
+
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    result: str = WebDriverWait(browser, timeout, ignored_exceptions=ignored).until(current)
+    return result
+
+
 def go(browser: Any, console: Seeded, path: str) -> None:
     browser.get(console.url + path)
 
@@ -160,9 +175,8 @@ def test_create_and_revoke_a_key(browser: Any, console: Seeded) -> None:
     go(browser, console, "/admin/keys")  # the secret is shown once only
     assert secret not in browser.page_source
     row = browser.find_element(by("XPATH"), "//tr[td[1][text()='browser-made']]")
-    row.find_element(by("CSS_SELECTOR"), "button.dangerous").click()
-    row = wait_for(browser, "#keys").find_element(by("XPATH"), "//tr[td[1][text()='browser-made']]")
-    assert "revoked" in row.text
+    row.find_element(by("CSS_SELECTOR"), "button.dangerous").click()  # a plain form post: the page reloads
+    assert "revoked" in wait_for_text(browser, "//table[@id='keys']//tr[td[1][text()='browser-made']]", "revoked")
     assert api.get("/v1/memories", params={"subject": "alice"}, headers=bearer(secret)).status_code == 401
 
 
