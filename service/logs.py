@@ -39,10 +39,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+# Loggers whose records below WARNING are emitted: Sealmem's own (which never log content) and the server's and
+# migrations' (which log no request data). Every other library only reaches the log from WARNING up, whatever
+# level it sets on itself: below that, libraries that see memory text write it out (presidio-analyzer's DEBUG
+# "Context list is: <words of the text>", the openai client's request options with the prompt).
+OWN_LOGGERS = ("sealmem", "uvicorn", "alembic")
+
+
+def _own(name: str) -> bool:
+    return any(name == own or name.startswith(own + ".") for own in OWN_LOGGERS)
+
+
+class ForeignDetailFilter(logging.Filter):
+    """Drops records below WARNING from loggers outside :data:`OWN_LOGGERS`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or _own(record.name)
+
+
 def configure_logging(level: str) -> None:
-    """Send every log record (ours, uvicorn's, alembic's) to stderr as one JSON object per line."""
+    """Send every log record (ours, uvicorn's, alembic's; other libraries' from WARNING up) to stderr as one JSON
+    object per line."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(ForeignDetailFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
