@@ -231,6 +231,9 @@ def create_app(
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
         dependencies=[Depends(reject_unknown_query)],
+        # FastAPI's native OpenTelemetry bridge looks up the global providers on every request; Sealmem exports
+        # Prometheus metrics (/metrics) and does not configure OpenTelemetry, so the bridge stays off.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
