@@ -327,6 +327,76 @@ def wrk_run(url: str, key: str, args: argparse.Namespace, *, share: float, durat
     return result
 
 
+def profiler(
+    server: Server, args: argparse.Namespace, folder: Path, phase: str, duration: float
+) -> subprocess.Popen[bytes] | None:
+    """With ``--profile``: py-spy samples the server and its workers through the mix phase (collapsed stacks)."""
+    if not args.profile or phase != "mix":
+        return None
+    if shutil.which("py-spy") is None:
+        raise SystemExit("--profile needs py-spy (pip install py-spy)")
+    assert server.process is not None
+    command = ["py-spy", "record", "--pid", str(server.process.pid), "--subprocesses", "--format", "raw"]
+    command += ["--rate", "200", "--duration", str(max(1, round(duration) - 2)), "--nonblocking"]
+    command += ["--output", str(folder / f"{phase}.collapsed")] + (["--gil"] if args.profile == "gil" else [])
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+PROFILE_BUCKETS = (
+    # (bucket, a substring of a frame); a sample goes to the first bucket that any of its frames matches
+    ("embedding", "onnxruntime"),
+    ("embedding", "embedder.py"),
+    ("tokenizer", "tokenizers"),
+    ("presidio", "presidio"),
+    ("spacy", "spacy"),
+    ("audit", "audit.py"),
+    ("crypto", "crypto.py"),
+    ("lexical", "lexical"),
+    ("faiss", "faiss"),
+    ("sqlalchemy", "sqlalchemy"),
+    ("pydantic", "pydantic"),
+    ("http", "h11"),
+    ("http", "uvicorn"),
+    ("http", "starlette"),
+    ("fastapi", "fastapi"),
+)
+
+
+IDLE_LEAVES = ("select (selectors.py", "epoll", "_worker (concurrent", "wait (threading")
+
+
+def summarise_profile(path: Path) -> dict[str, Any]:
+    """Share of busy samples per bucket (first match wins, leaf first) and the top 15 leaf functions."""
+    buckets: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
+    total = 0
+    if not path.exists():
+        return {"error": "no profile written"}
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        if any(idle in frames[-1] for idle in IDLE_LEAVES):
+            continue
+        total += count
+        leaves[frames[-1]] += count
+        for frame in reversed(frames):
+            bucket = next((name for name, needle in PROFILE_BUCKETS if needle in frame), None)
+            if bucket is not None:
+                buckets[bucket] += count
+                break
+        else:
+            buckets["other"] += count
+    return {
+        "busy_samples": total,
+        "collapsed_stacks": str(path),
+        "share": {name: round(n / max(total, 1), 3) for name, n in buckets.most_common()},
+        "top_leaves": [[frame, round(n / max(total, 1), 3)] for frame, n in leaves.most_common(15)],
+    }
+
+
 def _postgres(work: Path) -> Callable[[str], str]:
     """A PostgreSQL 16 + pgvector server (pgserver) for this run; returns a function that creates a fresh
     database and gives its SQLAlchemy URL."""
@@ -386,7 +456,11 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
                 ("add", 0.0, args.duration / 2),
             ):
                 cpu_before = server.cpu_seconds
+                spy = profiler(server, args, folder, phase, duration)
                 phases[phase] = wrk_run(server.url, key, args, share=share, duration=duration)
+                if spy is not None:
+                    spy.wait(timeout=120)
+                    phases[phase]["profile"] = summarise_profile(folder / f"{phase}.collapsed")
                 # The server's own CPU per request: steadier than req/s when other jobs share the machine.
                 phases[phase]["server_cpu_ms_per_request"] = round(
                     (server.cpu_seconds - cpu_before) * 1000 / max(phases[phase]["requests"], 1), 2
@@ -447,6 +521,13 @@ def main() -> None:
         choices=["sqlite", "postgres", "pgvector"],
         default="sqlite",
         help="wrk driver: SQLite + FAISS (default), or a PostgreSQL started with pgserver, with FAISS or pgvector.",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=["busy", "gil"],
+        help="wrk driver: py-spy samples the server through each variant's mix phase, every busy thread (busy) or "
+        "only the one holding the GIL (gil: where the Python-bound time goes); the report gives the share of "
+        "samples per part (embedding, SQL, audit, HTTP, ...) and keeps the collapsed stacks.",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
