@@ -74,7 +74,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # ---- dependencies -----------------------------------------------------------------------------------
 
 
-def get_chat(request: Request) -> ChatRuntime:
+async def get_chat(request: Request) -> ChatRuntime:  # async: no thread-pool hop (see service.deps)
     chat: ChatRuntime | None = getattr(request.app.state, "chat", None)
     if chat is None:
         raise Unavailable("chat is not enabled on this server")

@@ -33,7 +33,7 @@ from service import memory_actions
 from service.auth import Principal
 from service.console import security
 from service.console.charts import writes_chart
-from service.deps import get_services, permit
+from service.deps import Permission, services_of
 from service.errors import ApiError, InvalidInput, request_id_of, store_error_parts, validation_message
 from service.routes.common import CursorQuery, IdentifierQuery, KindQuery
 from service.schemas import IDENTIFIER_PATTERN, SearchFilters, SubjectExport
@@ -41,7 +41,7 @@ from service.services import Services
 
 log = logging.getLogger("sealmem.console")
 STATIC_DIR = Path(__file__).parent / "static"
-_ADMIN_ONLY = permit(roles=frozenset({"admin"}))
+_ADMIN_ONLY = Permission(roles=frozenset({"admin"}))
 _TARGET = re.compile(r"[a-z][a-z0-9-]{0,31}")
 STATUSES = ("active", "superseded")
 
@@ -105,7 +105,7 @@ def error_page(request: Request, exc: Exception) -> HTMLResponse:
 
 
 def to_sign_in(request: Request) -> Response:
-    services = get_services(request)
+    services = services_of(request)
     response: Response
     if request.headers.get("hx-request") == "true":
         response = Response(status_code=200, headers={"HX-Redirect": "/admin/login"})
@@ -163,13 +163,13 @@ class ConsoleCaller:
 def console_caller(request: Request) -> ConsoleCaller:
     """Resolve the session cookie; the session's key must still be an active admin key of its tenant (looked up
     through the same credential code as API requests). Unsafe methods must pass the cross-origin check."""
-    services = get_services(request)
+    services = services_of(request)
     token = request.cookies.get(security.SESSION_COOKIE)
     info = services.console_sessions.resolve(token)
     if info is None or token is None:
         raise SignInRequired()
     try:
-        principal = _ADMIN_ONLY(services.auth.for_session(tenant_id=info.tenant_id, key_id=info.key_id))
+        principal = _ADMIN_ONLY.check(services.auth.for_session(tenant_id=info.tenant_id, key_id=info.key_id))
     except ApiError as exc:
         if exc.status in (401, 403):
             services.console_sessions.end_digest(info.digest)
@@ -208,7 +208,7 @@ def login_form(request: Request) -> Response:
 
 
 def _login_page(request: Request, *, status: int, message: str | None) -> Response:
-    services = get_services(request)
+    services = services_of(request)
     nonce = security.new_login_nonce()
     response = render(
         request,
@@ -229,12 +229,12 @@ def login(
     csrf_token: CsrfField = None,
 ) -> Response:
     """Exchange an admin API key for a session; the key is checked by the same code as a bearer key."""
-    services = get_services(request)
+    services = services_of(request)
     security.check_origin(request)
     security.check_login_csrf(services, request.cookies.get(security.LOGIN_COOKIE), csrf_token)
     client = request.client.host if request.client is not None else None
     try:
-        principal = _ADMIN_ONLY(services.auth.authenticate(api_key.strip(), client=client))
+        principal = _ADMIN_ONLY.check(services.auth.authenticate(api_key.strip(), client=client))
     except ApiError as exc:
         if exc.status == 401:
             return _login_page(request, status=401, message="That API key is not valid (unknown or revoked).")

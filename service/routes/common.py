@@ -43,7 +43,7 @@ class ListParams:
         )
 
 
-def list_params(
+async def list_params(  # async: no thread-pool hop (see service.deps)
     subject: SubjectQuery = None,
     agent_id: IdentifierQuery = None,
     session_id: IdentifierQuery = None,
