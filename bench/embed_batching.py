@@ -4,7 +4,8 @@
     python bench/embed_batching.py [--threads 32] [--calls 15] [--out FILE]
 
 The real all-MiniLM-L6-v2 on ONNX Runtime (one intra-op thread, as the service runs it), exported once into a
-temporary folder. Part 1: CPU ms per text for batch sizes 1, 4, 16, 64 (one caller). Part 2: ``--threads``
+temporary folder. Part 1: CPU ms per text for batch sizes 1, 4, 16, 64 (one caller), and for a pass of mixed
+lengths (11 queries, 5 memories) padded as one against grouped by ``passes()``. Part 2: ``--threads``
 threads each embed ``--calls`` single short texts, as concurrent requests do; reported per variant (the plain
 embedder first and last, as baselines in the same run, and the coalescer with 1 and 2 runners): embeddings/s
 wall clock and CPU ms per embedding of this process.
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from memory_store.coalescing import CoalescingEmbedder
 from memory_store.embedder import Embedder
-from memory_store.onnx_embedder import OnnxEmbedder
+from memory_store.onnx_embedder import OnnxEmbedder, passes
 
 
 def _cpu() -> float:
@@ -43,6 +44,24 @@ def batches(embedder: OnnxEmbedder, texts: list[str]) -> dict[str, float]:
         for start in range(0, 256, size):
             embedder.embed(texts[start : start + size])
         out[str(size)] = round((_cpu() - started) * 1000 / 256, 2)
+    return out
+
+
+def mixed_lengths(embedder: OnnxEmbedder, rounds: int = 40) -> dict[str, Any]:
+    """A coalesced pass as the 70/30 search/add mix makes them, 11 short queries and 5 longer memories: CPU ms per
+    text in one padded pass against the least-cost grouping of ``passes()`` (what ``embed`` does)."""
+    queries = [f"what do I think about jazz and {w}?" for w in ("chess", "sushi", "tennis", "cello", "coffee")]
+    memories = [f"I really enjoy hiking, and last week I tried {w} again (note {i})." for i, w in enumerate(queries)]
+    texts = [queries[i % 5] for i in range(11)] + memories
+    encodings = embedder.tokenizer.encode_batch(texts)
+    groups = passes([len(e.ids) for e in encodings], 64)
+    out: dict[str, Any] = {"token_counts": sorted({len(e.ids) for e in encodings}), "passes": len(groups)}
+    for name, runs in (("one_pass", [list(range(len(texts)))]), ("grouped", groups), ("one_pass_again", None)):
+        started = _cpu()
+        for _ in range(rounds):
+            for rows in runs or [list(range(len(texts)))]:
+                embedder.embed_encoded([encodings[i] for i in rows])
+        out[f"{name}_cpu_ms_per_text"] = round((_cpu() - started) * 1000 / (rounds * len(texts)), 3)
     return out
 
 
@@ -78,6 +97,7 @@ def main() -> None:
     base.embed(texts[:2])
     report: dict[str, Any] = {"cpus": os.cpu_count(), "load_avg": os.getloadavg(), "cpu_ms_per_text_by_batch": {}}
     report["cpu_ms_per_text_by_batch"] = batches(base, texts)
+    report["mixed_lengths"] = mixed_lengths(base)
     variants: list[tuple[str, Embedder]] = [
         ("plain", base),
         ("coalesce_1_runner", CoalescingEmbedder(base, max_batch=16, runners=1)),

@@ -13,7 +13,7 @@ import pytest
 from memory_store import SentenceTransformerEmbedder, StoreSettings
 from memory_store.coalescing import CoalescingEmbedder
 from memory_store.embedder import embedder_from_settings
-from memory_store.onnx_embedder import OnnxEmbedder
+from memory_store.onnx_embedder import PASS_COST_TOKENS, OnnxEmbedder, passes
 
 pytestmark = pytest.mark.slow
 
@@ -46,11 +46,6 @@ def real_sentences(count: int) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def onnx(tmp_path_factory: pytest.TempPathFactory) -> OnnxEmbedder:
-    return OnnxEmbedder(cache_dir=tmp_path_factory.mktemp("models"))
-
-
 def test_onnx_vectors_match_sentence_transformers_on_1000_real_sentences(onnx):
     sentences = real_sentences(1000)
     assert len(sentences) == 1000
@@ -64,6 +59,51 @@ def test_onnx_vectors_match_sentence_transformers_on_1000_real_sentences(onnx):
     assert np.allclose(one_by_one, batched[:50], atol=1e-4)  # padding in a batch changes nothing
     assert onnx.model_id == "all-MiniLM-L6-v2" and onnx.dim == 384
     assert onnx.embed([]).shape == (0, 384)
+
+
+def _cost(groups: list[list[int]], lengths: list[int]) -> int:
+    return sum(PASS_COST_TOKENS + len(g) * max(lengths[i] for i in g) for g in groups)
+
+
+def _least_cost(lengths: list[int], max_rows: int) -> int:
+    """By brute force: every way of cutting the rows sorted by length into runs of at most ``max_rows``."""
+    ordered = sorted(lengths)
+    best = None
+    for mask in range(2 ** max(len(ordered) - 1, 0)):
+        runs, start = [], 0
+        for k in range(1, len(ordered) + 1):
+            if k == len(ordered) or mask >> (k - 1) & 1:
+                runs.append(ordered[start:k])
+                start = k
+        if all(len(r) <= max_rows for r in runs):
+            cost = sum(PASS_COST_TOKENS + len(r) * r[-1] for r in runs)
+            best = cost if best is None else min(best, cost)
+    assert best is not None
+    return best
+
+
+def test_passes_group_rows_at_the_least_padding_cost() -> None:
+    import random
+
+    rng = random.Random(5)
+    for _ in range(300):
+        lengths = [rng.choice([rng.randint(5, 14), rng.randint(15, 60)]) for _ in range(rng.randint(1, 10))]
+        max_rows = rng.randint(1, 6)
+        groups = passes(lengths, max_rows)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))  # every row once
+        assert all(len(g) <= max_rows for g in groups)
+        assert _cost(groups, lengths) == _least_cost(lengths, max_rows)
+    # a typical coalesced pass under load, 11 queries of 12 tokens and 5 memories of 20: two passes, not one
+    assert sorted(map(len, passes([12] * 11 + [20] * 5, 64))) == [5, 11]
+    assert passes([12, 13, 12], 64) == [[0, 2, 1]]  # nearly equal lengths: one pass
+    assert passes([], 64) == []
+
+
+def test_mixed_lengths_embed_as_each_text_alone(onnx):
+    texts = ["hi", *real_sentences(6), "what do I think about Porto?", " ".join(real_sentences(8))]
+    together = onnx.embed(texts)
+    alone = np.vstack([onnx.embed([t]) for t in texts])
+    assert np.allclose(together, alone, atol=1e-5)
 
 
 def test_long_input_is_truncated_like_sentence_transformers(onnx):
