@@ -74,9 +74,11 @@ from memory_store import (
     generate_key,
 )
 from memory_store.db import make_engine
+from memory_store.embedder import Embedder
 from memory_store.keys import KeyManager
 from memory_store.migrate import upgrade
 from memory_store.models import Subject, utcnow
+from memory_store.onnx_embedder import OnnxEmbedder
 from memory_store.records import apply_filters, candidate_query
 from memory_store.sealing import MemorySealer
 from memory_store.vector_index import TenantIndex
@@ -411,7 +413,7 @@ def build_corpus(total: int, n_subjects: int, queries_per_subject: int, seed: in
 class BenchEmbedder:
     """Wraps the real embedder: times it, records vectors, and can replay recorded vectors by text."""
 
-    def __init__(self, inner: SentenceTransformerEmbedder) -> None:
+    def __init__(self, inner: Embedder) -> None:
         self.inner = inner
         self.cache: dict[str, np.ndarray] = {}
         self.record = False
@@ -534,7 +536,7 @@ class StageTimer:
 STAGE_LEGEND = {
     "store.search": "MemoryStore.search itself: validation, access-time touch",
     "searcher": "HybridSearcher.search itself: numpy on candidate arrays, row iteration, ORM objects",
-    "embed": "SentenceTransformerEmbedder.embed (MiniLM on CPU)",
+    "embed": "the embedder's embed (MiniLM on CPU: ONNX Runtime, or torch with --runtime torch)",
     "keys.subject_key": "KeyManager.subject_key (LRU-cached unwrap of the subject data key)",
     "dense": "HybridSearcher._dense_search and the vector backend's search (python part; FAISS is faiss.search, "
              "pgvector's SQL is sql.*@dense)",
@@ -569,6 +571,7 @@ def search_targets() -> list[tuple[Any, str, str]]:
         (MemoryStore, "search", "store.search"),
         (HybridSearcher, "search", "searcher"),
         (SentenceTransformerEmbedder, "embed", "embed"),
+        (OnnxEmbedder, "embed", "embed"),
         (KeyManager, "subject_key", "keys.subject_key"),
         (HybridSearcher, "_dense_search", "dense"),
         (IndexRegistry, "get", "index.registry_get"),
@@ -598,6 +601,7 @@ def add_targets() -> list[tuple[Any, str, str]]:
     return [
         (MemoryStore, "add_batch", "store.add_batch"),
         (SentenceTransformerEmbedder, "embed", "embed"),
+        (OnnxEmbedder, "embed", "embed"),
         (MemorySealer, "seal_text", "encrypt"),
         (MemorySealer, "seal_metadata", "encrypt"),
         (MemorySealer, "seal_embedding", "encrypt"),
@@ -1031,7 +1035,7 @@ def run_backend(
             if size > bench.filled:
                 out["add"].append(fill(bench, corpus, size, args.batch_size, replay=replay))
             out["search"][str(size)] = measure_size(bench, corpus, k=args.k, repeats=args.repeats, seed=args.seed)
-            if size == max(args.sizes) and (backend == "sqlite" or args.profile_all):
+            if size == max(args.sizes) and args.profile_queries > 0 and (backend == "sqlite" or args.profile_all):
                 log(f"{backend}: profiling {args.profile_queries} searches at {size}")
                 out["profile"] = {str(size): profile_search(
                     bench, corpus, k=args.k, count=args.profile_queries, out_dir=profile_dir
@@ -1061,13 +1065,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="passes over the query set at each size")
     parser.add_argument("--batch-size", type=int, default=256, help="memories per add_batch call")
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--torch-threads", type=int, default=1)
-    parser.add_argument("--embed-batch-size", type=int, default=64, help="sentence-transformers batch size")
+    parser.add_argument(
+        "--runtime", choices=["onnx", "onnx-int8", "torch"], default="onnx",
+        help="embedding runtime, as SEALMEM_EMBEDDING_RUNTIME (default: the service's default, onnx)",
+    )
+    parser.add_argument("--torch-threads", type=int, default=1, help="the embedder's intra-op threads")
+    parser.add_argument("--embed-batch-size", type=int, default=64, help="the embedder's batch size")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--postgres", action="store_true", help="also run on PostgreSQL (pgserver): FAISS and pgvector backends"
     )
-    parser.add_argument("--profile-queries", type=int, default=300, help="searches profiled at the largest size")
+    parser.add_argument("--profile-queries", type=int, default=300, help="searches profiled at the largest size (0: none)")
     parser.add_argument("--profile-all", action="store_true", help="profile every backend, not only SQLite")
     parser.add_argument("--profile-out", type=Path, default=None, help="folder for the .prof files")
     parser.add_argument("--data-dir", type=Path, default=None, help="work folder (default: a temp folder)")
@@ -1091,7 +1099,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     corpus = build_corpus(max(args.sizes), args.subjects, args.queries, args.seed)
     words = [len(t.split()) for t in corpus.texts]
     vocab = len({w.lower().strip(".,;:?'") for t in corpus.texts[:20000] for w in t.split()})
-    real = SentenceTransformerEmbedder(torch_threads=args.torch_threads, batch_size=args.embed_batch_size)
+    real: Embedder
+    if args.runtime == "torch":
+        real = SentenceTransformerEmbedder(torch_threads=args.torch_threads, batch_size=args.embed_batch_size)
+    else:
+        real = OnnxEmbedder(
+            cache_dir=Path(tempfile.mkdtemp(prefix="sealmem-bench-models-")),
+            batch_size=args.embed_batch_size,
+            threads=args.torch_threads,
+            int8=args.runtime == "onnx-int8",
+        )
     embedder = BenchEmbedder(real)
     real.embed(["warm up the model"])
     result: dict[str, Any] = {
@@ -1100,8 +1117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": {
             "sizes": args.sizes, "subjects": args.subjects, "queries_per_subject": args.queries,
             "repeats": args.repeats, "batch_size": args.batch_size, "k": args.k, "seed": args.seed,
-            "embedder": f"SentenceTransformerEmbedder(all-MiniLM-L6-v2, torch_threads={args.torch_threads}, "
-                        f"batch_size={args.embed_batch_size})",
+            "embedder": f"{type(real).__name__}(all-MiniLM-L6-v2, runtime={args.runtime}, "
+                        f"threads={args.torch_threads}, batch_size={args.embed_batch_size})",
             "index": "flat (IndexIDMap2(IndexFlatIP)), exact_max=200000 default",
             "memory_words": {"min": min(words), "median": int(np.median(words)), "max": max(words)},
             "distinct_words_in_first_20k_memories": vocab,
