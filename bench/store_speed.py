@@ -1075,7 +1075,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--postgres", action="store_true", help="also run on PostgreSQL (pgserver): FAISS and pgvector backends"
     )
-    parser.add_argument("--profile-queries", type=int, default=300, help="searches profiled at the largest size (0: none)")
+    parser.add_argument(
+        "--profile-queries", type=int, default=300, help="searches profiled at the largest size (0: none)"
+    )
     parser.add_argument("--profile-all", action="store_true", help="profile every backend, not only SQLite")
     parser.add_argument("--profile-out", type=Path, default=None, help="folder for the .prof files")
     parser.add_argument("--data-dir", type=Path, default=None, help="work folder (default: a temp folder)")
