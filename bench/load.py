@@ -423,10 +423,10 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
     report: dict[str, Any] = {"database": args.database}
     variants = args.variants.split(",")
     postgres = _postgres(work) if args.database != "sqlite" else None
-    for variant in variants:
+    for number, variant in enumerate(variants, start=1):
         runtime, _, rest = variant.partition(":")
         workers, _, extra = rest.partition(":")
-        folder = work / re.sub(r"[^A-Za-z0-9_.-]", "-", variant)
+        folder = work / f"{number}-{re.sub(r'[^A-Za-z0-9_.-]', '-', variant)}"
         env = {
             **base_env,
             "SEALMEM_DATA_DIR": str(folder / "data"),
@@ -438,7 +438,7 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
             name, _, value = setting.partition("=")
             env[f"SEALMEM_{name.upper()}"] = value
         if postgres is not None:
-            env["SEALMEM_DATABASE_URL"] = postgres(variant.replace(":", "_"))
+            env["SEALMEM_DATABASE_URL"] = postgres(f"{number}_{variant.replace(':', '_')}")
             env["SEALMEM_VECTOR_BACKEND"] = "pgvector" if args.database == "pgvector" else "faiss"
         folder.mkdir()
         server = Server(command, env, folder / "serve.log")
@@ -465,11 +465,13 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
                 phases[phase]["server_cpu_ms_per_request"] = round(
                     (server.cpu_seconds - cpu_before) * 1000 / max(phases[phase]["requests"], 1), 2
                 )
-            report[variant] = {**phases, "server_rss_mb": round(server.rss / 2**20, 1)}
+            runs = sum(1 for seen in variants[: number - 1] if seen == variant)
+            name = variant if runs == 0 else f"{variant} (run {runs + 1})"
+            report[name] = {**phases, "server_rss_mb": round(server.rss / 2**20, 1)}
         finally:
             server.stop()
     measured, *baselines = variants
-    for baseline in baselines:
+    for baseline in dict.fromkeys(b for b in baselines if b != measured):  # repeats: the first run
         report[f"{measured}_vs_{baseline}_mix_rps"] = round(
             report[measured]["mix"]["rps"] / max(report[baseline]["mix"]["rps"], 1e-9), 2
         )

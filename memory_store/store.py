@@ -12,7 +12,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-import faiss
 import numpy as np
 from sqlalchemy import Engine, Select, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -81,6 +80,7 @@ from memory_store.types import (
     WriteGuard,
 )
 from memory_store.vector_backend import FaissBackend, VectorBackend
+from memory_store.vector_index import set_faiss_threads
 
 log = logging.getLogger("sealmem.store")
 _UNSET: Any = object()
@@ -160,7 +160,7 @@ class MemoryStore:
         self.audit = AuditLog(self._sessions)
         self.screener = Screener(self._sessions, detector)
         self.jobs = JobLog(self._sessions)
-        faiss.omp_set_num_threads(settings.faiss_threads)
+        set_faiss_threads(settings.faiss_threads)
         require_head(engine)
         self._bind_master_key()
         self.indexes = IndexRegistry(

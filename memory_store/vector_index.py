@@ -38,6 +38,36 @@ class IndexHeader:
     kind: str
 
 
+class _AppliedThreads(threading.local):
+    count = 0
+
+
+_faiss_threads = 1
+_applied = _AppliedThreads()
+
+
+def set_faiss_threads(count: int) -> None:
+    """FAISS's OpenMP threads in every thread of this process from now on.
+
+    OpenMP keeps the count per thread: ``faiss.omp_set_num_threads`` in one thread leaves every other thread at
+    OpenMP's default of one per core. Once the store set it in the thread that opened it, each request thread's
+    single-query searches ran in teams of two spinning OpenMP threads on the 2-vCPU VM: 3-4 ms more server CPU
+    per request of the wrk mix (``bench/load.py``, ``OMP_NUM_THREADS=1`` as the control). So every index
+    operation applies the count to its own thread first (:func:`_use_faiss_threads`).
+    """
+    global _faiss_threads
+    if count < 1:
+        raise ValueError("count must be at least 1")
+    _faiss_threads = count
+    _use_faiss_threads()
+
+
+def _use_faiss_threads() -> None:
+    if _applied.count != _faiss_threads:
+        faiss.omp_set_num_threads(_faiss_threads)
+        _applied.count = _faiss_threads
+
+
 class IndexFileError(Exception):
     """The index file is missing, corrupt, or not readable with the current key."""
 
@@ -73,6 +103,7 @@ class TenantIndex:
     def upsert(self, ids: IdArray, vectors: npt.NDArray[np.float32]) -> None:
         if len(ids) == 0:
             return
+        _use_faiss_threads()
         with self.lock:
             ids = np.ascontiguousarray(ids, dtype=np.int64)
             # Row ids only grow: ids above every id seen are new and need no removal (a full scan).
@@ -88,6 +119,7 @@ class TenantIndex:
     def remove(self, ids: IdArray) -> None:
         if len(ids) == 0:
             return
+        _use_faiss_threads()
         with self.lock:
             self._remove(np.ascontiguousarray(ids, dtype=np.int64))
             self.changes_since_save += len(ids)
@@ -128,6 +160,7 @@ class TenantIndex:
     ) -> tuple[IdArray, npt.NDArray[np.float32]]:
         """Top-``k`` (ids, inner products) restricted to ``candidates`` inside the search."""
         q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+        _use_faiss_threads()
         with self.lock:
             if self.ntotal == 0 or k <= 0 or (candidates is not None and len(candidates) == 0):
                 return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
