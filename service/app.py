@@ -96,24 +96,27 @@ def open_store(settings: Settings, embedder: Embedder | None = None) -> MemorySt
     return store
 
 
-def bound_worker_threads(store: MemoryStore) -> tuple[int, int]:
-    """Cap the threads that run store calls so they cannot exhaust the connection pool.
+def bound_worker_threads(store: MemoryStore, request_threads: int = 0) -> tuple[int, int]:
+    """Cap the threads that run store calls for routes at ``request_threads`` (0: as many as the connection
+    pool allows), and never so many that they exhaust the pool.
 
     A request takes its pooled connections one after the other (authentication, the store call, the audit
     append); a search reads its vector index through its own session. Store calls once held two at a time (a
     search kept its session while the index caught up in another), and more threads than half the pool then
     all held one connection and waited for a second: every request stalled for the pool timeout and failed.
     Found under load with 64 clients (bench/load.py): AnyIO's default of 40 threads against SQLite's pool of
-    15. The cap stays at half the pool as a margin. Requests beyond it wait on the event loop instead. Returns
-    (threads for sync routes, threads for ``asyncio.to_thread``).
+    15. The cap stays at half the pool as a margin. Requests beyond it wait on the event loop, in arrival
+    order. Returns (threads for sync routes, threads for ``asyncio.to_thread``).
     """
     pool = store.engine.pool
     size_of = getattr(pool, "size", None)
     size = int(size_of()) if callable(size_of) else 5
     capacity = size + max(0, int(getattr(pool, "_max_overflow", 0)))
     usable = max(2, capacity // 2)
-    for_asyncio = max(1, usable // 3)  # the chat loop's retrieval, audit and write-back
+    for_asyncio = max(1, usable // 3)  # the chat loop's retrieval, audit and write-back; long admin work
     for_routes = max(1, usable - for_asyncio)
+    if request_threads:
+        for_routes = min(for_routes, request_threads)
     anyio.to_thread.current_default_thread_limiter().total_tokens = for_routes
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=for_asyncio, thread_name_prefix="sealmem-io")
@@ -200,7 +203,7 @@ def create_app(
         try:
             app.state.services = services
             metrics.attach_store(active)
-            bound_worker_threads(active)
+            bound_worker_threads(active, resolved.request_threads)
             maintenance.start()
             async with mcp_running(), running_chat(
                 resolved,

@@ -43,6 +43,17 @@ class Settings(StoreSettings, ChatSettings):
         "worker has its own caches, rate limits and (local backend) copy of the LLM.",
     )
 
+    request_threads: int = Field(
+        default=1,
+        ge=0,
+        le=256,
+        description="Threads of each worker process that run requests' blocking work (store calls, audit "
+        "appends); further requests wait on the event loop in arrival order. 1 is fastest under load: threads of "
+        "one process contend for its interpreter lock, and a thread holding SQLite's write lock then waits for "
+        "it while the other processes' writers wait for the write lock (bench/load.py). Long admin operations "
+        "(stats, export, reindex, audit verification) run on other threads. Raise it when single requests take "
+        "long (large batch adds); 0: as many as the database pool allows.",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
     # The storage core enforces its own hard caps; these may only tighten them.
     max_text_chars: int = Field(default=_TEXT_CAP, ge=1, le=_TEXT_CAP)

@@ -9,6 +9,7 @@ status. Routes are left out of the OpenAPI schema.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -265,10 +266,11 @@ def logout(request: Request, caller: Caller, csrf_token: CsrfField = None) -> Re
 
 
 @router.get("")
-def overview(request: Request, caller: Caller) -> Response:
+async def overview(request: Request, caller: Caller) -> Response:
     """Counts, writes per day and the audit chain's head with the last verification (cheap: the chain is only
-    recomputed by "Verify now", a POST to ``/admin/audit/verify``)."""
-    found = actions.tenant_overview(caller.services, request, caller.principal)
+    recomputed by "Verify now", a POST to ``/admin/audit/verify``). Tenant-wide work: on the I/O threads, as
+    the API's long admin operations."""
+    found = await asyncio.to_thread(actions.tenant_overview, caller.services, request, caller.principal)
     return render(
         request,
         "overview.html",
@@ -368,9 +370,10 @@ def memory_page(
 
 
 @router.get("/subject/export")
-def export(request: Request, caller: Caller, id: SubjectParam) -> Response:
-    """The subject's export (the JSON ``GET /v1/admin/subjects/{subject}/export`` answers), as a download."""
-    data = actions.export_subject(caller.services, request, caller.principal, subject=id)
+async def export(request: Request, caller: Caller, id: SubjectParam) -> Response:
+    """The subject's export (the JSON ``GET /v1/admin/subjects/{subject}/export`` answers), as a download; on
+    the I/O threads, as the API's."""
+    data = await asyncio.to_thread(actions.export_subject, caller.services, request, caller.principal, subject=id)
     body = SubjectExport.of(data).model_dump_json(indent=2)
     name = re.sub(r"[^A-Za-z0-9._-]", "_", id)[:80] or "subject"
     return Response(
@@ -504,10 +507,11 @@ def audit(
 
 
 @router.post("/audit/verify")
-def audit_verify(request: Request, caller: Caller, csrf_token: CsrfField = None) -> Response:
-    """Recompute the audit hash chain and say where it breaks (a POST: it appends its own audit record)."""
+async def audit_verify(request: Request, caller: Caller, csrf_token: CsrfField = None) -> Response:
+    """Recompute the audit hash chain and say where it breaks (a POST: it appends its own audit record); on the
+    I/O threads, as the API's."""
     checked(caller, csrf_token)
-    report = actions.verify_audit(caller.services, request, caller.principal)
+    report = await asyncio.to_thread(actions.verify_audit, caller.services, request, caller.principal)
     filters = {"action": "", "subject": "", "actor": "", "after": "", "before": ""}
     return render(request, "audit.html", nav="audit", entries=None, next_cursor=None, filters=filters, report=report)
 

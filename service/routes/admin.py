@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -69,8 +70,10 @@ def list_subjects(
 
 
 @router.get("/stats", response_model=StatsOut, summary="Counts and index statistics of the tenant")
-def stats(principal: Admin, services: ServicesDep, request: Request) -> StatsOut:
-    return StatsOut.of(actions.tenant_stats(services, request, principal))
+async def stats(principal: Admin, services: ServicesDep, request: Request) -> StatsOut:
+    # Operations over a whole tenant or subject run on the I/O threads, not the request threads, so the short
+    # requests queued behind them are not held up (see the ``request_threads`` setting).
+    return StatsOut.of(await asyncio.to_thread(actions.tenant_stats, services, request, principal))
 
 
 @router.get(
@@ -78,8 +81,11 @@ def stats(principal: Admin, services: ServicesDep, request: Request) -> StatsOut
     response_model=SubjectExport,
     summary="Everything held about a subject (data portability)",
 )
-def export_subject(subject: SubjectPath, principal: Admin, services: ServicesDep, request: Request) -> SubjectExport:
-    return SubjectExport.of(actions.export_subject(services, request, principal, subject=subject))
+async def export_subject(
+    subject: SubjectPath, principal: Admin, services: ServicesDep, request: Request
+) -> SubjectExport:
+    found = await asyncio.to_thread(actions.export_subject, services, request, principal, subject=subject)
+    return SubjectExport.of(found)
 
 
 @router.delete(
@@ -94,11 +100,14 @@ def forget_subject(subject: SubjectPath, principal: Admin, services: ServicesDep
 
 
 @router.post("/reindex", response_model=ReindexResult, summary="Rebuild the tenant's vector index from SQL")
-def reindex(principal: Admin, services: ServicesDep, request: Request) -> ReindexResult:
-    with services.auditor.record(request, principal, "index.rebuild") as note:
-        vectors = services.store.reindex_tenant(tenant_id=principal.tenant_id)
-        note.detail = {"vectors": vectors}
-    return ReindexResult(vectors=vectors)
+async def reindex(principal: Admin, services: ServicesDep, request: Request) -> ReindexResult:
+    def rebuild() -> int:
+        with services.auditor.record(request, principal, "index.rebuild") as note:
+            vectors = services.store.reindex_tenant(tenant_id=principal.tenant_id)
+            note.detail = {"vectors": vectors}
+        return vectors
+
+    return ReindexResult(vectors=await asyncio.to_thread(rebuild))
 
 
 @router.get("/keys", response_model=KeyList, summary="API keys of the tenant (never their secrets)")
@@ -139,8 +148,8 @@ def audit_records(
 
 
 @router.get("/audit/verify", response_model=AuditVerifyOut, summary="Recompute the audit hash chain")
-def verify_audit(principal: Admin, services: ServicesDep, request: Request) -> AuditVerifyOut:
-    return AuditVerifyOut.of(actions.verify_audit(services, request, principal))
+async def verify_audit(principal: Admin, services: ServicesDep, request: Request) -> AuditVerifyOut:
+    return AuditVerifyOut.of(await asyncio.to_thread(actions.verify_audit, services, request, principal))
 
 
 @router.get(

@@ -87,7 +87,10 @@ class GatedEmbedder(HashingEmbedder):
 @pytest.fixture
 def served(tmp_path: Path, migrated_db: Path) -> Iterator[Any]:
     def start(**parts: Any) -> Any:
-        return Harness.serve(make_settings(fresh_data_dir(tmp_path / "data", migrated_db)), **parts)
+        # The races need a process to run requests at once: its request threads as many as the pool allows
+        # (the default of one would serialise them; several worker processes race the same way).
+        data_dir = fresh_data_dir(tmp_path / "data", migrated_db)
+        return Harness.serve(make_settings(data_dir, request_threads=0), **parts)
 
     yield start
 
