@@ -74,7 +74,7 @@ from memory_store import (
     generate_key,
 )
 from memory_store.db import make_engine
-from memory_store.embedder import Embedder
+from memory_store.embedder import Embedder, embedder_from_settings
 from memory_store.keys import KeyManager
 from memory_store.migrate import upgrade
 from memory_store.models import Subject, utcnow
@@ -1101,16 +1101,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     corpus = build_corpus(max(args.sizes), args.subjects, args.queries, args.seed)
     words = [len(t.split()) for t in corpus.texts]
     vocab = len({w.lower().strip(".,;:?'") for t in corpus.texts[:20000] for w in t.split()})
-    real: Embedder
-    if args.runtime == "torch":
-        real = SentenceTransformerEmbedder(torch_threads=args.torch_threads, batch_size=args.embed_batch_size)
-    else:
-        real = OnnxEmbedder(
-            cache_dir=Path(tempfile.mkdtemp(prefix="sealmem-bench-models-")),
-            batch_size=args.embed_batch_size,
-            threads=args.torch_threads,
-            int8=args.runtime == "onnx-int8",
+    if args.reuse and args.data_dir is None:
+        raise SystemExit("--reuse needs --data-dir")
+    work = args.data_dir or Path(tempfile.mkdtemp(prefix="sealmem-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    # The service's embedder for this runtime (the ONNX export cached in the work folder), without coalescing:
+    # the bench's calls are sequential.
+    real = embedder_from_settings(
+        StoreSettings(
+            data_dir=work,
+            embedding_runtime=args.runtime,
+            embedding_threads=args.torch_threads,
+            embedding_batch_size=args.embed_batch_size,
+            embedding_coalesce_max=1,
         )
+    )
     embedder = BenchEmbedder(real)
     real.embed(["warm up the model"])
     result: dict[str, Any] = {
@@ -1133,10 +1138,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": {"add_memories_per_s": TARGET_ADD_PER_S, "search_p50_ms_at_100k": TARGET_SEARCH_P50_MS},
         "stage_legend": STAGE_LEGEND,
     }
-    if args.reuse and args.data_dir is None:
-        raise SystemExit("--reuse needs --data-dir")
-    work = args.data_dir or Path(tempfile.mkdtemp(prefix="sealmem-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
     if args.profile_out:
         args.profile_out.mkdir(parents=True, exist_ok=True)
     server = None
