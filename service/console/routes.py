@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -125,6 +126,7 @@ class ConsoleRoute(APIRoute):
         original = super().get_route_handler()
 
         async def handler(request: Request) -> Response:
+            _drop_blank_query_values(request)
             try:
                 response = await original(request)
             except SignInRequired:
@@ -140,6 +142,15 @@ class ConsoleRoute(APIRoute):
             return security.apply_headers(response)
 
         return handler
+
+
+def _drop_blank_query_values(request: Request) -> None:
+    """A GET form sends its empty fields too (``?kind=&source=``): on a console page an empty field means "no
+    filter", so blank values are taken out of the query before the parameters are validated."""
+    items = request.query_params.multi_items()
+    if any(value == "" for _, value in items):
+        request.scope["query_string"] = urlencode([(k, v) for k, v in items if v != ""]).encode("latin-1")
+        request.__dict__.pop("_query_params", None)
 
 
 router = APIRouter(

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 AXE_JS = Path(__file__).parent / "axe" / "node_modules" / "axe-core" / "axe.min.js"
 ARTIFACTS = Path(os.environ.get("SEALMEM_TEST_ARTIFACTS", ROOT / "tmp" / "artifacts")) / "console"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+# Read at import: each test runs with the SEALMEM_* variables cleared (tests/conftest.py).
+REQUIRE_BROWSER = os.environ.get("SEALMEM_REQUIRE_BROWSER") == "1"
+UPDATE_DOCS_SCREENSHOT = os.environ.get("SEALMEM_UPDATE_DOCS_SCREENSHOT") == "1"
 
 
 @dataclass
@@ -78,14 +81,27 @@ def csrf_of(client: httpx.Client, path: str = "/admin/keys") -> str:
     return found.group(1)
 
 
+def require_or_skip(reason: str) -> NoReturn:
+    """Skip a browser test whose tools are missing, or fail it where ``SEALMEM_REQUIRE_BROWSER=1`` says they must
+    be there (CI sets it once it has installed them), so that the console's browser checks cannot skip unseen."""
+    if REQUIRE_BROWSER:
+        pytest.fail(f"SEALMEM_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """A headless Chromium driven by selenium (Debian's chromium and chromedriver)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
     if chromium is None or driver_path is None:
-        pytest.skip("chromium and chromedriver are not installed (Debian: apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the dev extra)")
+        require_or_skip(
+            "chromium and chromedriver are not installed (Debian: apt-get install chromium chromium-driver)"
+        )
+    try:
+        from selenium import webdriver
+    except ImportError:
+        require_or_skip("selenium is not installed (the dev extra)")
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
@@ -94,7 +110,7 @@ def browser() -> Iterator[Any]:
         "--headless=new",
         "--no-sandbox",
         "--disable-dev-shm-usage",
-        "--window-size=1280,900",
+        "--window-size=1280,1000",
         "--disable-gpu",
         "--no-first-run",
         "--disable-extensions",

@@ -6,16 +6,14 @@ The tests of this module share one browser and one server, and run in file order
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-import pytest
 from sqlalchemy import text
 
-from tests.console.conftest import ARTIFACTS, AXE_JS, ROOT, Seeded
+from tests.console.conftest import ARTIFACTS, AXE_JS, ROOT, UPDATE_DOCS_SCREENSHOT, Seeded, require_or_skip
 from tests.harness import bearer
 
 PAGES = {
@@ -104,7 +102,7 @@ def test_sign_in_and_browse_every_page(browser: Any, console: Seeded) -> None:
     go(browser, console, "/admin")
     assert browser.find_element(by("ID"), "chain-status").text.startswith("intact up to #")
     shot(browser, "overview")
-    if os.environ.get("SEALMEM_UPDATE_DOCS_SCREENSHOT") == "1":  # a test run leaves the working tree as it was
+    if UPDATE_DOCS_SCREENSHOT:  # a test run leaves the working tree as it was
         shutil.copyfile(ARTIFACTS / "overview.png", ROOT / "docs" / "console-overview.png")
 
     expected = {
@@ -126,9 +124,19 @@ def test_sign_in_and_browse_every_page(browser: Any, console: Seeded) -> None:
 
 
 def test_subject_filters(browser: Any, console: Seeded) -> None:
-    go(browser, console, "/admin/subject?id=alice&status=superseded")
-    rows = wait_for(browser, "#memories").text
+    from selenium.webdriver.support.ui import Select
+
+    go(browser, console, "/admin/subject?id=alice")
+    Select(browser.find_element(by("ID"), "f-status")).select_by_value("superseded")
+    browser.find_element(by("CSS_SELECTOR"), "form[aria-label='Filter memories'] button").click()  # the form itself
+    rows = wait_for_text(browser, "//table[@id='memories']", "Lisbon")  # its blank fields mean "any"
     assert "Alice lives in Lisbon" in rows and "green tea" not in rows
+    assert "status=superseded" in browser.current_url
+    browser.find_element(by("ID"), "f-source").send_keys("api")
+    Select(browser.find_element(by("ID"), "f-status")).select_by_value("")
+    browser.find_element(by("CSS_SELECTOR"), "form[aria-label='Filter memories'] button").click()
+    rows = wait_for_text(browser, "//table[@id='memories']", "green tea")
+    assert "Porto" in rows and "Lisbon" in rows
     go(browser, console, "/admin/subject?id=alice&kind=turn")
     rows = wait_for(browser, "#memories").text
     assert "weather" in rows and "Lisbon" not in rows
@@ -148,6 +156,7 @@ def test_search_playground_ranks_with_scores(browser: Any, console: Seeded) -> N
     fused, dense, lexical = (float(v) for v in first[2:5])
     assert fused > 0 and dense > 0 and lexical > 0
     assert browser.current_url.endswith("/admin/search?subject=alice")  # htmx swapped the results in place
+    assert csp_violations(browser) == []  # the swapped-in results obey the CSP too
     shot(browser, "search-results")
 
 
@@ -193,6 +202,7 @@ def test_forget_a_subject_through_the_typed_confirmation(browser: Any, console: 
     browser.find_element(by("ID"), "confirm").send_keys("dora")
     browser.find_element(by("ID"), "forget-button").click()
     assert "1 memories deleted" in wait_for(browser, "#forgotten").text
+    shot(browser, "forgotten")
     assert api.get("/v1/admin/subjects/dora/export", headers=admin).status_code == 404
 
 
@@ -228,6 +238,7 @@ def test_tenant_b_never_sees_tenant_a(browser: Any, console: Seeded) -> None:
         assert "Alice" not in browser.page_source and "Lisbon" not in browser.page_source, path
     go(browser, console, "/admin/subject?id=alice")
     assert "404" in wait_for(browser, "p.error").text
+    shot(browser, "error-not-found")
     go(browser, console, "/admin/search?subject=alice")
     browser.find_element(by("ID"), "s-query").send_keys("Lisbon")
     browser.find_element(by("CSS_SELECTOR"), "form.stack button[type=submit]").click()
@@ -253,15 +264,13 @@ def test_audit_verify_shows_where_the_chain_breaks(browser: Any, console: Seeded
 
 def test_no_page_has_a_serious_accessibility_violation(browser: Any, console: Seeded) -> None:
     if not AXE_JS.is_file():
-        pytest.skip(f"axe-core is not installed ({AXE_JS}; run `npm ci` in tests/console/axe)")
+        require_or_skip(f"axe-core is not installed ({AXE_JS}; run `npm ci` in tests/console/axe)")
     source = AXE_JS.read_text(encoding="utf-8")
     browser_sign_in(browser, console, console.acme.admin)
     memory = f"/admin/memory?subject=alice&id={quote(console.alice_old['id'])}"
     found: dict[str, list[str]] = {}
-    for name, path in {**PAGES, "memory": memory, "login": "/admin/login"}.items():
-        if name == "login":
-            browser.delete_all_cookies()
-        go(browser, console, path)
+
+    def check(name: str) -> None:
         browser.execute_script(source)
         result = browser.execute_async_script(
             "const done = arguments[arguments.length - 1];"
@@ -271,6 +280,28 @@ def test_no_page_has_a_serious_accessibility_violation(browser: Any, console: Se
         bad = [v for v in json.loads(result) if v.get("impact") in ("critical", "serious")]
         if bad:
             found[name] = [f"{v['id']}: {v.get('help')}" for v in bad]
+
+    for name, path in {**PAGES, "memory": memory, "error": "/admin/subject?id=nobody"}.items():
+        go(browser, console, path)
+        check(name)
+    go(browser, console, "/admin/search?subject=alice")  # the states a page reaches after a form
+    browser.find_element(by("ID"), "s-query").send_keys("green tea")
+    browser.find_element(by("CSS_SELECTOR"), "form.stack button[type=submit]").click()
+    wait_for(browser, "#search-results")
+    check("search results")
+    go(browser, console, "/admin/keys")
+    browser.find_element(by("ID"), "k-name").send_keys("axe-made")
+    browser.find_element(by("CSS_SELECTOR"), "form[aria-label='Create a key'] button").click()
+    wait_for(browser, "#new-secret")
+    check("key created")
+    go(browser, console, "/admin/audit")
+    browser.find_element(by("ID"), "verify-button").click()
+    wait_for(browser, "#verify-result p")
+    check("audit verified")
+    browser.delete_all_cookies()
+    go(browser, console, "/admin/login")
+    check("login")
+    shot(browser, "login")
     assert found == {}
 
 

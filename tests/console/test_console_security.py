@@ -467,3 +467,108 @@ def test_console_search_takes_the_api_search_parameters(console: Seeded) -> None
             refused = client.post("/admin/search", data={**form, "min_score": bad})
             assert refused.status_code == 422, (bad, refused.text)
             assert "min_score" in refused.text
+
+
+def test_blank_form_fields_mean_no_filter(console: Seeded) -> None:
+    """GET forms send their empty fields (``?kind=&source=``): every page reads them as "no filter", not as
+    invalid values."""
+    with sign_in(console.url, console.acme.admin) as client:
+        blank = {"kind": "", "source": "", "session": ""}
+        page = client.get("/admin/subject", params={"id": "alice", "status": "superseded", **blank})
+        assert page.status_code == 200, page.text
+        assert "Alice lives in Lisbon" in page.text and "Porto" not in page.text
+        every = client.get("/admin/subject", params={"id": "alice", "status": "", **blank})
+        assert "Lisbon" in every.text and "Porto" in every.text and "green tea" in every.text
+        audit = client.get("/admin/audit", params=dict.fromkeys(("action", "subject", "actor", "after", "before"), ""))
+        assert audit.status_code == 200 and "admin." in audit.text
+        assert client.get("/admin/subjects", params={"q": ""}).status_code == 200
+        for path in ("/admin/search", "/admin/sessions"):
+            response = client.get(path, params={"subject": ""})
+            assert response.status_code == 200, (path, response.text)
+        bad = client.get("/admin/subject", params={"id": "alice", "status": "gone", **blank})
+        assert bad.status_code == 422 and "status" in bad.text  # a value that is there is still checked
+
+
+def test_a_subjects_memories_page_through_the_pager_link(console: Seeded) -> None:
+    api, admin = console.harness.client, console.acme.admin
+    texts = [f"Pager memory number {i:02d}" for i in range(57)]
+    body = {"memories": [{"subject": "pager", "text": t, "kind": "fact"} for t in texts]}
+    assert api.post("/v1/memories/batch", json=body, headers=bearer(console.acme.app)).status_code == 201
+    link = re.compile(r'<a href="(/admin/subject\?[^"]+)">Older memories</a>')
+    seen: list[str] = []
+    with sign_in(console.url, admin) as client:
+        page = client.get("/admin/subject", params={"id": "pager", "kind": "", "status": "", "source": ""})
+        for _ in range(3):
+            assert page.status_code == 200, page.text
+            seen += re.findall(r"Pager memory number \d\d", page.text)
+            found = link.search(page.text)
+            if found is None:
+                break
+            page = client.get(html.unescape(found.group(1)))  # the link as the browser follows it
+    assert sorted(seen) == texts and len(seen) == 57  # two pages (50 + 7), nothing twice, nothing missed
+
+
+def test_the_subjects_list_pages_and_shows_counts_and_activity(console: Seeded) -> None:
+    api = console.harness.client
+    body = {"memories": [{"subject": f"many-{i:02d}", "text": f"Subject {i} note"} for i in range(52)]}
+    body["memories"].append({"subject": "many-00", "text": "A second note of subject zero"})
+    assert api.post("/v1/memories/batch", json=body, headers=bearer(console.acme.app)).status_code == 201
+    cell = r"<td>([^<]+)</td>"
+    link = r'<tr><td><a href="/admin/subject\?id=([^"]+)">[^<]+</a></td>'
+    row = re.compile(link + r"<td>(\d+)</td>" + cell + cell + "</tr>")
+    with sign_in(console.url, console.acme.admin) as client:
+        first = client.get("/admin/subjects", params={"q": "many-"})
+        rows = row.findall(first.text)
+        assert len(rows) == 50 and "Next page" in first.text and "Previous page" not in first.text
+        second = client.get("/admin/subjects", params={"q": "many-", "offset": 50})
+        rows += row.findall(second.text)
+        assert "Previous page" in second.text and "Next page" not in second.text
+    counts = {subject: int(n) for subject, n, _, _ in rows}
+    assert sorted(counts) == [f"many-{i:02d}" for i in range(52)]  # each once, across the two pages
+    assert counts["many-00"] == 2 and counts["many-51"] == 1
+    assert all(last.endswith(" UTC") for _, _, _, last in rows)  # last activity shown for every subject
+
+
+def test_audit_time_and_subject_filters(console: Seeded) -> None:
+    today = utcnow().date()
+    tomorrow, yesterday = today + timedelta(days=1), today - timedelta(days=1)
+    subject_cell = re.compile(r"<tr><td>\d+</td><td>[^<]+</td><td>[^<]+</td><td>[^<]+</td><td>([^<]+)</td>")
+    with sign_in(console.url, console.acme.admin) as client:
+        later = client.get("/admin/audit", params={"after": tomorrow.isoformat()})
+        assert later.status_code == 200 and "No records match." in later.text
+        earlier = client.get("/admin/audit", params={"before": "2000-01-01"})
+        assert "No records match." in earlier.text
+        window = client.get("/admin/audit", params={"after": yesterday.isoformat(), "before": tomorrow.isoformat()})
+        assert len(subject_cell.findall(window.text)) > 5
+        alice = subject_cell.findall(client.get("/admin/audit", params={"subject": "alice"}).text)
+        assert alice and set(alice) == {"alice"}
+        bob = subject_cell.findall(client.get("/admin/audit", params={"subject": "bob-1"}).text)
+        assert bob and set(bob) == {"bob-1"}
+        wrong = client.get("/admin/audit", params={"after": tomorrow.isoformat(), "before": today.isoformat()})
+        assert wrong.status_code == 422 and "earlier than before" in wrong.text
+        actor = re.search(r'<a href="/admin/audit\?actor=([^"]+)"', window.text)
+        assert actor is not None  # the actor cell links to that key's records, by its full id
+        by_actor = client.get("/admin/audit", params={"actor": actor.group(1)})
+        assert by_actor.status_code == 200 and "No records match." not in by_actor.text
+
+
+@pytest.mark.parametrize(
+    ("path", "data"),
+    [
+        ("/admin/keys", {"role": "app", "name": "no-token"}),
+        ("/admin/keys/revoke", {"key_id": "x"}),
+        ("/admin/subject/forget", {"subject": "alice", "confirm": "alice"}),
+        ("/admin/audit/verify", {}),
+        ("/admin/logout", {}),
+        ("/admin/search", {"subject": "alice", "query": "tea"}),
+    ],
+)
+def test_every_session_post_needs_the_csrf_token(console: Seeded, path: str, data: dict[str, str]) -> None:
+    tenant = console.acme.id
+    with sign_in(console.url, console.acme.admin) as client:
+        seq = head_seq(console, tenant)
+        missing = client.post(path, data=data)
+        assert missing.status_code == 403 and "CSRF" in missing.text, path
+        assert new_records(console, tenant, seq) == []  # refused before anything ran, reads included
+        assert client.get("/admin/keys").status_code == 200  # still signed in: a refused sign-out did nothing
+    assert console.harness.count(tenant) > 0
