@@ -17,6 +17,7 @@ import itertools
 import json
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -179,27 +180,38 @@ class _Waiting:
 
     tenant_id: str
     events: Sequence[AuditEvent]
-    woken: threading.Event = field(default_factory=threading.Event)
-    leads: bool = False
+    committed: Future[list[AuditEntry]] = field(default_factory=Future)
     entries: list[AuditEntry] | None = None
     error: BaseException | None = None
+
+    def resolve(self) -> None:
+        if self.error is not None:
+            self.committed.set_exception(self.error)
+        elif self.entries is not None:
+            self.committed.set_result(self.entries)
+        else:
+            self.committed.set_exception(RuntimeError("audit records were not committed"))
 
 
 class AuditLog:
     """The audit trail. Records of reads (which change nothing) are appended here; a change appends its record
     inside its own transaction with :func:`append_in`.
 
-    Appends from concurrent requests are committed together (group commit): the first caller to find no commit
-    in progress leads, commits every record waiting at that moment in one transaction (one fsync instead of one
-    per request), hands the lead to the next waiter, and every caller returns once its own records are
-    committed, or raises what failed them.
+    Appends are committed by one writer thread per log (started on first use), in batches: every record queued
+    while a commit runs goes into the next transaction (group commit: one commit and one fsync for many
+    requests, and on SQLite one write transaction instead of many, each of which would also reset every other
+    connection's page cache). :meth:`submit` returns at once with a future that resolves when the caller's own
+    records are committed, or fails with what failed them; :meth:`append_all` waits for it. A caller can so
+    hand its records over and go on working, and wait only before it hands out what they record (the service
+    holds the response, see :class:`service.auditing.AuditBarrier`).
     """
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._queue: list[_Waiting] = []
-        self._leading = False
+        self._writer: threading.Thread | None = None
+        self._stopping = False
 
     def append(self, *, tenant_id: str, event: AuditEvent) -> AuditEntry:
         """Append one record; returns when it is committed."""
@@ -207,42 +219,51 @@ class AuditLog:
 
     def append_all(self, *, tenant_id: str, events: Sequence[AuditEvent]) -> list[AuditEntry]:
         """Append records together; returns when they are committed (safe under concurrent appends from any
-        process)."""
-        mine = _Waiting(tenant_id, events)
-        with self._lock:
-            self._queue.append(mine)
-            mine.leads = not self._leading
-            self._leading = True
-        if not mine.leads:
-            mine.woken.wait()
-        if mine.leads:
-            self._lead()
-        if mine.error is not None:
-            raise mine.error
-        assert mine.entries is not None
-        return mine.entries
+        process), or raises what failed them."""
+        return self.submit(tenant_id=tenant_id, events=events).result()
 
-    def _lead(self) -> None:
-        """Commit everything waiting now, then pass the lead to the first caller queued since (or drop it)."""
-        with self._lock:
-            batch, self._queue = self._queue, []
-        try:
-            self._commit(batch)
-        except BaseException as exc:  # e.g. KeyboardInterrupt: every caller of the batch learns it
+    def submit(self, *, tenant_id: str, events: Sequence[AuditEvent]) -> Future[list[AuditEntry]]:
+        """Queue records for the writer; the future resolves once they are committed, in order and together."""
+        mine = _Waiting(tenant_id, list(events))
+        if not mine.events:
+            mine.committed.set_result([])
+            return mine.committed
+        with self._changed:
+            self._queue.append(mine)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write, name="sealmem-audit-writer", daemon=True)
+                self._writer.start()
+            self._changed.notify()
+        return mine.committed
+
+    def close(self) -> None:
+        """Commit what is queued and stop the writer (a later append starts a new one)."""
+        with self._changed:
+            writer, self._stopping = self._writer, True
+            self._changed.notify_all()
+        if writer is not None:
+            writer.join()
+        with self._changed:
+            self._stopping = False
+
+    def _write(self) -> None:
+        """The writer: commit everything queued, one transaction a batch, until stopped with nothing queued."""
+        while True:
+            with self._changed:
+                while not self._queue:
+                    if self._stopping:
+                        self._writer = None
+                        return
+                    self._changed.wait()
+                batch, self._queue = self._queue, []
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # e.g. a broken engine: every caller of the batch learns it
+                for waiting in batch:
+                    if waiting.entries is None and waiting.error is None:
+                        waiting.error = exc
             for waiting in batch:
-                if waiting.entries is None and waiting.error is None:
-                    waiting.error = exc
-            raise
-        finally:
-            with self._lock:
-                if self._queue:
-                    self._queue[0].leads = True
-                    self._queue[0].woken.set()
-                else:
-                    self._leading = False
-            for waiting in batch:
-                waiting.leads = False
-                waiting.woken.set()
+                waiting.resolve()
 
     def _commit(self, batch: list[_Waiting]) -> None:
         # Tenants in a fixed order: two processes committing batches lock the same audit heads in the same order.

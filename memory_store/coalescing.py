@@ -160,4 +160,3 @@ class CoalescingEmbedder:
         call.error = error
         call.done = True
         call.wake.set()
-

@@ -80,8 +80,10 @@ class JobLog:
         """A job of the tenant (and of that subject when given: a subject token sees its own jobs only)."""
         with self._sessions() as session:
             row = session.get(Job, job_id)
-            if row is None or row.tenant_id != tenant_id or (
-                subject_digest is not None and row.subject != subject_digest
+            if (
+                row is None
+                or row.tenant_id != tenant_id
+                or (subject_digest is not None and row.subject != subject_digest)
             ):
                 raise NotFoundError("job not found")
             return _info(row)

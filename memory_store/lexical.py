@@ -430,7 +430,16 @@ class _Member:
     """One indexed memory: its order in its session, its text's term ids, its speaker's and its current document."""
 
     __slots__ = (
-        "date_tokens", "doc", "key", "linked", "memory_id", "session_id", "slot", "speaker", "tokens", "window"
+        "date_tokens",
+        "doc",
+        "key",
+        "linked",
+        "memory_id",
+        "session_id",
+        "slot",
+        "speaker",
+        "tokens",
+        "window",
     )
 
     def __init__(

@@ -359,9 +359,7 @@ class HybridSearcher:
             # Small candidate sets are scored in full by one search; larger ones get a second, exact search
             # of just the pooled ids the first one did not return.
             exhaustive = len(candidates) <= _SCORE_ALL_MAX
-            dense = self._dense_search(
-                session, tenant_id, vector, len(candidates) if exhaustive else fetch, candidates
-            )
+            dense = self._dense_search(session, tenant_id, vector, len(candidates) if exhaustive else fetch, candidates)
             dense_ranked = sorted(dense.items(), key=lambda item: (-item[1], item[0]))[:fetch]
 
             lexical_index = self._lexical_index(session, owner, sealer, fusion)

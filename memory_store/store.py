@@ -228,6 +228,7 @@ class MemoryStore:
 
     def close(self) -> None:
         self.persist()
+        self.audit.close()
         self._engine.dispose()
 
     def persist(self) -> None:

@@ -19,6 +19,7 @@ from memory_store.db import restrict_data_dir, set_owner_only_umask
 from memory_store.embedder import Embedder, embedder_from_settings
 from memory_store.keysource import master_key_from_settings
 from memory_store.store import MemoryStore
+from service.auditing import AuditBarrier
 from service.chat.distill import Distiller, RuleDistiller
 from service.chat.routes import router as chat_router
 from service.chat.runtime import ChatRuntime, running_chat
@@ -205,13 +206,17 @@ def create_app(
             metrics.attach_store(active)
             bound_worker_threads(active, resolved.request_threads)
             maintenance.start()
-            async with mcp_running(), running_chat(
-                resolved,
-                store=active,
-                cache_dir=resolved.data_dir,
-                llm=llm,
-                distiller=distiller,
-            ) as chat, running_writeback(chat, active, distiller) as writeback:
+            async with (
+                mcp_running(),
+                running_chat(
+                    resolved,
+                    store=active,
+                    cache_dir=resolved.data_dir,
+                    llm=llm,
+                    distiller=distiller,
+                ) as chat,
+                running_writeback(chat, active, distiller) as writeback,
+            ):
                 app.state.chat = chat
                 app.state.writeback = writeback
                 log.info("sealmem ready")
@@ -239,6 +244,7 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
+    app.add_middleware(AuditBarrier)  # inside the request context: its status and access log see a replaced answer
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     app.include_router(ingest.router)
     app.include_router(memories.router)

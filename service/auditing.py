@@ -11,21 +11,24 @@ unaudited. A request that fails is recorded with its outcome (``rejected``, ``no
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memory_store.audit import AuditEvent, AuditLog
 from memory_store.errors import NotFoundError, StoreError
 from memory_store.models import utcnow
 from memory_store.types import MemoryRecord, WriteGuard
 from service.auth import Principal
-from service.errors import ApiError, request_id_of, store_error_parts
+from service.errors import DEFAULT_MESSAGES, ApiError, error_response, request_id_of, store_error_parts
 
 log = logging.getLogger("sealmem.audit")
 OPERATOR = "cli"
@@ -177,7 +180,9 @@ class Auditor:
         """Audit the block: a change through ``note.change()`` (in its transaction), anything else with an
         ``ok`` record when the block ends; a failure with its kind (then re-raise).
 
-        A failed ``ok`` append fails the request: content is not handed out unaudited."""
+        A failed ``ok`` append fails the request: content is not handed out unaudited. Under the
+        :class:`AuditBarrier` the block's thread does not wait for that commit: the barrier holds the response
+        until it is done (and answers 500 instead if it failed)."""
         note = AuditNote(
             caller=Caller.of(principal, request), action=action, memory_ids=list(memory_ids), subject=subject
         )
@@ -187,7 +192,12 @@ class Auditor:
             self.failed(principal.tenant_id, note.event(outcome_of(exc)))
             raise
         if not note.recorded:
-            self.log.append_all(tenant_id=principal.tenant_id, events=note.events("ok"))
+            committed = self.log.submit(tenant_id=principal.tenant_id, events=note.events("ok"))
+            held: list[Future[Any]] | None = request.scope.get("state", {}).get(AUDIT_WAITS)
+            if held is None:  # no barrier holds this request's response: wait here
+                committed.result()
+            else:
+                held.append(committed)
 
     def failed(self, tenant_id: str, event: AuditEvent) -> None:
         """Record a failed request; a failure to record it is logged (the request's own error goes out)."""
@@ -195,3 +205,48 @@ class Auditor:
             self.log.append(tenant_id=tenant_id, event=event)
         except Exception:
             log.exception("could not append an audit record for a failed %s", event.action)
+
+
+AUDIT_WAITS = "sealmem_audit_waits"
+
+
+class AuditBarrier:
+    """Pure ASGI middleware: a request's read records commit off its thread, and its response waits for them.
+
+    :meth:`Auditor.record` hands a read's ``ok`` records to the audit writer and, inside this middleware, puts
+    the pending commit in the request's scope instead of waiting for it. The request thread (one per worker
+    by default) then serves the next request while the writer commits several requests' records in one
+    transaction. Nothing is sent before every commit the request is waiting on is done: if one failed, the
+    client gets the standard 500 error body instead of the content; if the response had already started (a
+    stream whose later part was audited), the connection is broken off rather than the rest sent."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: list[Future[Any]] = []
+        scope.setdefault("state", {})[AUDIT_WAITS] = held
+        replaced = started = False
+
+        async def send_when_audited(message: Message) -> None:
+            nonlocal replaced, started
+            if replaced:
+                return  # the app's own response was replaced by the error below
+            while held:
+                try:
+                    await asyncio.wrap_future(held.pop(0))
+                except Exception as exc:
+                    request_id = str(scope["state"].get("request_id") or "")
+                    log.error("read audit records not committed (%s) on request %s", type(exc).__name__, request_id)
+                    if started:
+                        raise
+                    replaced = True
+                    await error_response(request_id, 500, DEFAULT_MESSAGES[500])(scope, receive, send)
+                    return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, receive, send_when_audited)

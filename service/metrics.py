@@ -25,9 +25,7 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         totals = self._store.totals()
         yield GaugeMetricFamily("sealmem_memories", "Memories stored (all tenants).", value=totals.memories)
-        yield GaugeMetricFamily(
-            "sealmem_subjects", "Subjects with stored data (all tenants).", value=totals.subjects
-        )
+        yield GaugeMetricFamily("sealmem_subjects", "Subjects with stored data (all tenants).", value=totals.subjects)
         yield GaugeMetricFamily("sealmem_tenants", "Tenants.", value=totals.tenants)
         yield GaugeMetricFamily(
             "sealmem_index_vectors",

@@ -224,8 +224,10 @@ class SearchRequest(Request):
 
 
 class SearchResult(MemoryOut):
-    score: float = Field(description="Rank score within this search (normalised by its best candidate); higher "
-                         "is better, not comparable across queries.")
+    score: float = Field(
+        description="Rank score within this search (normalised by its best candidate); higher "
+        "is better, not comparable across queries."
+    )
     dense_score: float | None = Field(description="Cosine similarity from the vector index, if it ranked.")
     lexical_score: float | None = Field(description="BM25 score, if it ranked.")
     relevance: float | None = Field(

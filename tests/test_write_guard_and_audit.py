@@ -238,12 +238,13 @@ def test_a_request_begun_while_the_forget_was_running_cannot_write_back_what_it_
 
 
 def test_rotation_does_not_deadlock_with_an_audit_append_in_flight(store: MemoryStore, tenant_id: str) -> None:
-    """A read's audit append holds its tenant's audit head and then needs FOR KEY SHARE on the tenant row (the
-    foreign key); the rotation locks tenant rows FOR NO KEY UPDATE, which does not conflict (PostgreSQL)."""
+    """A read's audit append (committed by the audit writer thread) holds its tenant's audit head and then needs
+    FOR KEY SHARE on the tenant row (the foreign key); the rotation locks tenant rows FOR NO KEY UPDATE, which
+    does not conflict (PostgreSQL)."""
     paused = threading.Event()
 
     def pause(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if threading.current_thread().name == "reader" and statement.lstrip().upper().startswith(
+        if threading.current_thread().name == "sealmem-audit-writer" and statement.lstrip().upper().startswith(
             "UPDATE AUDIT_HEADS SET SEQ"
         ):
             paused.set()

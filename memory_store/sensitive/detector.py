@@ -132,9 +132,7 @@ DEFAULT_SCORE_THRESHOLD = 0.4
 
 _PRIORITY = {name: i for i, name in enumerate(ENTITY_TYPES)}
 
-_PLACEHOLDER = re.compile(
-    r"<(?:" + "|".join(ENTITY_TYPES) + r")(?:_[1-9][0-9]*)?>"
-)
+_PLACEHOLDER = re.compile(r"<(?:" + "|".join(ENTITY_TYPES) + r")(?:_[1-9][0-9]*)?>")
 
 # Anything a supported value needs at least one of.  Types that can occur
 # without a digit: EMAIL (@), PASSWORD and generic API_KEY (keyword), prefixed
@@ -221,9 +219,7 @@ def _trim(text: str, start: int, end: int, entity_type: str) -> tuple[int, int]:
             break
     while end > start:
         c = text[end - 1]
-        if c.isspace() or (
-            c in trail and not (c in _PAIRS and _PAIRS[c] in text[start : end - 1])
-        ):
+        if c.isspace() or (c in trail and not (c in _PAIRS and _PAIRS[c] in text[start : end - 1])):
             end -= 1
         else:
             break
@@ -348,11 +344,7 @@ def _plausible_phone(text: str, start: int, end: int, value: str) -> bool:
     groups = _DIGIT_GROUPS.findall(value)
     # dotted numbers are phones only when grouped like one ("415.555.2671",
     # "06.12.34.56.78"), not "122.0.6261.94"
-    if (
-        "." in value
-        and all(c.isdigit() or c == "." for c in value)
-        and any(len(g) == 1 for g in groups)
-    ):
+    if "." in value and all(c.isdigit() or c == "." for c in value) and any(len(g) == 1 for g in groups):
         return False
     if value[0] not in "+0(" and len(groups) >= 4 and sum(1 for g in groups if len(g) <= 2) >= 3:
         return False  # a list of small numbers: "4 8 15 16 23 42"
@@ -429,9 +421,7 @@ def _build_engine() -> AnalyzerEngine:
                 scores=[],
             )
 
-    extractor = tldextract.TLDExtract(
-        cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True
-    )
+    extractor = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
     recognizers = [
         OfflineEmailRecognizer(extractor),
         FormatAwarePhoneRecognizer(),
@@ -499,9 +489,7 @@ def _build_engine() -> AnalyzerEngine:
         registry=registry,
         nlp_engine=nlp_engine,
         supported_languages=["en"],
-        context_aware_enhancer=LemmaContextAwareEnhancer(
-            context_matching_mode="whole_word"
-        ),
+        context_aware_enhancer=LemmaContextAwareEnhancer(context_matching_mode="whole_word"),
     )
 
 

@@ -91,7 +91,6 @@ def shannon_entropy(value: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
 
 
-
 def _result(
     recognizer: EntityRecognizer, entity_type: str, start: int, end: int, score: float, explanation: str
 ) -> RecognizerResult:
@@ -110,6 +109,7 @@ def _result(
             RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: recognizer.id,
         },
     )
+
 
 class _RegexRecognizer(LocalRecognizer):
     """A LocalRecognizer that emits one entity type from ``_spans``."""
@@ -268,9 +268,7 @@ def _is_private_key_b58(value: str) -> bool:
         return False
     if value[1:4] == "prv":
         return len(payload) == 78
-    return payload[0] == 0x80 and (
-        len(payload) == 33 or (len(payload) == 34 and payload[-1] == 0x01)
-    )
+    return payload[0] == 0x80 and (len(payload) == 33 or (len(payload) == 34 and payload[-1] == 0x01))
 
 
 class PrivateKeyRecognizer(_RegexRecognizer):
@@ -293,11 +291,7 @@ class PrivateKeyRecognizer(_RegexRecognizer):
         if "-----BEGIN" in text:
             spans.extend((m.start(), m.end(), 1.0) for m in _PEM.finditer(text))
         if len(text) >= 51:
-            spans.extend(
-                (m.start(), m.end(), 1.0)
-                for m in _WIF.finditer(text)
-                if _is_private_key_b58(m.group(0))
-            )
+            spans.extend((m.start(), m.end(), 1.0) for m in _WIF.finditer(text) if _is_private_key_b58(m.group(0)))
         if len(text) >= 64 and _HEX_KEY_HINT.search(text):
             spans.extend((*m.span("value"), 0.95) for m in _HEX_KEY.finditer(text))
         return spans
@@ -332,9 +326,7 @@ _PW_SEP = (
 _PW_VALUE = r"(?P<value>[^\s\"'`<>]{1,128})"
 # Quoted value: the closing quote is the first matching one not followed by a
 # letter, so "it's" inside double quotes does not end the value.
-_PW_QUOTED = (
-    "(?P<q>[\"'`\u201c\u2018])(?P<qvalue>[^\\n]{1,128}?)(?P<qend>[\"'`\u201d\u2019])(?!\\w)"
-)
+_PW_QUOTED = "(?P<q>[\"'`\u201c\u2018])(?P<qvalue>[^\\n]{1,128}?)(?P<qend>[\"'`\u201d\u2019])(?!\\w)"
 _QUOTE_PAIRS = {'"': '"', "'": "'", "`": "`", "\u201c": "\u201d", "\u2018": "\u2019"}
 _PASSWORD = re.compile(
     r"(?P<kw>(?i:\b" + _PW_KEYWORD + r"\b))"
@@ -369,9 +361,7 @@ _NOT_A_PASS = re.compile(
     r"[\s\-]+)$"
 )
 # Placeholder-like values in URLs and configs: "${DB_PASS}", "****", "pass".
-_PW_DUMMY = re.compile(
-    r"(?i:^(?:[*x.]+|pass(?:word|wd)?|pwd|secret|redacted|hidden|[$%{<].*)$)"
-)
+_PW_DUMMY = re.compile(r"(?i:^(?:[*x.]+|pass(?:word|wd)?|pwd|secret|redacted|hidden|[$%{<].*)$)")
 # "https://user:pass@host": the password part of a URL's userinfo.
 _URL_USERINFO = re.compile(
     r"(?i:\b[a-z][a-z0-9+.\-]{1,15}://)[^\s:/@]{1,64}:(?P<value>[^\s/]{1,128})@(?=[A-Za-z0-9\[])"
@@ -401,12 +391,7 @@ _PW_STOPWORDS = frozenset(
 def _looks_like_prose(value: str, sep: str) -> bool:
     if sep in ("", "to") and value.isalpha():
         return True  # "password reset", "password again", "changed to something"
-    return (
-        sep not in (":", "=")
-        and value.isalpha()
-        and value.islower()
-        and value.endswith(("ed", "ing", "ly"))
-    )
+    return sep not in (":", "=") and value.isalpha() and value.islower() and value.endswith(("ed", "ing", "ly"))
 
 
 def _sep_kind(sep: str) -> str:
@@ -539,9 +524,7 @@ class PasswordRecognizer(_RegexRecognizer):
 
 # ------------------------------------------------------------------------------ JWT
 
-_JWT = re.compile(
-    _B + r"(?P<h>eyJ[A-Za-z0-9_\-]{8,})\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}" + _E
-)
+_JWT = re.compile(_B + r"(?P<h>eyJ[A-Za-z0-9_\-]{8,})\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}" + _E)
 
 
 def _b64url_json(part: str) -> bool:
@@ -561,11 +544,7 @@ class JwtRecognizer(_RegexRecognizer):
     def _spans(self, text: str) -> list[tuple[int, int, float]]:
         if "eyJ" not in text:
             return []
-        return [
-            (m.start(), m.end(), 1.0)
-            for m in _JWT.finditer(text)
-            if _b64url_json(m.group("h"))
-        ]
+        return [(m.start(), m.end(), 1.0) for m in _JWT.finditer(text) if _b64url_json(m.group("h"))]
 
 
 # ---------------------------------------------------------------------------- crypto
@@ -659,9 +638,12 @@ class FormatAwarePhoneRecognizer(PhoneRecognizer):
             raw = text[start:end]
             before = text[start - 1] if start > 0 else " "
             after = text[end : end + 2]
-            if before.isalnum() or before in "-./_" or (
-                after[:1] in "-./_" and after[1:2].isalnum()
-            ) or after[:1].isalnum():
+            if (
+                before.isalnum()
+                or before in "-./_"
+                or (after[:1] in "-./_" and after[1:2].isalnum())
+                or after[:1].isalnum()
+            ):
                 continue
             if raw.startswith(("+", "00")):
                 score = 0.7

@@ -161,6 +161,8 @@ _RELATIONS = (
     "wife|husband|partner|spouse|boyfriend|girlfriend|fianc[eé]e?|boss|manager|doctor|dentist|therapist"
     "|best friend|landlord|roommate|flatmate|son|daughter|mother|father|mom|mum|dad|brother|sister"
 )
+
+
 def _wordset(words: str) -> frozenset[str]:
     return frozenset(words.split())
 
@@ -223,37 +225,73 @@ _SLOT_RULES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
     (key, re.compile(pattern, re.IGNORECASE), how)
     for key, pattern, how in (
         # where the user lives
-        ("residence", rf"i {_NEG}(?:am )?(?:live|living|reside|residing|based|staying|stay|settled)"
-                      r" (?:now )?in (?P<v>.+)", "place"),
-        ("residence", r"i (?:have |had )?(?:moved|relocated|emigrated|immigrated|settled)(?: back| over| away| out)?"
-                      r"(?: from .+?)? (?:to|into|in) (?P<v>.+)", "place"),
+        (
+            "residence",
+            rf"i {_NEG}(?:am )?(?:live|living|reside|residing|based|staying|stay|settled)"
+            r" (?:now )?in (?P<v>.+)",
+            "place",
+        ),
+        (
+            "residence",
+            r"i (?:have |had )?(?:moved|relocated|emigrated|immigrated|settled)(?: back| over| away| out)?"
+            r"(?: from .+?)? (?:to|into|in) (?P<v>.+)",
+            "place",
+        ),
         ("residence", r"my (?:home|house|apartment|flat|place) is (?:now )?in (?P<v>.+)", "place"),
         ("residence", r"(?:my )?home is (?:now )?(?:in )?(?P<v>.+)", "place"),
         # names
-        ("name", r"(?:my name is|my name's|i am called|call me|people call me|everyone calls me|i go by)"
-                 r" (?P<v>.+)", ""),
-        ("{k}.name", rf"my {_NAME_KEY}(?:'s name is|'s name's| is named| is called| is now called| is now named"
-                     r"| name is| goes by) (?P<v>.+)", ""),
-        ("{k}.name", rf"i (?:have|had|own|got|adopted) (?:an?|another|one) {_NAME_KEY} (?:named|called)"
-                     r" (?P<v>.+)", ""),
+        (
+            "name",
+            r"(?:my name is|my name's|i am called|call me|people call me|everyone calls me|i go by)"
+            r" (?P<v>.+)",
+            "",
+        ),
+        (
+            "{k}.name",
+            rf"my {_NAME_KEY}(?:'s name is|'s name's| is named| is called| is now called| is now named"
+            r"| name is| goes by) (?P<v>.+)",
+            "",
+        ),
+        (
+            "{k}.name",
+            rf"i (?:have|had|own|got|adopted) (?:an?|another|one) {_NAME_KEY} (?:named|called)"
+            r" (?P<v>.+)",
+            "",
+        ),
         ("{k}.name", rf"i (?:have |had )?renamed my {_NAME_KEY} (?:to )?(?P<v>.+)", ""),
         ("{k}.name", rf"my (?P<k>(?:new |current )?(?:{_RELATIONS})) is (?P<v>[A-Z<][^,]*)", "proper"),
         # work
-        ("employer", r"i (?:have |had )?(?:quit|left|lost|resigned from) my (?:job|position|role|work)"
-                     r"(?: (?:at|with) (?P<v>.+))?", "deny"),
-        ("employer", r"i (?:am|got|was|have been) (?:now )?(?:unemployed|laid off|fired|between jobs|out of work"
-                     r"|jobless)(?: (?:from|at|by) (?P<v>.+))?", "deny"),
+        (
+            "employer",
+            r"i (?:have |had )?(?:quit|left|lost|resigned from) my (?:job|position|role|work)"
+            r"(?: (?:at|with) (?P<v>.+))?",
+            "deny",
+        ),
+        (
+            "employer",
+            r"i (?:am|got|was|have been) (?:now )?(?:unemployed|laid off|fired|between jobs|out of work"
+            r"|jobless)(?: (?:from|at|by) (?P<v>.+))?",
+            "deny",
+        ),
         ("employer", rf"i {_NEG}(?:am )?(?:work|works|working|employed)(?: as an? .+?)? (?:at|for|by) (?P<v>.+)", ""),
-        ("employer", r"i (?:have |had )?(?:joined|(?:got|found|landed|accepted|took|started|began|have|started at)"
-                     r" (?:a |my |the )?(?:new )?(?:job|position|role|work|gig)(?: as an? .+?)? (?:at|with|for)"
-                     r"|started (?:working )?(?:at|for)|began (?:working )?(?:at|for)|switched (?:jobs )?to)"
-                     r" (?P<v>.+)", ""),
+        (
+            "employer",
+            r"i (?:have |had )?(?:joined|(?:got|found|landed|accepted|took|started|began|have|started at)"
+            r" (?:a |my |the )?(?:new )?(?:job|position|role|work|gig)(?: as an? .+?)? (?:at|with|for)"
+            r"|started (?:working )?(?:at|for)|began (?:working )?(?:at|for)|switched (?:jobs )?to)"
+            r" (?P<v>.+)",
+            "",
+        ),
         ("employer", r"my (?:new |current )?employer is (?P<v>.+)", ""),
         ("employer", r"my (?:new |current )?job is (?:at|with) (?P<v>.+)", ""),
         ("employer", r"i am (?:now )?an? (?P<role>.+?) (?:at|for) (?P<v>.+)", "role"),
         ("occupation", r"i (?:now )?work as an? (?P<v>.+)", ""),
-        ("occupation", r"i (?:(?P<neg>am not|am no longer) |am |became |have become |got promoted to |was promoted"
-                       r" to )(?:an? )?(?P<v>.+)", "role"),
+        (
+            "occupation",
+            r"i (?:(?P<neg>am not|am no longer) |am |became |have become |got promoted to |was promoted"
+            r" to )(?:an? )?(?P<v>.+)",
+            "role",
+        ),
         # age and birthday
         ("age", r"i am (?P<v>\d{1,3})(?: years old| years| yrs| yo| year old)?", ""),
         ("age", r"i (?:have |had )?turned (?P<v>\d{1,3})(?: years old)?", ""),
@@ -264,13 +302,21 @@ _SLOT_RULES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
         # favourites and other single-valued things
         ("favorite.{k}", rf"my (?:favou?rite|fave) {_NAME_KEY} is (?P<v>.+)", ""),
         ("favorite.{k}", rf"(?P<v>.+?) is my (?:favou?rite|fave) {_NAME_KEY}", ""),
-        ("relationship", r"i am (?:now )?(?P<v>single|married|divorced|engaged|widowed|separated"
-                         r"|in a relationship)", ""),
+        (
+            "relationship",
+            r"i am (?:now )?(?P<v>single|married|divorced|engaged|widowed|separated"
+            r"|in a relationship)",
+            "",
+        ),
         ("my.{k}", rf"my (?P<k>{_SINGLE_VALUED}) is (?P<v>.+)", ""),
         # likes and habits: yes/no
         ("likes:{v}", rf"i {_NEG}{_VERB_LIKE} (?P<v>.+)", "like"),
-        ("habit:{v}", r"i (?:have |had )?(?:stopped|quit|gave up|give up|cut out|am off|kicked)"
-                      rf" {_GERUND}(?P<v>.+)", "stop"),
+        (
+            "habit:{v}",
+            r"i (?:have |had )?(?:stopped|quit|gave up|give up|cut out|am off|kicked)"
+            rf" {_GERUND}(?P<v>.+)",
+            "stop",
+        ),
         ("habit:{v}", rf"i (?:have |had )?(?:started|began|took up|picked up) {_GERUND}(?P<v>.+)", "start"),
         ("habit:{v}", rf"i {_NEG}{_VERB_HABIT} (?P<v>.+)", "yes/no"),
         ("is:{v}", r"i am (?P<neg>not |no longer |never )?(?P<v>.+)", "yes/no"),
@@ -287,13 +333,26 @@ _TRAILING = re.compile(
     re.IGNORECASE,
 )
 _CORRECTION = re.compile(r",? (?:not|rather than|instead of|and not) .+$", re.IGNORECASE)
-_QUANTITY = re.compile(r"^(?:a lot of|lots of|plenty of|loads of|tons of|too much|the|an|a|some|much|many|my)\s+",
-                       re.IGNORECASE)
-_PLACE = re.compile(r"^(?:(?:a|an|the|my|our) )?(?:new |nice |small |big |little )*(?:flat|apartment|house|place|home"
-                    r"|condo|studio|room) (?:in|at) ", re.IGNORECASE)
-_SPELLING = {"colour": "color", "flavour": "flavor", "favourite": "favorite", "neighbour": "neighbor",
-             "programme": "program", "theatre": "theater", "mum": "mom", "fiancee": "fiance", "fiancée": "fiance",
-             "fiancé": "fiance"}
+_QUANTITY = re.compile(
+    r"^(?:a lot of|lots of|plenty of|loads of|tons of|too much|the|an|a|some|much|many|my)\s+", re.IGNORECASE
+)
+_PLACE = re.compile(
+    r"^(?:(?:a|an|the|my|our) )?(?:new |nice |small |big |little )*(?:flat|apartment|house|place|home"
+    r"|condo|studio|room) (?:in|at) ",
+    re.IGNORECASE,
+)
+_SPELLING = {
+    "colour": "color",
+    "flavour": "flavor",
+    "favourite": "favorite",
+    "neighbour": "neighbor",
+    "programme": "program",
+    "theatre": "theater",
+    "mum": "mom",
+    "fiancee": "fiance",
+    "fiancée": "fiance",
+    "fiancé": "fiance",
+}
 
 
 def _norm(value: str) -> str:
@@ -370,13 +429,13 @@ _CATEGORIES: dict[str, frozenset[str]] = {
     name: _wordset(members)
     for name, members in {
         "meat": "meat steak steaks beef pork bacon ham chicken lamb veal mutton turkey duck venison burger burgers"
-                " hamburger hamburgers sausage sausages salami pepperoni meatballs ribs brisket chorizo prosciutto"
-                " jerky",
+        " hamburger hamburgers sausage sausages salami pepperoni meatballs ribs brisket chorizo prosciutto"
+        " jerky",
         "fish": "fish salmon tuna cod sardines trout seafood shrimp prawns lobster crab mussels oysters anchovies",
         "dairy": "dairy cheese milk butter yogurt yoghurt cream",
         "eggs": "eggs egg omelette omelettes",
         "alcohol": "alcohol wine beer beers whisky whiskey vodka gin rum tequila cocktails champagne cider sake"
-                   " booze liquor spirits prosecco",
+        " booze liquor spirits prosecco",
     }.items()
 }
 _DIETS = {
@@ -446,8 +505,10 @@ def slot_query(slot: Slot) -> str:
         hint = "name named called"
     elif key.startswith(("likes:", "habit:", "is:")):
         topic = key.partition(":")[2]
-        extra = " ".join(c for c in _DIETS.get(topic, ())) + " " + " ".join(
-            c for c, members in _CATEGORIES.items() if any(w in members for w in topic.split())
+        extra = (
+            " ".join(c for c in _DIETS.get(topic, ()))
+            + " "
+            + " ".join(c for c, members in _CATEGORIES.items() if any(w in members for w in topic.split()))
         )
         words, hint = topic, extra
     return " ".join(f"{words} {hint}".split())
@@ -484,15 +545,15 @@ class RuleDistiller:
 
 _LLM_INSTRUCTIONS = (
     "Extract durable facts about the user from the user's message. Write each as a short first-person "
-    "statement (e.g. \"I live in Lisbon.\"). Skip greetings, questions, requests and passing moods. Answer "
+    'statement (e.g. "I live in Lisbon."). Skip greetings, questions, requests and passing moods. Answer '
     "with only a JSON array of strings; answer [] when there is nothing to keep."
 )
 _STRUCTURED_INSTRUCTIONS = (
     "Extract durable facts about the user from the user's messages (one message per line). Write each fact as "
-    "one short, self-contained first-person statement in the user's words: \"I live in Lisbon.\", \"My dog is "
-    "named Biscuit.\", one fact per statement (split \"I'm 34 and I work at SAP\" in two). Keep changes and "
-    "negations as the user states them (\"I moved to Porto.\", \"I no longer eat meat.\", \"I don't like coffee "
-    "anymore.\"). Skip greetings, thanks, questions, requests to the assistant and passing moods. kind is "
+    'one short, self-contained first-person statement in the user\'s words: "I live in Lisbon.", "My dog is '
+    'named Biscuit.", one fact per statement (split "I\'m 34 and I work at SAP" in two). Keep changes and '
+    'negations as the user states them ("I moved to Porto.", "I no longer eat meat.", "I don\'t like coffee '
+    'anymore."). Skip greetings, thanks, questions, requests to the assistant and passing moods. kind is '
     "'preference' for likes, dislikes and habits, 'event' for something that happened, else 'fact'. Answer "
     "with an empty list when there is nothing to keep."
 )

@@ -58,8 +58,14 @@ class UsedMemory(BaseModel):
     def of(cls, hit: SearchHit, text: str | None = None) -> UsedMemory:
         m = hit.memory
         return cls(
-            id=m.id, text=m.text if text is None else text, score=round(hit.score, 6), dense_score=hit.dense_score,
-            lexical_score=hit.lexical_score, kind=m.kind, created_at=m.created_at, occurred_at=m.occurred_at,
+            id=m.id,
+            text=m.text if text is None else text,
+            score=round(hit.score, 6),
+            dense_score=hit.dense_score,
+            lexical_score=hit.lexical_score,
+            kind=m.kind,
+            created_at=m.created_at,
+            occurred_at=m.occurred_at,
             relevance=None if hit.relevance is None else round(hit.relevance, 6),
         )
 
@@ -185,8 +191,11 @@ class TurnOut(BaseModel):
     def of(cls, record: MemoryRecord) -> TurnOut:
         role = record.metadata.get("role")
         return cls(
-            id=record.id, role=role if isinstance(role, str) else "user", text=record.text,
-            message_id=record.source_ref, created_at=record.created_at,
+            id=record.id,
+            role=role if isinstance(role, str) else "user",
+            text=record.text,
+            message_id=record.source_ref,
+            created_at=record.created_at,
         )
 
 

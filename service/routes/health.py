@@ -13,9 +13,7 @@ from service.errors import ErrorBody, NotReady
 from service.schemas import Health
 from service.services import Services
 
-router = APIRouter(
-    tags=["health"], responses={422: {"model": ErrorBody, "description": "An unknown query parameter."}}
-)
+router = APIRouter(tags=["health"], responses={422: {"model": ErrorBody, "description": "An unknown query parameter."}})
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
