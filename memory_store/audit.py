@@ -257,22 +257,28 @@ class AuditLog:
 
     def _write(self) -> None:
         """The writer: commit everything queued, one transaction a batch, until stopped with nothing queued."""
-        while True:
+        try:
+            while True:
+                with self._changed:
+                    while not self._queue:
+                        if self._stopping:
+                            return
+                        self._changed.wait()
+                    batch, self._queue = self._queue, []
+                # A caller that stopped waiting (a client gone, its task cancelled) cancelled its future: its
+                # records are still committed (the read happened); only the others are told.
+                told = [waiting for waiting in batch if waiting.committed.set_running_or_notify_cancel()]
+                try:
+                    self._commit(batch)
+                except BaseException as exc:  # e.g. a broken engine: every caller of the batch learns it
+                    for waiting in batch:
+                        if waiting.entries is None and waiting.error is None:
+                            waiting.error = exc
+                for waiting in told:
+                    waiting.resolve()
+        finally:
             with self._changed:
-                while not self._queue:
-                    if self._stopping:
-                        self._writer = None
-                        return
-                    self._changed.wait()
-                batch, self._queue = self._queue, []
-            try:
-                self._commit(batch)
-            except BaseException as exc:  # e.g. a broken engine: every caller of the batch learns it
-                for waiting in batch:
-                    if waiting.entries is None and waiting.error is None:
-                        waiting.error = exc
-            for waiting in batch:
-                waiting.resolve()
+                self._writer = None  # the next append starts another
 
     def _commit(self, batch: list[_Waiting]) -> None:
         # Tenants in a fixed order: two processes committing batches lock the same audit heads in the same order.

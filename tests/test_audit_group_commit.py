@@ -7,6 +7,7 @@ import threading
 from collections import Counter
 
 import pytest
+from sqlalchemy import event
 
 from memory_store import MemoryStore
 from memory_store.audit import AuditEvent, _Waiting
@@ -57,3 +58,31 @@ def test_one_bad_append_in_a_batch_fails_only_its_caller(store: MemoryStore) -> 
     assert store.audit.verify(tenant_id=good).ok
     with pytest.raises(NotFoundError):
         store.audit.append(tenant_id="no-such-tenant", event=_event(4))
+
+
+def test_a_caller_that_stops_waiting_does_not_stop_the_writer(store: MemoryStore) -> None:
+    """A request whose client went away cancels its pending commit; the writer still commits its records and
+    goes on serving the others."""
+    tenant = store.create_tenant(name="t").id
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if threading.current_thread().name == "sealmem-audit-writer" and statement.lstrip().upper().startswith(
+            "INSERT INTO AUDIT_RECORDS"
+        ):
+            inside.set()
+            release.wait(10)
+
+    event.listen(store.engine, "before_cursor_execute", hold)
+    try:
+        first = store.audit.submit(tenant_id=tenant, events=[_event(1)])
+        assert inside.wait(10)  # the writer is held inside its commit
+        cancelled = store.audit.submit(tenant_id=tenant, events=[_event(2)])  # queued behind it
+        assert cancelled.cancel()
+        release.set()
+        assert [e.memory_ids for e in first.result(10)] == [["1"]]
+    finally:
+        event.remove(store.engine, "before_cursor_execute", hold)
+    third = store.audit.append(tenant_id=tenant, event=_event(3))
+    assert third.seq == 3  # the cancelled caller's record was committed all the same
+    assert store.audit.verify(tenant_id=tenant).ok

@@ -67,6 +67,8 @@ from presidio_analyzer.predefined_recognizers.generic.phone_recognizer import (
     PhoneRecognizer,
 )
 
+from memory_store.errors import ConfigurationError
+
 __all__ = [
     "GENERIC_MIN_ENTROPY",
     "ApiKeyRecognizer",
@@ -590,13 +592,20 @@ PHONE_REGIONS = (
 )  # fmt: skip
 
 _PHONE_SEPARATORS = frozenset(" -.()/\u00a0")
+
+
 # The fewest digits a valid number of any of those regions has (the shortest possible national number): the
 # matcher only finds runs of digits, so a text with fewer digits than this holds no phone number, and the
 # matcher's passes (about 1 ms a text for the regions above) are skipped.
-PHONE_MIN_DIGITS = min(
-    min(phonenumbers.PhoneMetadata.metadata_for_region(region).general_desc.possible_length)
-    for region in PHONE_REGIONS
-)
+def _shortest_number(region: str) -> int:
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    lengths = metadata.general_desc.possible_length if metadata and metadata.general_desc else None
+    if not lengths:
+        raise ConfigurationError(f"no phone number metadata for region {region}")
+    return min(lengths)
+
+
+PHONE_MIN_DIGITS = min(_shortest_number(region) for region in PHONE_REGIONS)
 
 
 class FormatAwarePhoneRecognizer(PhoneRecognizer):
