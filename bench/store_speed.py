@@ -675,8 +675,13 @@ def open_store(
 
     The state file holds the benchmark's throw-away master key in plain text: benchmark data only.
     """
+    # No query-vector cache: each query recurs once per variant and repeat, and a cached vector would take the
+    # query embedding out of `store_search_e2e`, the figure the target is set for (a query not seen before).
     settings = StoreSettings(
-        data_dir=work / backend, database_url=url, vector_backend="pgvector" if backend == "pgvector" else "faiss"
+        data_dir=work / backend,
+        database_url=url,
+        vector_backend="pgvector" if backend == "pgvector" else "faiss",
+        query_cache_size=0,
     )
     engine = make_engine(settings)
     if engine.dialect.name == "postgresql":
