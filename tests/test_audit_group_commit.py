@@ -7,11 +7,11 @@ import threading
 from collections import Counter
 
 import pytest
-from sqlalchemy import event
 
 from memory_store import MemoryStore
 from memory_store.audit import AuditEvent, _Waiting
 from memory_store.errors import NotFoundError
+from tests.sql_hooks import on_statement
 
 
 def _event(n: int) -> AuditEvent:
@@ -66,23 +66,19 @@ def test_a_caller_that_stops_waiting_does_not_stop_the_writer(store: MemoryStore
     tenant = store.create_tenant(name="t").id
     inside, release = threading.Event(), threading.Event()
 
-    def hold(conn: object, cursor: object, statement: str, *args: object) -> None:
-        if threading.current_thread().name == "sealmem-audit-writer" and statement.lstrip().upper().startswith(
-            "INSERT INTO AUDIT_RECORDS"
-        ):
-            inside.set()
-            release.wait(10)
+    def hold() -> None:
+        inside.set()
+        release.wait(10)
 
-    event.listen(store.engine, "before_cursor_execute", hold)
-    try:
+    with on_statement(
+        store.engine, thread="sealmem-audit-writer", starts_with="INSERT INTO audit_records", action=hold
+    ):
         first = store.audit.submit(tenant_id=tenant, events=[_event(1)])
         assert inside.wait(10)  # the writer is held inside its commit
         cancelled = store.audit.submit(tenant_id=tenant, events=[_event(2)])  # queued behind it
         assert cancelled.cancel()
         release.set()
         assert [e.memory_ids for e in first.result(10)] == [["1"]]
-    finally:
-        event.remove(store.engine, "before_cursor_execute", hold)
     third = store.audit.append(tenant_id=tenant, event=_event(3))
     assert third.seq == 3  # the cancelled caller's record was committed all the same
     assert store.audit.verify(tenant_id=tenant).ok

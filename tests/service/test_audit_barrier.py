@@ -5,33 +5,24 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import event
 
 from tests.harness import Harness, bearer
+from tests.sql_hooks import on_statement
 
 WRITER = "sealmem-audit-writer"
 SECRET = "Alice keeps her spare key under the blue flowerpot"
 
 
 @contextmanager
-def on_writer_insert(api: Harness, action: Any) -> Iterator[None]:
+def on_writer_insert(api: Harness, action: Callable[[], object]) -> Iterator[None]:
     """Run ``action`` in the audit writer thread before each of its audit record inserts."""
-
-    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if threading.current_thread().name == WRITER and statement.lstrip().upper().startswith(
-            "INSERT INTO AUDIT_RECORDS"
-        ):
-            action()
-
-    event.listen(api.store.engine, "before_cursor_execute", before)
-    try:
+    with on_statement(api.store.engine, thread=WRITER, starts_with="INSERT INTO audit_records", action=action):
         yield
-    finally:
-        event.remove(api.store.engine, "before_cursor_execute", before)
 
 
 def search(api: Harness, key: str) -> Any:
