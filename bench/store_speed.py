@@ -79,7 +79,7 @@ from memory_store.keys import KeyManager
 from memory_store.migrate import upgrade
 from memory_store.models import Subject, utcnow
 from memory_store.onnx_embedder import OnnxEmbedder
-from memory_store.records import apply_filters, candidate_query
+from memory_store.records import candidate_statement, filter_params, filter_shape
 from memory_store.sealing import MemorySealer
 from memory_store.vector_index import TenantIndex
 
@@ -790,8 +790,10 @@ def subject_candidates(bench: Bench, subject: str) -> np.ndarray:
             select(Subject).where(Subject.tenant_id == bench.tenant_id, Subject.external_id == subject)
         )
         assert owner is not None
-        query = apply_filters(candidate_query(bench.tenant_id, [owner.id]), Filters(), utcnow())
-        rows = session.execute(query).all()
+        rows = session.execute(
+            candidate_statement(filter_shape(Filters())),
+            {"tenant_id": bench.tenant_id, "subject_id": owner.id, **filter_params(Filters(), utcnow())},
+        ).all()
     return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal, get_args
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,6 +29,7 @@ ROLES: tuple[Role, ...] = get_args(Role)
 KEY_SCHEME = "smk_"
 PREFIX_CHARS = len(KEY_SCHEME) + 8
 _DUMMY_HASH = hashlib.sha256(b"sealmem-no-such-key").hexdigest()
+_BY_PREFIX = select(ApiKey).where(ApiKey.prefix == bindparam("prefix"))  # built once: run by every request
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,7 +131,7 @@ class ApiKeyStore:
         prefix = secret[:PREFIX_CHARS]
         well_formed = secret.startswith(KEY_SCHEME) and len(secret) <= 128
         with self._sessions() as session:
-            row = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix)) if well_formed else None
+            row = session.scalar(_BY_PREFIX, {"prefix": prefix}) if well_formed else None
             stored = row.key_hash if row is not None else _DUMMY_HASH
             if not hmac.compare_digest(stored, _hash(secret)) or row is None or row.revoked_at is not None:
                 return None

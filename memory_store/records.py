@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import ColumnElement, Select, bindparam, or_, select
 
 from memory_store.errors import ValidationError
 from memory_store.models import Memory, Subject
@@ -111,44 +111,82 @@ def record(row: RecordRow, subject: str, *, text: str, metadata: dict[str, Any])
     )
 
 
-def apply_filters(query: _Q, filters: Filters, now: datetime) -> _Q:
-    """SQL conditions for every filter except metadata equality (that needs decryption)."""
-    query = query.where(or_(Memory.expires_at.is_(None), Memory.expires_at > now))
-    if not filters.include_superseded:
-        query = query.where(Memory.status == "active")
-    if filters.agent_id is not None:
-        query = query.where(Memory.agent_id == filters.agent_id)
-    if filters.session_id is not None:
-        query = query.where(Memory.session_id == filters.session_id)
+FilterShape = tuple[bool, ...]
+"""Which of a :class:`Filters`' SQL conditions apply (:func:`filter_shape`): a statement is built once per shape."""
+
+
+def filter_shape(filters: Filters) -> FilterShape:
+    return (
+        filters.include_superseded,
+        filters.agent_id is not None,
+        filters.session_id is not None,
+        bool(filters.kinds),
+        filters.created_after is not None,
+        filters.created_before is not None,
+        filters.occurred_after is not None,
+        filters.occurred_before is not None,
+    )
+
+
+@functools.cache  # 2**8 shapes at most
+def filter_conditions(shape: FilterShape) -> tuple[ColumnElement[bool], ...]:
+    """SQL conditions for every filter except metadata equality (that needs decryption), their values left to
+    bind (:func:`filter_params`): built once per shape, so a search does not pay for building them."""
+    superseded, agent, session, kinds, created_after, created_before, occurred_after, occurred_before = shape
+    conditions = [or_(Memory.expires_at.is_(None), Memory.expires_at > bindparam("f_now"))]
+    if not superseded:
+        conditions.append(Memory.status == "active")
+    if agent:
+        conditions.append(Memory.agent_id == bindparam("f_agent_id"))
+    if session:
+        conditions.append(Memory.session_id == bindparam("f_session_id"))
+    if kinds:
+        conditions.append(Memory.kind.in_(bindparam("f_kinds", expanding=True)))
+    if created_after:
+        conditions.append(Memory.created_at >= bindparam("f_created_after"))
+    if created_before:
+        conditions.append(Memory.created_at < bindparam("f_created_before"))
+    if occurred_after:
+        conditions.append(Memory.occurred_at >= bindparam("f_occurred_after"))
+    if occurred_before:
+        conditions.append(Memory.occurred_at < bindparam("f_occurred_before"))
+    return tuple(conditions)
+
+
+def filter_params(filters: Filters, now: datetime) -> dict[str, Any]:
+    """The values :func:`filter_conditions` binds, for ``filters`` at time ``now``."""
+    params: dict[str, Any] = {"f_now": now}
+    for name in ("agent_id", "session_id", "created_after", "created_before", "occurred_after", "occurred_before"):
+        value = getattr(filters, name)
+        if value is not None:
+            params[f"f_{name}"] = value
     if filters.kinds:
-        query = query.where(Memory.kind.in_(filters.kinds))
-    if filters.created_after is not None:
-        query = query.where(Memory.created_at >= filters.created_after)
-    if filters.created_before is not None:
-        query = query.where(Memory.created_at < filters.created_before)
-    if filters.occurred_after is not None:
-        query = query.where(Memory.occurred_at >= filters.occurred_after)
-    if filters.occurred_before is not None:
-        query = query.where(Memory.occurred_at < filters.occurred_before)
-    return query
+        params["f_kinds"] = list(filters.kinds)
+    return params
+
+
+def apply_filters(query: _Q, filters: Filters, now: datetime) -> _Q:
+    """``query`` with :func:`filter_conditions`, their values bound."""
+    return query.where(*filter_conditions(filter_shape(filters))).params(filter_params(filters, now))
 
 
 def metadata_matches(metadata: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return all(key in metadata and metadata[key] == value for key, value in wanted.items())
 
 
-def candidate_query(
-    tenant_id: str, subject_ids: Sequence[str] | None, *, with_metadata: bool = False
-) -> Select[*tuple[Any, ...]]:
-    """Ids of candidate memories; ``(id, uid, metadata_ct)`` when a metadata filter must decrypt them.
+@functools.cache
+def candidate_statement(shape: FilterShape, *, with_metadata: bool = False) -> Select[*tuple[Any, ...]]:
+    """Ids of one subject's candidate memories (``tenant_id`` and ``subject_id`` bound, with
+    :func:`filter_params`); ``(id, uid, metadata_ct)`` when a metadata filter must decrypt them.
 
     Selecting the id alone keeps the scan on the (tenant_id, subject_id, id) index's rows narrow.
     """
     columns = (Memory.id, Memory.uid, Memory.metadata_ct) if with_metadata else (Memory.id,)
-    query: Select[*tuple[Any, ...]] = select(*columns).where(Memory.tenant_id == tenant_id)
-    if subject_ids is not None:
-        query = query.where(Memory.subject_id.in_(subject_ids))
-    return query
+    return select(*columns).where(
+        Memory.tenant_id == bindparam("tenant_id"),
+        Memory.subject_id == bindparam("subject_id"),
+        *filter_conditions(shape),
+    )
 
 
 MAX_CURSOR_ID = 2**63 - 1

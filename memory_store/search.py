@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from memory_store.calibration import Calibration, for_embedder
@@ -44,7 +44,14 @@ from memory_store.fusion import Fused, FusionConfig, Neighbours, reciprocal_rank
 from memory_store.keys import KeyManager
 from memory_store.lexical import LexicalCache, LexicalIndex, LexicalOptions, LexicalSource, StaleIndexError
 from memory_store.models import Memory, Subject, VectorChange, utcnow
-from memory_store.records import RECORD_COLUMNS, apply_filters, candidate_query, decode, metadata_matches
+from memory_store.records import (
+    RECORD_COLUMNS,
+    candidate_statement,
+    decode,
+    filter_params,
+    filter_shape,
+    metadata_matches,
+)
 from memory_store.sealing import MemorySealer
 from memory_store.types import Filters, MemoryRecord, SearchHit
 
@@ -172,6 +179,13 @@ class SubjectIds:
             self._ids.move_to_end((tenant_id, subject))
             while len(self._ids) > self._size:
                 self._ids.popitem(last=False)
+
+
+# Statements run by every search, built once (building one costs more CPU than SQLite takes to run it).
+_SUBJECT = select(Subject).where(
+    Subject.tenant_id == bindparam("tenant_id"), Subject.external_id == bindparam("external_id")
+)
+_HITS = select(*RECORD_COLUMNS).where(Memory.id.in_(bindparam("ids", expanding=True)))
 
 
 class HybridSearcher:
@@ -302,10 +316,7 @@ class HybridSearcher:
             chunk = passing[start : start + k - len(hits) + 4]
             start += len(chunk)
             by_id = {  # columns, not ORM objects: hits are read, never changed, and need no sealed embedding
-                row.id: row
-                for row in session.execute(
-                    select(*RECORD_COLUMNS).where(Memory.id.in_([f.memory_id for f, _ in chunk]))
-                )
+                row.id: row for row in session.execute(_HITS, {"ids": [f.memory_id for f, _ in chunk]})
             }
             for f, rel in chunk:
                 row = by_id.get(f.memory_id)
@@ -338,15 +349,15 @@ class HybridSearcher:
         guess = self._subject_ids.guess(tenant_id, subject)
         early = self.queries.vector(guess, query) if guess is not None else None
         with self._sessions() as session:
-            owner = session.scalar(
-                select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject)
-            )
+            owner = session.scalar(_SUBJECT, {"tenant_id": tenant_id, "external_id": subject})
             if owner is None:
                 raise NotFoundError("subject not found")
             self._subject_ids.remember(tenant_id, subject, owner.id)
             sealer = MemorySealer(self._keys.subject_key(owner), tenant_id, owner.id)
-            base = candidate_query(tenant_id, [owner.id], with_metadata=bool(filters.metadata))
-            rows = session.execute(apply_filters(base, filters, now)).all()
+            rows = session.execute(
+                candidate_statement(filter_shape(filters), with_metadata=bool(filters.metadata)),
+                {"tenant_id": tenant_id, "subject_id": owner.id, **filter_params(filters, now)},
+            ).all()
             if filters.metadata:
                 wanted = filters.metadata
                 rows = [r for r in rows if metadata_matches(sealer.open_metadata(r[1], r[2]), wanted)]

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import Engine, Select, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, Select, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -90,6 +90,27 @@ _CHUNK = 500
 TOMBSTONE_RETENTION = timedelta(days=1)
 # Who the audit records of the store's own changes (expiry) name.
 SYSTEM_AUDIT = AuditEvent(credential_id="system", role="system", action="memory.expire")
+
+# Statements of every write, built once (building one costs more CPU than SQLite takes to run it).
+_BUMP = (
+    update(Tenant)
+    .where(Tenant.id == bindparam("tenant_id"))
+    .values(change_seq=Tenant.change_seq + bindparam("count"))
+    .returning(Tenant.change_seq, Tenant.policy_rev)
+)
+_KEY_REVOKED = select(ApiKey.revoked_at).where(ApiKey.id == bindparam("credential_id")).with_for_update(read=True)
+_FORGOTTEN_SINCE = (
+    select(SubjectTombstone.id)
+    .where(
+        SubjectTombstone.tenant_id == bindparam("tenant_id"),
+        SubjectTombstone.digest.in_(bindparam("digests", expanding=True)),
+        SubjectTombstone.forgotten_at >= bindparam("since"),
+    )
+    .limit(1)
+)
+_SUBJECTS_NAMED = select(Subject).where(
+    Subject.tenant_id == bindparam("tenant_id"), Subject.external_id.in_(bindparam("names", expanding=True))
+)
 
 
 def _memory_event(
@@ -305,12 +326,9 @@ class MemoryStore:
     def _bump(self, session: Session, tenant_id: str, count: int, policy: SensitivePolicy | None = None) -> int:
         """Take the tenant's write lock and reserve ``count`` change sequence numbers; returns the last. A write
         whose texts were screened under ``policy`` fails (and is retried) if the tenant's policy changed since."""
-        row = session.execute(
-            update(Tenant)
-            .where(Tenant.id == tenant_id)
-            .values(change_seq=Tenant.change_seq + count)
-            .returning(Tenant.change_seq, Tenant.policy_rev)
-        ).first()
+        # On the session's connection, not through the ORM: no Tenant object is loaded before a write's bump (the
+        # ORM's bulk-update bookkeeping was two thirds of the call's CPU).
+        row = session.connection().execute(_BUMP, {"tenant_id": tenant_id, "count": count}).first()
         if row is None:
             raise NotFoundError("tenant not found")
         if policy is not None:
@@ -362,20 +380,12 @@ class MemoryStore:
             raise SubjectForgottenError("the request is too old to write; nothing was written")
         if guard.credential_id is not None:
             # Share-locked: a revoke waits for this write's commit, so none can commit after the revoke returned.
-            key = session.execute(
-                select(ApiKey.revoked_at).where(ApiKey.id == guard.credential_id).with_for_update(read=True)
-            ).first()
+            key = session.execute(_KEY_REVOKED, {"credential_id": guard.credential_id}).first()
             if key is None or key[0] is not None:
                 raise CredentialRevokedError("the API key of this request has been revoked; nothing was written")
-        digests = {self.subject_digest(tenant_id, subject) for subject in subjects}
+        digests = sorted({self.subject_digest(tenant_id, subject) for subject in subjects})
         forgotten = session.scalar(
-            select(SubjectTombstone.id)
-            .where(
-                SubjectTombstone.tenant_id == tenant_id,
-                SubjectTombstone.digest.in_(digests),
-                SubjectTombstone.forgotten_at >= guard.begun_at,
-            )
-            .limit(1)
+            _FORGOTTEN_SINCE, {"tenant_id": tenant_id, "digests": digests, "since": guard.begun_at}
         )
         if forgotten is not None:
             raise SubjectForgottenError(
@@ -450,9 +460,7 @@ class MemoryStore:
             self._guard(session, tenant_id, wanted, guard)
             subjects: dict[str, Subject] = {
                 row.external_id: row
-                for row in session.scalars(
-                    select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id.in_(wanted))
-                )
+                for row in session.scalars(_SUBJECTS_NAMED, {"tenant_id": tenant_id, "names": sorted(wanted)})
             }
             rows: list[Memory] = []
             texts: list[str] = []

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from memory_store.index_registry import IndexRegistry
@@ -54,6 +54,9 @@ class VectorBackend(Protocol):
     def persist(self, tenant_id: str | None = None, *, force: bool = False) -> None: ...
 
 
+_CHANGE_SEQ = select(Tenant.change_seq).where(Tenant.id == bindparam("tenant_id"))  # built once: run per search
+
+
 class FaissBackend:
     """Per-tenant FAISS indexes that follow the SQL change log (see index_registry)."""
 
@@ -78,9 +81,7 @@ class FaissBackend:
         # The caller's snapshot says how far the index must be: when it is there already (the usual case), no
         # query and no wait on the tenant's lock; otherwise the catch-up reads through the caller's session, so
         # a search never holds a second pooled connection.
-        at_least = (
-            session.scalar(select(Tenant.change_seq).where(Tenant.id == tenant_id)) if session is not None else None
-        )
+        at_least = session.scalar(_CHANGE_SEQ, {"tenant_id": tenant_id}) if session is not None else None
         return self.registry.get(tenant_id, at_least=at_least, session=session).search(vector, k, candidates)
 
     def rebuild(self, tenant_id: str) -> int:
