@@ -11,8 +11,9 @@ the top 10), per category and overall (categories 1-4; 5, adversarial, reported 
         [--ablations] [--no-store] [--feature-cache DIR] [--out FILE]
 
 Tuning that cannot overfit: each conversation's turns and questions are embedded once and their raw scores
-cached (cosine of every question with every turn; BM25 of every turn under each lexical option; the turns whose
-speaker each question names, read by the store's lexical index), and every
+cached (cosine of every question, whole and without the speakers' names, with every turn; BM25 of every turn
+under each lexical option; the turns whose speaker each question names and the turns that name someone or
+something else, read by the store's lexical index), and every
 setting of ``GRID`` is ranked from the cache exactly as the store ranks (``cached_plain_matches_store`` checks
 it). Leave-one-conversation-out: each conversation is scored with the setting that is best on the other four;
 ``summary_recall@10`` prints that figure beside the plain one (default settings) and the BM25 baseline, per
@@ -91,8 +92,14 @@ ABLATIONS: dict[str, FusionConfig] = {
     ),
     "default, no speaker bonus": FusionConfig(speaker_weight=0.0),
     "default, both neighbours": FusionConfig(neighbour_direction="both"),
-    "default (dense 1, next neighbour 0.5, speaker 0.2, others 0.5: picked by LOO)": FusionConfig(),
-    "default, neighbour_weight 0.3": FusionConfig(neighbour_weight=0.3),
+    "speaker bonus, next neighbour 0.5 (second LOO pick of #15)": FusionConfig(
+        neighbour_weight=0.5, proper_noun_weight=0.0, strip_speakers=False
+    ),
+    "default (dense 1, next neighbour 0.3, speaker 0.2, others 0.5, proper nouns 0.1, names stripped: picked "
+    "by LOO)": FusionConfig(),
+    "default, names not stripped": FusionConfig(strip_speakers=False),
+    "default, no proper-noun bonus": FusionConfig(proper_noun_weight=0.0),
+    "default, neighbour_weight 0.5": FusionConfig(neighbour_weight=0.5),
     "default, speaker_weight 0.3": FusionConfig(speaker_weight=0.3),
     "default, every named speaker the whole bonus": FusionConfig(speaker_others=1.0),
     "default, dense 1.5 : lexical 1": FusionConfig(dense_weight=1.5),
@@ -338,6 +345,8 @@ GRID: dict[str, tuple[Any, ...]] = {
     "neighbour_direction": ("both", "next"),
     "speaker_weight": (0.0, 0.1, 0.2, 0.3),
     "speaker_others": (1.0, 0.5),
+    "strip_speakers": (False, True),
+    "proper_noun_weight": (0.0, 0.05, 0.1, 0.15, 0.2),
 }
 
 
@@ -347,12 +356,13 @@ class Features:
 
     conv: Conversation
     questions: list[Question]
-    cosine: Any  # (questions, turns) float32: cosine of question and turn embeddings
+    cosine: dict[bool, Any]  # strip_speakers -> (questions, turns) float32: cosine of question and turn embeddings
     bm25: dict[tuple[int, bool], Any]  # (lexical_context, lexical_dates) -> (questions, turns) float32
     prev: Any  # (turns,) int: previous turn of the same session, -1 for none
     next: Any  # (turns,) int: next turn of the same session, -1 for none
     named: Any  # (questions, turns) int: where the question first names the turn's speaker (-1: it does not),
     # as the store's lexical index reads it
+    proper: Any  # (turns,) bool: the turn names someone or something other than the speakers (proper_nouns)
     prepared: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # rank_offline's per-pool cache
 
 
@@ -383,7 +393,6 @@ def features(conversations: Sequence[Conversation], embedder: Embedder, cache: P
     for conv in conversations:
         texts = [t.memory_text() for t in conv.turns]
         turn_vectors = _embed_cached(embedder, texts, cache)
-        question_vectors = _embed_cached(embedder, [q.question for q in conv.questions], cache)
         sources = [
             LexicalSource(
                 memory_id=i + 1,
@@ -405,12 +414,19 @@ def features(conversations: Sequence[Conversation], embedder: Embedder, cache: P
                 for qi, s in enumerate(scored):
                     for memory_id, position in index.named_speakers(s, range(1, len(texts) + 1)).items():
                         named[qi, memory_id - 1] = position
+                stripped = [index.strip_speakers(q.question) for q in conv.questions]
+                flagged = index.proper_nouns(range(1, len(texts) + 1))
+                proper = np.array([i + 1 in flagged for i in range(len(texts))])
+        cosine = {
+            strip: _embed_cached(embedder, questions, cache) @ turn_vectors.T
+            for strip, questions in ((False, [q.question for q in conv.questions]), (True, stripped))
+        }
         prev = np.full(len(texts), -1, dtype=np.int64)
         nxt = np.full(len(texts), -1, dtype=np.int64)
         for i in range(1, len(conv.turns)):
             if conv.turns[i].session == conv.turns[i - 1].session:
                 prev[i], nxt[i - 1] = i - 1, i
-        out.append(Features(conv, list(conv.questions), question_vectors @ turn_vectors.T, bm25, prev, nxt, named))
+        out.append(Features(conv, list(conv.questions), cosine, bm25, prev, nxt, named, proper))
     return out
 
 
@@ -419,7 +435,7 @@ class _Prepared:
     """What does not change between settings that share a question's pool: the pool (turn indexes, ascending),
     normalised cosine and BM25, each member's previous/next pool position (len(idx): none), whether it was
     in a retriever's top list (not only a neighbour), whether its speaker is the one the query names first
-    among the pool's speakers, or another one it names."""
+    among the pool's speakers, or another one it names, whether it names someone or something else."""
 
     idx: Any
     dense: Any
@@ -429,16 +445,18 @@ class _Prepared:
     original: Any
     named_first: Any
     named_other: Any
+    proper: Any
 
 
 def _prepare(f: Features, q: int, config: FusionConfig, k: int) -> _Prepared:
     import numpy as np
 
-    key = (q, config.lexical_context, config.lexical_dates, config.neighbour_weight > 0, k, config.pool)
+    key = (q, config.strip_speakers, config.lexical_context, config.lexical_dates, config.neighbour_weight > 0, k,
+           config.pool)
     cached: _Prepared | None = f.prepared.get(key)
     if cached is not None:
         return cached
-    cos = f.cosine[q]
+    cos = f.cosine[config.strip_speakers][q]
     bm = f.bm25[(config.lexical_context, config.lexical_dates)][q]
     n = len(cos)
     fetch = min(n, max(4 * k, config.pool))
@@ -464,7 +482,7 @@ def _prepare(f: Features, q: int, config: FusionConfig, k: int) -> _Prepared:
     named = mentions >= 0
     first = mentions[named].min() if named.any() else -1
     prepared = _Prepared(idx, d, l_norm, position[f.prev[idx]], position[f.next[idx]], original[idx],
-                         named & (mentions == first), named & (mentions != first))
+                         named & (mentions == first), named & (mentions != first), f.proper[idx].astype(float))
     f.prepared[key] = prepared
     return prepared
 
@@ -472,7 +490,7 @@ def _prepare(f: Features, q: int, config: FusionConfig, k: int) -> _Prepared:
 def rank_offline(f: Features, q: int, config: FusionConfig, k: int) -> list[int]:
     """The top-``k`` turn indexes for question ``q`` as ``HybridSearcher.search`` ranks them with ``config``
     (score fusion: the same pool of each retriever's top ``max(4k, pool)``, their session neighbours, the
-    same normalisation, neighbour share, speaker bonus and tie order), from the cached scores."""
+    same normalisation, neighbour share, proper-noun and speaker bonus and tie order), from the cached scores."""
     import numpy as np
 
     p = _prepare(f, q, config, k)
@@ -485,7 +503,11 @@ def rank_offline(f: Features, q: int, config: FusionConfig, k: int) -> list[int]
         best = mixed[p.next]
         if config.neighbour_direction == "both":
             best = np.maximum(mixed[p.prev], best)
-        score = np.where(p.original, (score + a * best) / (1.0 + a), score)
+        # As the store: every pooled memory is divided by 1 + a; one pooled only as a neighbour inherits nothing.
+        score = (score + a * np.where(p.original, best, 0.0)) / (1.0 + a)
+    pw = config.proper_noun_weight
+    if pw:
+        score = (score + pw * p.proper) / (1.0 + pw)
     w = config.speaker_weight
     if w and p.named_first.any():
         share = np.where(p.named_first, 1.0, np.where(p.named_other, config.speaker_others, 0.0))
@@ -574,12 +596,13 @@ def calibration_report(feats: Sequence[Features], config: FusionConfig, k: int) 
     rows = []
     for ci, f in enumerate(feats):
         bm = f.bm25[(config.lexical_context, config.lexical_dates)]
+        cos = f.cosine[config.strip_speakers]
         for q, question in enumerate(f.questions):
             if question.category not in MAIN_CATEGORIES:
                 continue
             gold = set(question.evidence)
             for i in rank_offline(f, q, config, k):
-                rows.append((ci, float(f.cosine[q][i]), float(bm[q][i]), float(f.conv.turns[i].dia_id in gold)))
+                rows.append((ci, float(cos[q][i]), float(bm[q][i]), float(f.conv.turns[i].dia_id in gold)))
     data = np.array(rows)
     conv, y = data[:, 0], data[:, 3]
     x = np.stack([np.ones(len(data)), data[:, 1], np.log1p(np.maximum(data[:, 2], 0.0))], axis=1)

@@ -9,18 +9,19 @@ scores only - its cosine similarity to the query and its BM25 score:
 
 The constants are a logistic regression fitted on the LoCoMo development conversations
 (bench/locomo_retrieval.py, ``calibration`` in its output): each question's top 10 hits (categories 1-4,
-default ranking) labelled by whether the turn is one of the question's annotated evidence turns (10.1% of
-them are). Fitted on four conversations and applied to the fifth, in turn, predictions match observed
-rates within a few points in every bin (e.g. predicted 0.037 -> observed 0.041, 0.138 -> 0.125, 0.373 ->
-0.373). A threshold of 0.01 (the chat loop's default) keeps 99.6% of evidence hits, 0.02 keeps 99% and
-drops 8% of the others, 0.1 keeps 66% and drops 69%; an unrelated query (cosine near 0, no shared word)
-scores about 0.002.
+default ranking, the query embedded without the speakers' names) labelled by whether the turn is one of the
+question's annotated evidence turns (10.6% of them are). Fitted on four conversations and applied to the
+fifth, in turn, predictions match observed rates within a few points from 0.02 up (predicted 0.037 ->
+observed 0.036, 0.073 -> 0.069, 0.139 -> 0.128, 0.368 -> 0.361; below 0.02 they read low: 0.009 -> 0.046).
+A threshold of 0.02 (the chat loop's default) keeps 98% of evidence hits and drops 7% of the others, 0.1
+keeps 68% and drops 65%; an unrelated query (cosine near 0, no shared word) scores about 0.006 - 0.008.
+(The constants fitted before the names were stripped read 30-40% low on today's hits.)
 
 The cosine scale is the embedder's own, so constants exist per embedder (:data:`CALIBRATIONS`; today
 all-MiniLM-L6-v2, the store's default, in any runtime). With another embedder hits carry no relevance
 (None) and ``min_score`` leaves them in. The calibration data is conversation turns of subjects with a few
 hundred memories: BM25 grows with the number of memories (rarer words weigh more), so in a small subject
-the same match reads as less likely (a clear answer among six memories, cosine 0.56, scores about 0.025).
+the same match reads as less likely (a clear answer among six memories, scores about 0.05).
 Treat it as comparable across queries and subjects, not as an exact probability everywhere.
 """
 
@@ -45,11 +46,11 @@ class Calibration:
         return 1.0 / (1.0 + math.exp(-z))
 
 
-# Keyed by ``Embedder.model_id``. Fitted with the store's default FusionConfig (BM25 documents with two
-# preceding turns of context and the date in words; the hits it ranks in the top 10, speaker bonus included);
-# other settings shift BM25 a little.
+# Keyed by ``Embedder.model_id``. Fitted with the store's default FusionConfig (BM25 documents with two preceding
+# turns of context and the date in words; the hits it ranks in the top 10, speaker and proper-noun bonuses
+# included, the query embedded without the speakers' names); other settings shift BM25 a little.
 CALIBRATIONS: dict[str, Calibration] = {
-    "all-MiniLM-L6-v2": Calibration(intercept=-6.349, cosine=3.73, log_bm25=1.823),
+    "all-MiniLM-L6-v2": Calibration(intercept=-5.072, cosine=2.985, log_bm25=1.421),
 }
 
 

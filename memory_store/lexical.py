@@ -17,6 +17,12 @@ this process moves a cached index from the ``change_seq`` before the write to th
 change log, or rebuilds it from the rows when the log cannot bridge the gap (:mod:`memory_store.search`).
 Changes are idempotent (a memory's new state, or its removal), so an index that already holds a change
 (read from rows newer than its tag) can take it again.
+The index also keeps, per memory, the term ids of its speaker's name (a turn stored as ``"Name: text"``) and of
+its capitalised words (:func:`capitalised_words`), read by a search for the speaker bonus
+(:meth:`LexicalIndex.named_speakers`), the proper-noun bonus (:meth:`LexicalIndex.proper_nouns`) and the query
+it embeds (:meth:`LexicalIndex.strip_speakers`); the speakers' names are counted per memory, so that adds,
+changes and removals leave them as a rebuild would.
+
 The plaintext never leaves memory: indexes keep term ids and counts (the stemmed words only in a vocabulary),
 and nothing here logs text.
 """
@@ -294,6 +300,37 @@ def _name_tokens(name: str) -> tuple[str, ...]:
     return tuple(tokenize_texts([name])[0])
 
 
+# Sentences (and dash- or quote-separated clauses) of a text, its words, and the forms of "I" that are
+# capitalised without being names.
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\s+-\s+|[\"“”]")
+_WORD = re.compile(r"[A-Za-z][\w'\u2019\-]*")
+_PRONOUN_I = frozenset({"I", "I'm", "I've", "I'll", "I'd", "I\u2019m", "I\u2019ve", "I\u2019ll", "I\u2019d"})
+_CAPTION = " [shares a photo:"
+# A query's words (letters first) and a possessive ending ("Tim's", "James'").
+_QUERY_WORD = re.compile(r"[^\W\d_][\w'\u2019.\-]*")
+_POSSESSIVE = re.compile(r"(?:['\u2019]s|s['\u2019]|['\u2019])$")
+_SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([?.,!;:])")
+
+
+def capitalised_words(text: str) -> list[str]:
+    """The stemmed tokens of the capitalised words inside the sentences of ``text``: not a sentence's first
+    word, not "I" ("I'm", ...), not an all-capitals word, a possessive "'s" dropped; stop words vanish as in
+    any token ("It", "Here"). A ``"Name: "`` speaker prefix and a ``" [shares a photo: ...]"`` caption are
+    left out. Mostly names of people, places and titles a memory mentions: see
+    :meth:`LexicalIndex.proper_nouns`."""
+    text = text.split(_CAPTION, 1)[0]
+    prefix = _SPEAKER.match(text)
+    if prefix is not None:
+        text = text[prefix.end() :]
+    out: list[str] = []
+    for sentence in _SENTENCE.split(text):
+        for word in _WORD.findall(sentence)[1:]:
+            base = word[:-2] if word.endswith(("'s", "\u2019s")) else word
+            if base[0].isupper() and base not in _PRONOUN_I and not base.isupper():
+                out.extend(tokenize_query(base))
+    return out
+
+
 @dataclass(frozen=True)
 class LexicalSource:
     """What the lexical index needs to know about one memory."""
@@ -433,9 +470,11 @@ class StaleIndexError(RuntimeError):
 
 
 class _Member:
-    """One indexed memory: its order in its session, its text's term ids, its speaker's and its current document."""
+    """One indexed memory: its order in its session, its text's term ids, its speaker's, those of its capitalised
+    words and its current document."""
 
     __slots__ = (
+        "capitalised",
         "date_tokens",
         "doc",
         "key",
@@ -463,6 +502,7 @@ class _Member:
         self.tokens = tokens  # term ids of the text
         self.date_tokens = dates  # term ids of the date in words (empty without dates)
         self.speaker: frozenset[int] = frozenset()  # term ids of the speaker's name (turns of options.kinds)
+        self.capitalised: frozenset[int] = frozenset()  # term ids of its capitalised words (capitalised_words)
         self.window: tuple[int, ...] = ()  # the memories whose text the document includes as context
         self.doc: tuple[int, ...] = ()  # term ids of the document as indexed (with repeats)
         self.slot = -1  # row in the slot arrays (-1: not stored yet)
@@ -483,7 +523,8 @@ class LexicalIndex:
         self._vocab: dict[str, int] = {}  # stemmed term -> term id (terms no document holds stay until a rebuild)
         self._interned: dict[str, str] = {}  # one string per session id
         self._dates: dict[str, tuple[int, ...]] = {}  # date in words -> its term ids (shared by its memories)
-        self._speaker_terms: set[int] = set()  # term ids of every speaker's name (kept through removals)
+        self._speaker_terms: set[int] = set()  # term ids of the names of the indexed memories' speakers
+        self._speaker_counts: Counter[int] = Counter()  # how many indexed memories' speaker names hold each
         # term id -> (slots, term frequencies) of the documents holding it, both int32
         self._postings: dict[int, tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]]] = {}
         self._slot_ids: IdArray = np.zeros(0, dtype=np.int64)  # memory id per slot, -1 when free
@@ -576,6 +617,43 @@ class LexicalIndex:
                 out[memory_id] = min(first[term] for term in member.speaker if term in first)
         return out
 
+    def strip_speakers(self, query: str) -> str:
+        """``query`` without the words that name a speaker of this index's memories: each capitalised word whose
+        tokens (a possessive "'s", "s'" or "'" dropped first) are all tokens of speakers' names goes, and spaces
+        left before punctuation close up. ``query`` itself when no token would be left ("Melanie?").
+
+        A query for a speaker's memories ("What books has Melanie read?") is embedded without the name: every
+        memory of that speaker shares it, so it adds nothing to the cosine but the name's own meaning, which
+        draws turns that mention the name (the other speaker's questions) ahead of the answer. The BM25 query
+        and the speaker bonus (:meth:`named_speakers`) keep the whole query."""
+        with self.lock:
+            if not self._speaker_terms:
+                return query
+            vocab, speakers = self._vocab, self._speaker_terms
+
+            def names_a_speaker(word: str) -> bool:
+                if not word[0].isupper():
+                    return False
+                tokens = tokenize_query(_POSSESSIVE.sub("", word))
+                return bool(tokens) and all(vocab.get(token, -1) in speakers for token in tokens)
+
+            words = _QUERY_WORD.sub(lambda match: "" if names_a_speaker(match[0]) else match[0], query)
+        stripped = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", " ".join(words.split()))
+        return stripped if tokenize_query(stripped) else query
+
+    def proper_nouns(self, memory_ids: Iterable[int]) -> set[int]:
+        """Those of ``memory_ids`` whose text has a capitalised word (:func:`capitalised_words`) that is not
+        the name of a speaker of this index's memories: mostly memories that name a person, place or title
+        (what list questions ask for: "Which cities has Tim visited?")."""
+        with self.lock:
+            members, speakers = self._members, self._speaker_terms
+            out: set[int] = set()
+            for memory_id in memory_ids:
+                member = members.get(memory_id)
+                if member is not None and member.capitalised and not member.capitalised <= speakers:
+                    out.add(memory_id)
+            return out
+
     def _current_view(self) -> tuple[IdArray, IdArray]:
         if self._view is None:
             slot_ids = self._slot_ids[: self._used]
@@ -609,6 +687,17 @@ class LexicalIndex:
         vocab = self._vocab
         return tuple(vocab.setdefault(token, len(vocab)) for token in tokens)
 
+    def _count_speaker(self, terms: frozenset[int], change: int) -> None:
+        """Count ``terms`` (a speaker's name) in or out of the speaker names of the indexed memories."""
+        counts = self._speaker_counts
+        for term in terms:
+            counts[term] += change
+            if counts[term] > 0:
+                self._speaker_terms.add(term)
+            else:
+                del counts[term]
+                self._speaker_terms.discard(term)
+
     def _date_ids(self, stamp: datetime) -> tuple[int, ...]:
         words = date_words(stamp)
         ids = self._dates.get(words)
@@ -640,6 +729,7 @@ class LexicalIndex:
             gone = self._members.pop(memory_id, None)
             if gone is None:
                 continue
+            self._count_speaker(gone.speaker, -1)
             if gone.linked:
                 unlink(gone)
             self._store([(gone, ())])
@@ -658,9 +748,13 @@ class LexicalIndex:
                 name = speaker_name(source.text)
                 if name is not None:
                     member.speaker = frozenset(self._term_ids(_name_tokens(name)))
-                    self._speaker_terms.update(member.speaker)
+                    self._count_speaker(member.speaker, 1)
+            capitalised = capitalised_words(source.text)
+            if capitalised:
+                member.capitalised = frozenset(self._term_ids(capitalised))
             old = self._members.get(source.memory_id)
             if old is not None:
+                self._count_speaker(old.speaker, -1)
                 if old.linked:
                     unlink(old)
                 member.slot, member.doc = old.slot, old.doc

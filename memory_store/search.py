@@ -5,7 +5,10 @@ Steps of a search:
 
 1. the candidate set: the subject's memories that pass the filters (SQL, plus metadata after decryption);
 2. dense: the top ``max(4k, pool)`` candidates by cosine similarity (the vector backend's search restricted
-   to the candidates; up to 4,096 candidates, all of them are scored in that one search);
+   to the candidates; up to 4,096 candidates, all of them are scored in that one search) to the query
+   embedded without the names of the subject's speakers (``strip_speakers``, by the lexical index of step 3;
+   the query is embedded before the database session opens, stripped by the subject's cached index, and
+   again in the rare case that the current index strips it differently);
 3. lexical: BM25 over the subject's memories (document = text + preceding memory of its session + date;
    built from decrypted text, cached per subject version, never persisted; see :mod:`memory_store.lexical`),
    restricted to the candidates, top ``max(4k, pool)``. The cached index follows this process's writes in
@@ -15,7 +18,8 @@ Steps of a search:
    candidate in the same session, from the cached session order) is scored exactly - cosine (a second
    vector search of just the ids still missing, if any) and BM25 - normalised, mixed, and each memory
    inherits a share of its next neighbour's score (its reply; with ``neighbour_direction="both"``, the
-   better of its two neighbours'), and turns whose speaker the query names ("What does Caroline ...?" and a
+   better of its two neighbours'), memories that name someone or something other than the subject's speakers
+   get ``proper_noun_weight`` more, and turns whose speaker the query names ("What does Caroline ...?" and a
    turn "Caroline: ...") get ``speaker_weight`` more; or, with ``method="rrf"``, reciprocal rank fusion of
    the two ranked lists alone;
 5. the fused list is read best first: hits whose :func:`~memory_store.calibration.relevance` is below the
@@ -347,7 +351,11 @@ class HybridSearcher:
     ) -> tuple[list[SearchHit], list[int]]:
         now = utcnow()
         guess = self._subject_ids.guess(tenant_id, subject)
-        early = self.queries.vector(guess, query) if guess is not None else None
+        early: tuple[str, Vector] | None = None
+        if guess is not None:  # stripped with the guessed subject's cached index (checked below)
+            held = self._lexical.peek(guess) if fusion.strip_speakers else None
+            early_text = held[1].strip_speakers(query) if held is not None else query
+            early = (early_text, self.queries.vector(guess, early_text))
         with self._sessions() as session:
             owner = session.scalar(_SUBJECT, {"tenant_id": tenant_id, "external_id": subject})
             if owner is None:
@@ -366,19 +374,23 @@ class HybridSearcher:
                 return [], []
             fetch = int(min(len(candidates), max(4 * k, fusion.pool)))
 
-            vector = early if early is not None and guess == owner.id else self.queries.vector(owner.id, query)
-            # Small candidate sets are scored in full by one search; larger ones get a second, exact search
-            # of just the pooled ids the first one did not return.
-            exhaustive = len(candidates) <= _SCORE_ALL_MAX
-            dense = self._dense_search(session, tenant_id, vector, len(candidates) if exhaustive else fetch, candidates)
-            dense_ranked = sorted(dense.items(), key=lambda item: (-item[1], item[0]))[:fetch]
-
             lexical_index = self._lexical_index(session, owner, sealer, fusion)
             try:
                 scored = lexical_index.scores(query)
             except StaleIndexError:  # a failed in-place update: rebuild
                 lexical_index = self._lexical_index(session, owner, sealer, fusion, fresh=True)
                 scored = lexical_index.scores(query)
+
+            dense_text = lexical_index.strip_speakers(query) if fusion.strip_speakers else query
+            if early is not None and guess == owner.id and early[0] == dense_text:
+                vector = early[1]
+            else:  # no guess, a wrong one, or the subject's speakers changed since the cached index
+                vector = self.queries.vector(owner.id, dense_text)
+            # Small candidate sets are scored in full by one search; larger ones get a second, exact search
+            # of just the pooled ids the first one did not return.
+            exhaustive = len(candidates) <= _SCORE_ALL_MAX
+            dense = self._dense_search(session, tenant_id, vector, len(candidates) if exhaustive else fetch, candidates)
+            dense_ranked = sorted(dense.items(), key=lambda item: (-item[1], item[0]))[:fetch]
             scores = scored.scores
             allowed = np.isin(scored.ids, candidates) & (scores > 0)
             ranked = np.argsort(-np.where(allowed, scores, -np.inf), kind="stable")
@@ -408,12 +420,14 @@ class HybridSearcher:
                 pooled_dense = {m: dense[m] for m in pool if m in dense}
                 stamps = self._timestamps(session, pooled_dense) if want_recency else None
                 named = lexical_index.named_speakers(scored, pooled_dense) if fusion.speaker_weight else {}
+                proper = lexical_index.proper_nouns(pooled_dense) if fusion.proper_noun_weight else None
                 fused = score_fusion(
                     pooled_dense,
                     lexical_scores,
                     fusion,
                     neighbours=neighbours,
                     named=named,
+                    proper=proper,
                     timestamps=stamps,
                     now=now,
                 )

@@ -53,7 +53,7 @@ def test_an_unrelated_query_returns_nothing_at_the_chat_threshold(store, tenant_
     assert threshold > 0
     plain = store.search(tenant_id=tenant_id, subject="ana", query=OFF_TOPIC, k=3)
     assert plain and plain[0].score > 0.3  # rank scores: something always looks relevant
-    assert all(h.relevance is not None and h.relevance < 0.005 for h in plain)
+    assert all(h.relevance is not None and h.relevance < threshold / 2 for h in plain)
     assert store.search(tenant_id=tenant_id, subject="ana", query=OFF_TOPIC, k=3, min_score=threshold) == []
     moved = store.search(
         tenant_id=tenant_id, subject="ana", query="Which city did I move to?", k=3, min_score=threshold
@@ -63,7 +63,7 @@ def test_an_unrelated_query_returns_nothing_at_the_chat_threshold(store, tenant_
     dog = store.search(tenant_id=tenant_id, subject="ana", query="What breed is my dog?", k=3, min_score=threshold)
     assert dog and dog[0].memory.id == ana["My dog is a beagle named Biscuit."]
     # Comparable across queries: the on-topic answer is far likelier than the best unrelated hit.
-    assert moved[0].relevance > 10 * max(h.relevance or 0.0 for h in plain)
+    assert moved[0].relevance > 5 * max(h.relevance or 0.0 for h in plain)
 
 
 def test_relevance_follows_the_calibration_constants(store, tenant_id, ana):
@@ -72,7 +72,7 @@ def test_relevance_follows_the_calibration_constants(store, tenant_id, ana):
     hits = store.search(tenant_id=tenant_id, subject="ana", query="Biscuit the beagle", k=5)
     for hit in hits:
         assert hit.relevance == pytest.approx(calibration.relevance(hit.dense_score, hit.lexical_score))
-    assert calibration.relevance(0.0, None) < 0.002 < 0.5 < calibration.relevance(0.9, 20.0)
+    assert calibration.relevance(0.0, None) < 0.01 < 0.5 < calibration.relevance(0.9, 20.0)
     with pytest.raises(ValidationError):
         store.search(tenant_id=tenant_id, subject="ana", query="dog", min_score=float("nan"))
     with pytest.raises(ValidationError):

@@ -54,7 +54,10 @@ def test_the_named_speakers_answer_ranks_first(store, tenant_id, turns):
     assert _texts(store, tenant_id, query, FusionConfig(speaker_weight=0.0))[0] == TURNS[1]  # John's question
     ranked = _texts(store, tenant_id, query)
     assert ranked[0] == TURNS[2]  # Tim's answer
-    assert ranked.index(TURNS[0]) < ranked.index(TURNS[3])  # Tim's turns before John's of similar score
+    # Tim's turns before John's of similar score (embedded with the name, which Tim's turns share: stripped,
+    # the cosines are no longer alike and "hear you play" is nearer the question than "Joined a travel club").
+    ranked = _texts(store, tenant_id, query, FusionConfig(strip_speakers=False))
+    assert ranked.index(TURNS[0]) < ranked.index(TURNS[3])
 
 
 def test_a_query_naming_nobody_is_ranked_as_before(store, tenant_id, turns):

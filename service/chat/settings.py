@@ -92,12 +92,12 @@ class ChatSettings(BaseSettings):
     chat_default_k: int = Field(default=5, ge=0, le=100, description="Memories retrieved per message.")
     chat_max_k: int = Field(default=50, ge=1, le=1000)
     chat_min_score: float = Field(
-        default=0.01,
+        default=0.02,
         ge=-1.0,
         le=1.0,
         description="Retrieved memories whose relevance (estimated probability of being relevant, comparable "
-        "across queries; see memory_store.calibration) is below this are not injected: the default keeps 99.6% "
-        "of relevant hits on LoCoMo and drops memories unrelated to the message (about 0.002); -1 injects every "
+        "across queries; see memory_store.calibration) is below this are not injected: the default keeps 98% "
+        "of relevant hits on LoCoMo and drops memories unrelated to the message (about 0.006); -1 injects every "
         "retrieved memory.",
     )
     chat_working_memory_tokens: int = Field(

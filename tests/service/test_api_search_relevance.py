@@ -33,10 +33,10 @@ def test_search_returns_relevance_honours_min_score_and_leaves_assistant_replies
     reply = api.add(keys.app, "ana", SORRY, kind="turn", session_id="s1", metadata={"role": "assistant"})
 
     off_topic = _search(api, keys.app, query="quantum chromodynamics lecture schedule", k=3)
-    assert off_topic and all(0 <= r["relevance"] < 0.005 for r in off_topic)
-    assert _search(api, keys.app, query="quantum chromodynamics lecture schedule", k=3, min_score=0.01) == []
-    moved = _search(api, keys.app, query="Which city did I move to?", k=3, min_score=0.01)
-    assert moved[0]["id"] == porto["id"] and moved[0]["relevance"] >= 0.01
+    assert off_topic and all(0 <= r["relevance"] < 0.01 for r in off_topic)
+    assert _search(api, keys.app, query="quantum chromodynamics lecture schedule", k=3, min_score=0.02) == []
+    moved = _search(api, keys.app, query="Which city did I move to?", k=3, min_score=0.02)
+    assert moved[0]["id"] == porto["id"] and moved[0]["relevance"] >= 0.02
 
     query = "sorry for your loss, Biscuit had a wonderful life"
     assert reply["id"] not in [r["id"] for r in _search(api, keys.app, query=query)]
@@ -66,10 +66,10 @@ def test_search_returns_relevance_honours_min_score_and_leaves_assistant_replies
         assert page.status_code == 200, page.text
         return [(row[0], row[4]) for row in SEARCH_ROW.findall(page.text)]
 
-    rest = _search(api, keys.admin, query="Which city did I move to?", k=3, min_score=0.01)
-    shown = console_ids(query="Which city did I move to?", k="3", min_score="0.01")
+    rest = _search(api, keys.admin, query="Which city did I move to?", k=3, min_score=0.02)
+    shown = console_ids(query="Which city did I move to?", k="3", min_score="0.02")
     assert shown == [(r["id"], f"{r['relevance']:.4f}") for r in rest]
-    assert console_ids(query="quantum chromodynamics lecture schedule", k="3", min_score="0.01") == []
+    assert console_ids(query="quantum chromodynamics lecture schedule", k="3", min_score="0.02") == []
     assert reply["id"] not in [i for i, _ in console_ids(query=query)]
     assert console_ids(query=query, include_assistant="true")[0][0] == reply["id"]
 

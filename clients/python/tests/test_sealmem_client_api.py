@@ -168,7 +168,7 @@ def test_async_client(live: Live) -> None:
             )
             ids = [m.id async for m in client.memories.iter(subject=subject, page_size=1)]
             assert sorted(ids) == sorted([first.id, *(m.id for m in batch)])
-            hits = await client.memories.search("which instrument?", subject=subject, k=1)
+            hits = await client.memories.search("who plays the cello?", subject=subject, k=1)
             assert hits[0].text == "Plays the cello."
             changed = await client.memories.update(first.id, text="I moved to Braga last year.")
             assert changed.text == "I moved to Braga last year."
