@@ -6,38 +6,22 @@ them."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from memory_store import HashingEmbedder, MemoryStore, NewMemory
+from memory_store import MemoryStore, NewMemory
 from memory_store.audit import AuditEvent
 from memory_store.models import SensitiveValue
 from memory_store.sensitive.vault import SensitiveDataRejected
+from tests.recording import RecordingEmbedder
 
 EMAIL = "ana.canary@example.org"
 CARD = "4111 1111 1111 1111"
 KEY = "sk-proj-Q7vX2mN9pL4kR8sT1wY6zB3cD5fG0hJ"
 AUDIT = AuditEvent(credential_id="k1", role="app", action="memory.add")
-
-
-class RecordingEmbedder(HashingEmbedder):
-    """The real hashing embedder, keeping every text it was asked to embed (what leaves for the model)."""
-
-    def __init__(self) -> None:
-        super().__init__(dim=384)
-        self.seen: list[str] = []
-        self.before: Callable[[], None] | None = None
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        self.seen.extend(texts)
-        if self.before is not None:
-            hook, self.before = self.before, None
-            hook()
-        return super().embed(texts)
 
 
 @pytest.fixture
@@ -72,8 +56,8 @@ def test_pseudonyms_are_stable_within_a_subject_and_revealed_by_role(
     elsewhere = add(vstore, tenant_id, "Reach me at bo@corp.example.com.", subject="bo")
     assert elsewhere.text == "Reach me at <EMAIL_ADDRESS_1>."  # numbered per subject
     # The embedder never saw a value, only the placeholder's type.
-    assert not [t for t in recording.seen if EMAIL in t or "4111" in t or "bo@corp" in t]
-    assert "My email is <EMAIL_ADDRESS> and my card is <CREDIT_CARD>." in recording.seen
+    assert not [t for t in recording.texts if EMAIL in t or "4111" in t or "bo@corp" in t]
+    assert "My email is <EMAIL_ADDRESS> and my card is <CREDIT_CARD>." in recording.texts
 
     stored = vstore.list(tenant_id=tenant_id, subject="ana").items
     assert all("<EMAIL_ADDRESS_" in m.text for m in stored)
@@ -90,9 +74,9 @@ def test_pseudonyms_are_stable_within_a_subject_and_revealed_by_role(
     assert hits and all(EMAIL not in h.memory.text for h in hits)
     # A query holding a value is screened like a write: the embedder never sees it, and the value the vault
     # holds is searched as its placeholder, so the keyword index finds the memories that mention it.
-    recording.seen.clear()
+    recording.texts.clear()
     hits = vstore.search(tenant_id=tenant_id, subject="ana", query=f"card {CARD.replace(' ', '-')}", k=3)
-    assert recording.seen == ["card <CREDIT_CARD_1>"]
+    assert recording.texts == ["card <CREDIT_CARD_1>"]
     assert {h.memory.id for h in hits if h.lexical_score} == {first.id, again.id}
 
 

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-import numpy as np
-
-from memory_store import HashingEmbedder, MemoryStore, NewMemory
-
-
-class CountingEmbedder(HashingEmbedder):
-    def __init__(self) -> None:
-        super().__init__(384)
-        self.texts: list[str] = []
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        self.texts.extend(texts)
-        return super().embed(texts)
+from memory_store import MemoryStore, NewMemory
+from tests.recording import RecordingEmbedder
 
 
 def _search(store: MemoryStore, tenant_id: str, query: str) -> list[tuple[str, float]]:
@@ -24,7 +13,7 @@ def _search(store: MemoryStore, tenant_id: str, query: str) -> list[tuple[str, f
 
 
 def test_a_repeated_query_is_embedded_once_and_ranks_the_same(open_store: Callable[..., MemoryStore]) -> None:
-    embedder = CountingEmbedder()
+    embedder = RecordingEmbedder()
     store = open_store(embedder=embedder, query_cache_size=2)
     tenant_id = store.create_tenant(name="acme").id
     store.add_batch(tenant_id=tenant_id, items=[NewMemory(subject="ana", text=f"I like jazz {i}") for i in range(5)])
@@ -38,7 +27,7 @@ def test_a_repeated_query_is_embedded_once_and_ranks_the_same(open_store: Callab
 
 
 def test_the_cache_can_be_turned_off(open_store: Callable[..., MemoryStore]) -> None:
-    embedder = CountingEmbedder()
+    embedder = RecordingEmbedder()
     store = open_store(embedder=embedder, query_cache_size=0)
     tenant_id = store.create_tenant(name="acme").id
     store.add(tenant_id=tenant_id, item=NewMemory(subject="ana", text="I like jazz"))
@@ -50,7 +39,7 @@ def test_the_cache_can_be_turned_off(open_store: Callable[..., MemoryStore]) -> 
 
 def test_cached_vectors_are_per_subject_and_leave_with_a_forget(open_store: Callable[..., MemoryStore]) -> None:
     """A cached (fast) answer must not tell one subject that another searched the same words."""
-    embedder = CountingEmbedder()
+    embedder = RecordingEmbedder()
     store = open_store(embedder=embedder, query_cache_size=100)
     tenant_id = store.create_tenant(name="acme").id
     for subject in ("ana", "bob"):

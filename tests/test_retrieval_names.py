@@ -9,12 +9,12 @@ import random
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-import numpy as np
 import pytest
 
-from memory_store import FusionConfig, HashingEmbedder, MemoryStore, NewMemory
+from memory_store import FusionConfig, MemoryStore, NewMemory
 from memory_store.fusion import score_fusion
 from memory_store.lexical import LexicalIndex, LexicalOptions, LexicalSource, capitalised_words, tokenize_query
+from tests.recording import RecordingEmbedder
 
 START = datetime(2023, 5, 8, 13, 0, tzinfo=UTC)
 
@@ -117,18 +117,6 @@ def test_defaults() -> None:
 
 
 # ---- through the store ---------------------------------------------------------------------------------
-
-
-class RecordingEmbedder(HashingEmbedder):
-    """The hashing embedder, keeping every text it embeds."""
-
-    def __init__(self) -> None:
-        super().__init__(384)
-        self.texts: list[str] = []
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        self.texts.extend(texts)
-        return super().embed(texts)
 
 
 def _add_chat(store: MemoryStore, tenant_id: str, texts: Sequence[str] = CHAT, first: int = 0) -> None:

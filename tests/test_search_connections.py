@@ -12,6 +12,7 @@ import numpy as np
 from sqlalchemy import event
 
 from memory_store import HashingEmbedder, MemoryStore, NewMemory
+from tests.recording import RecordingEmbedder
 
 
 class ConnectionAware(HashingEmbedder):
@@ -84,16 +85,7 @@ def test_a_subject_forgotten_and_created_anew_gets_its_own_query_vectors(
     """The internal id guessed for a subject from an earlier search is only a guess: after a forget and a new
     subject under the same external id, the search embeds again rather than reuse the old subject's entry."""
 
-    class Counting(HashingEmbedder):
-        def __init__(self) -> None:
-            super().__init__(384)
-            self.texts: list[str] = []
-
-        def embed(self, texts: Sequence[str]) -> np.ndarray:
-            self.texts.extend(texts)
-            return super().embed(texts)
-
-    embedder = Counting()
+    embedder = RecordingEmbedder()
     store = open_store(embedder=embedder, query_cache_size=100)
     tenant_id = store.create_tenant(name="acme").id
     store.add(tenant_id=tenant_id, item=NewMemory(subject="ana", text="I like jazz"))
