@@ -105,7 +105,8 @@ class Subject(Base):
 class Memory(Base):
     __tablename__ = "memories"
     __table_args__ = (
-        Index("ix_memories_tenant_subject_id", "tenant_id", "subject_id", "id"),
+        # A search's candidate query (a subject's active, unexpired ids) reads this index alone, not each row.
+        Index("ix_memories_candidates", "tenant_id", "subject_id", "id", "status", "expires_at"),
         Index("ix_memories_tenant_id_id", "tenant_id", "id"),
     )
     # The row id doubles as the vector id in the tenant's FAISS index.

@@ -30,6 +30,9 @@ def _key_ad(tenant_id: str) -> bytes:
 
 class PgVectorBackend:
     name = "pgvector"
+    # Scoring all of a subject's 1,000 candidates returned 1,000 rows: 3.84 ms in psycopg against 2.95 for the top
+    # 150 and a second query for the pooled rest (and the searcher then sorted 1,000 scores).
+    score_all_max = 0
 
     def __init__(
         self,
@@ -135,7 +138,8 @@ class PgVectorBackend:
             .prefix_with("MATERIALIZED")
         )
         distance = rows_cte.c.embedding.max_inner_product(query)
-        return self._scored(session.execute(select(rows_cte.c.memory_id, distance).order_by(distance).limit(k)).all())
+        ordered = select(rows_cte.c.memory_id, distance).order_by(distance, rows_cte.c.memory_id).limit(k)
+        return self._scored(session.execute(ordered).all())
 
     @staticmethod
     def _scored(rows: Sequence[Any]) -> tuple[IdArray, Vector]:

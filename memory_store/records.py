@@ -179,7 +179,7 @@ def candidate_statement(shape: FilterShape, *, with_metadata: bool = False) -> S
     """Ids of one subject's candidate memories (``tenant_id`` and ``subject_id`` bound, with
     :func:`filter_params`); ``(id, uid, metadata_ct)`` when a metadata filter must decrypt them.
 
-    Selecting the id alone keeps the scan on the (tenant_id, subject_id, id) index's rows narrow.
+    The default shape (active, unexpired) is answered from the ``ix_memories_candidates`` index alone.
     """
     columns = (Memory.id, Memory.uid, Memory.metadata_ct) if with_metadata else (Memory.id,)
     return select(*columns).where(

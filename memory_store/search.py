@@ -60,7 +60,7 @@ from memory_store.sealing import MemorySealer
 from memory_store.types import Filters, MemoryRecord, SearchHit
 
 IdArray = npt.NDArray[np.int64]
-_SCORE_ALL_MAX = 4096
+_SET_MEMBERSHIP_MAX = 4096
 # The most tenant change seqs a cached lexical index is brought forward by from the change log (beyond: rebuild).
 _CATCH_UP_MAX_SEQS = 10_000
 Vector = npt.NDArray[np.float32]
@@ -68,7 +68,7 @@ Vector = npt.NDArray[np.float32]
 
 def _membership(candidates: IdArray) -> Callable[[int], bool]:
     """A fast ``id in candidates`` test (a set for small candidate sets, binary search for large ones)."""
-    if len(candidates) <= _SCORE_ALL_MAX:
+    if len(candidates) <= _SET_MEMBERSHIP_MAX:
         return set(candidates.tolist()).__contains__
     ordered = np.sort(candidates)
 
@@ -108,6 +108,8 @@ def wants_assistant(filters: Filters) -> bool:
 
 class VectorSearch(Protocol):
     """What the searcher needs from a vector backend (``memory_store.vector_backend.VectorBackend`` fits)."""
+
+    score_all_max: int
 
     def search(
         self, tenant_id: str, vector: Vector, k: int, candidates: IdArray, *, session: Session | None = None
@@ -386,9 +388,9 @@ class HybridSearcher:
                 vector = early[1]
             else:  # no guess, a wrong one, or the subject's speakers changed since the cached index
                 vector = self.queries.vector(owner.id, dense_text)
-            # Small candidate sets are scored in full by one search; larger ones get a second, exact search
-            # of just the pooled ids the first one did not return.
-            exhaustive = len(candidates) <= _SCORE_ALL_MAX
+            # Candidate sets up to the backend's score_all_max are scored in full by one search; larger ones
+            # get a second, exact search of just the pooled ids the first one did not return.
+            exhaustive = len(candidates) <= self._vectors.score_all_max
             dense = self._dense_search(session, tenant_id, vector, len(candidates) if exhaustive else fetch, candidates)
             dense_ranked = sorted(dense.items(), key=lambda item: (-item[1], item[0]))[:fetch]
             scores = scored.scores

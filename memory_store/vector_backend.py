@@ -31,6 +31,10 @@ class VectorStats:
 
 class VectorBackend(Protocol):
     name: str
+    score_all_max: int
+    """A search scores every candidate at once up to this many (one call, nothing pooled scored twice); above
+    it, the top pool, then the pooled ids that pool missed. Cheap where scoring is in process (FAISS); a
+    database that must read and send back a row per scored vector (pgvector) wants the second way at any size."""
 
     def stage(self, session: Session, tenant_id: str, items: Sequence[tuple[int, Vector]]) -> None:
         """Write vectors inside the caller's SQL transaction (no-op where vectors follow the change log)."""
@@ -61,6 +65,7 @@ class FaissBackend:
     """Per-tenant FAISS indexes that follow the SQL change log (see index_registry)."""
 
     name = "faiss"
+    score_all_max = 4096
 
     def __init__(self, registry: IndexRegistry) -> None:
         self.registry = registry

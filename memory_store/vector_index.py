@@ -68,6 +68,9 @@ def _use_faiss_threads() -> None:
         _applied.count = _faiss_threads
 
 
+_GATHER_MAX = 8192  # candidates scored by gathering their vectors from a flat index (at most 12 MB of them)
+
+
 class IndexFileError(Exception):
     """The index file is missing, corrupt, or not readable with the current key."""
 
@@ -167,6 +170,13 @@ class TenantIndex:
             if candidates is None:
                 params: Any = faiss.SearchParametersIVF(nprobe=self.nprobe) if self.kind == "ivf" else None  # type: ignore[call-arg]
                 scores, ids = self._index.search(q, k, params=params)
+            elif self.kind == "flat" and len(candidates) <= _GATHER_MAX:
+                # Gathering the candidates' vectors costs per candidate; a search with an id selector tests
+                # every stored id (1.35 ms at 100k vectors for one subject's 1,000, against 0.3 ms gathered).
+                found = self._gathered(q[0], k, np.ascontiguousarray(candidates, dtype=np.int64))
+                if found is not None:
+                    return found
+                scores, ids = self._selected(q, k, candidates)
             elif self.kind == "ivf" and len(candidates) <= 4 * self.nprobe * 64:
                 # Small candidate sets are scored exactly: IVF probing could miss them.
                 present = candidates[np.isin(candidates, self.all_ids())]
@@ -176,15 +186,34 @@ class TenantIndex:
                 order = np.argsort(-sims)[:k]
                 return present[order], sims[order].astype(np.float32)
             else:
-                selector = faiss.IDSelectorBatch(np.ascontiguousarray(candidates, dtype=np.int64))
-                params = (
-                    faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)  # type: ignore[call-arg]
-                    if self.kind == "ivf"
-                    else faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
-                )
-                scores, ids = self._index.search(q, k, params=params)
+                scores, ids = self._selected(q, k, candidates)
         keep = ids[0] >= 0
         return ids[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
+
+    def _selected(self, q: npt.NDArray[np.float32], k: int, candidates: IdArray) -> tuple[Any, Any]:
+        """FAISS's own search (scores, ids), restricted to ``candidates`` by an id selector (ids it does not hold
+        are skipped)."""
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(candidates, dtype=np.int64))
+        params = (
+            faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)  # type: ignore[call-arg]
+            if self.kind == "ivf"
+            else faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+        )
+        found: tuple[Any, Any] = self._index.search(q, k, params=params)
+        return found
+
+    def _gathered(
+        self, query: npt.NDArray[np.float32], k: int, candidates: IdArray
+    ) -> tuple[IdArray, npt.NDArray[np.float32]] | None:
+        """Top-``k`` of ``candidates`` scored from their vectors, gathered by id from the flat index (best first,
+        ties by id); None when the index lacks one of them (the selector search then skips it)."""
+        try:
+            vectors = self._index.reconstruct_batch(candidates)
+        except RuntimeError:  # an id the index does not hold
+            return None
+        sims = (vectors @ query).astype(np.float32)
+        order = np.lexsort((candidates, -sims))[:k]
+        return candidates[order], sims[order]
 
     # ---- persistence -------------------------------------------------------------------------------
 
