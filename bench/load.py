@@ -397,6 +397,18 @@ def summarise_profile(path: Path) -> dict[str, Any]:
     }
 
 
+def embedding_calls_per_pass(url: str) -> float | None:
+    """Small embedding calls per forward pass since start, from /metrics of the worker process that answers
+    (each worker counts its own): 1.0 means no call was merged with another. None without coalescing."""
+    counts: dict[str, float] = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("sealmem_embedding_calls_total", "sealmem_embedding_passes_total"):
+            counts[name] = float(value)
+    passes = counts.get("sealmem_embedding_passes_total")
+    return round(counts["sealmem_embedding_calls_total"] / passes, 2) if passes else None
+
+
 def _postgres(work: Path) -> Callable[[str], str]:
     """A PostgreSQL 16 + pgvector server (pgserver) for this run; returns a function that creates a fresh
     database and gives its SQLAlchemy URL."""
@@ -467,7 +479,11 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
                 )
             runs = sum(1 for seen in variants[: number - 1] if seen == variant)
             name = variant if runs == 0 else f"{variant} (run {runs + 1})"
-            report[name] = {**phases, "server_rss_mb": round(server.rss / 2**20, 1)}
+            report[name] = {
+                **phases,
+                "server_rss_mb": round(server.rss / 2**20, 1),
+                "embedding_calls_per_pass": embedding_calls_per_pass(server.url),
+            }
         finally:
             server.stop()
     measured, *baselines = variants

@@ -71,6 +71,10 @@ class CoalescingEmbedder:
             return self._running
 
     @property
+    def max_batch(self) -> int:
+        return self._max_batch
+
+    @property
     def inner(self) -> Embedder:
         return self._inner
 

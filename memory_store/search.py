@@ -48,6 +48,7 @@ from memory_store.fusion import Fused, FusionConfig, Neighbours, reciprocal_rank
 from memory_store.keys import KeyManager
 from memory_store.lexical import LexicalCache, LexicalIndex, LexicalOptions, LexicalSource, StaleIndexError
 from memory_store.models import Memory, Subject, VectorChange, utcnow
+from memory_store.prepared import EarlyVector
 from memory_store.records import (
     RECORD_COLUMNS,
     candidate_statement,
@@ -339,6 +340,17 @@ class HybridSearcher:
                     break
         return hits, ids
 
+    def early_vector(self, tenant_id: str, subject: str, query: str, fusion: FusionConfig) -> EarlyVector | None:
+        """The query's vector before any database read, for the subject's id as last seen by this process (None
+        when unknown): stripped of speakers' names by the guessed subject's cached index. :meth:`search` checks
+        the guess against the row it reads and embeds again on a mismatch."""
+        guess = self._subject_ids.guess(tenant_id, subject)
+        if guess is None:
+            return None
+        held = self._lexical.peek(guess) if fusion.strip_speakers else None
+        text = held[1].strip_speakers(query) if held is not None else query
+        return EarlyVector(guess, text, self.queries.vector(guess, text))
+
     def search(
         self,
         *,
@@ -350,14 +362,12 @@ class HybridSearcher:
         fusion: FusionConfig,
         min_score: float = 0.0,
         include_assistant: bool = False,
+        early: EarlyVector | None = None,
     ) -> tuple[list[SearchHit], list[int]]:
+        """``early``: the query's vector made beforehand by :meth:`early_vector` (made here when None)."""
         now = utcnow()
-        guess = self._subject_ids.guess(tenant_id, subject)
-        early: tuple[str, Vector] | None = None
-        if guess is not None:  # stripped with the guessed subject's cached index (checked below)
-            held = self._lexical.peek(guess) if fusion.strip_speakers else None
-            early_text = held[1].strip_speakers(query) if held is not None else query
-            early = (early_text, self.queries.vector(guess, early_text))
+        if early is None:
+            early = self.early_vector(tenant_id, subject, query, fusion)
         with self._sessions() as session:
             owner = session.scalar(_SUBJECT, {"tenant_id": tenant_id, "external_id": subject})
             if owner is None:
@@ -384,8 +394,8 @@ class HybridSearcher:
                 scored = lexical_index.scores(query)
 
             dense_text = lexical_index.strip_speakers(query) if fusion.strip_speakers else query
-            if early is not None and guess == owner.id and early[0] == dense_text:
-                vector = early[1]
+            if early is not None and early.subject_id == owner.id and early.text == dense_text:
+                vector = early.vector
             else:  # no guess, a wrong one, or the subject's speakers changed since the cached index
                 vector = self.queries.vector(owner.id, dense_text)
             # Candidate sets up to the backend's score_all_max are scored in full by one search; larger ones

@@ -39,7 +39,9 @@ class StoreSettings(BaseSettings):
         ge=1,
         le=4096,
         description="Concurrent small embedding calls are run together, up to this many texts per pass "
-        "(cheaper per text under load; a call never waits for company). 1 turns it off.",
+        "(cheaper per text under load; a call never waits for company); the service then embeds searches and adds "
+        "on threads of their own before the request thread takes them, so waiting requests meet in one pass. "
+        "1 turns both off.",
     )
     embedding_runners: int = Field(
         default=1,

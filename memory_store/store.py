@@ -48,6 +48,7 @@ from memory_store.models import (
     utcnow,
 )
 from memory_store.pgvector_backend import PgVectorBackend
+from memory_store.prepared import EarlyVector, PreparedAdd, PreparedSearch
 from memory_store.records import (
     RECORD_COLUMNS,
     apply_filters,
@@ -438,18 +439,25 @@ class MemoryStore:
         actor: str = "system",
         audit: AuditEvent | None = None,
         guard: WriteGuard | None = None,
+        prepared: PreparedAdd | None = None,
     ) -> list[MemoryRecord]:
         """Store ``items`` atomically (all or nothing), embedding them in batches.
 
         Every write method takes ``audit`` (appended to the tenant's audit chain in the same transaction, one
         record per subject, with the subject and memory ids filled in) and ``guard`` (see :class:`WriteGuard`).
+        ``prepared``: the screening and embedding :meth:`prepare_add` did beforehand, used when it is for the same
+        texts under the tenant's current policy (otherwise done again here).
         """
         if not items:
             return []
         for item in items:
             validation.check_new_memory(item)
-        policy, screened = self.screener.screen(tenant_id, [item.text for item in items])
-        vectors = self._embedder.embed([s.embedded for s in screened])
+        given = tuple(item.text for item in items)
+        if prepared is not None and self._prepared_fits(prepared, tenant_id, given):
+            policy, screened, vectors = prepared.policy, list(prepared.screened), prepared.vectors
+        else:
+            policy, screened = self.screener.screen(tenant_id, given)
+            vectors = self._embedder.embed([s.embedded for s in screened])
         now = utcnow()
         known: dict[int, np.ndarray] = {}
         records: list[MemoryRecord] = []
@@ -532,6 +540,24 @@ class MemoryStore:
         for subject_id, sources in added.items():
             self._lexical.advance(subject_id, lexical_before[subject_id], last_seq, upserts=sources)
         return records
+
+    def prepare_add(self, *, tenant_id: str, items: Sequence[NewMemory]) -> PreparedAdd:
+        """Screen and embed ``items`` ahead of :meth:`add_batch` (no database write; raises what the add would
+        raise for invalid or rejected items)."""
+        for item in items:
+            validation.check_new_memory(item)
+        texts = tuple(item.text for item in items)
+        policy, screened = self.screener.screen(tenant_id, texts)
+        vectors = self._embedder.embed([s.embedded for s in screened])
+        return PreparedAdd(tenant_id=tenant_id, texts=texts, policy=policy, screened=tuple(screened), vectors=vectors)
+
+    def _prepared_fits(self, prepared: PreparedAdd, tenant_id: str, texts: tuple[str, ...]) -> bool:
+        """Whether ``prepared`` is for these texts under the tenant's policy as this process knows it now (after
+        a write failed on a changed policy, the reloaded one: the retry screens again)."""
+        if prepared.tenant_id != tenant_id or prepared.texts != texts:
+            return False
+        current = self.screener.policy(tenant_id, max_age_s=self.screener.read_ttl_s)
+        return current.revision == prepared.policy.revision
 
     @retry_write
     def update(
@@ -1116,6 +1142,7 @@ class MemoryStore:
         role: str | None = None,
         min_score: float = 0.0,
         include_assistant: bool = False,
+        prepared: PreparedSearch | None = None,
     ) -> builtins.list[SearchHit]:
         """Hybrid dense + BM25 search over one subject's memories, filters applied inside the search. The query
         is screened as a write would be (:meth:`as_stored`, for a caller of ``role``).
@@ -1124,25 +1151,57 @@ class MemoryStore:
         :mod:`memory_store.calibration`) is below ``min_score`` are left out, so an unrelated query can return
         nothing (with an embedder that has no calibration, relevance is None and nothing is left out). The
         assistant's own chat replies (``turn`` memories with metadata ``role: "assistant"``) are left out
-        unless ``include_assistant`` (or a metadata filter on ``role: "assistant"``) asks for them."""
+        unless ``include_assistant`` (or a metadata filter on ``role: "assistant"``) asks for them.
+
+        ``prepared``: the screening and query embedding :meth:`prepare_search` did beforehand, used when it is for
+        the same tenant, subject, query, role and name stripping."""
         if not isinstance(query, str) or not query.strip():
             raise ValidationError("query must be a non-empty string")
         if not 1 <= k <= 1000:
             raise ValidationError("k must be between 1 and 1000")
         if not isinstance(min_score, int | float) or not -1.0 <= min_score <= 1.0:  # NaN fails too
             raise ValidationError("min_score must be between -1 and 1")
+        fusion = fusion or FusionConfig()
+        early: EarlyVector | None = None
+        if prepared is not None and (prepared.tenant_id, prepared.subject, prepared.query, prepared.role) == (
+            tenant_id,
+            subject,
+            query,
+            role,
+        ):
+            stored = prepared.stored
+            early = prepared.early if prepared.strip_speakers == fusion.strip_speakers else None
+        else:
+            stored = self.as_stored(tenant_id=tenant_id, subject=subject, text=query, role=role)
         hits, row_ids = self._searcher.search(
             tenant_id=tenant_id,
             subject=subject,
-            query=self.as_stored(tenant_id=tenant_id, subject=subject, text=query, role=role),
+            query=stored,
             k=k,
             filters=filters or Filters(),
-            fusion=fusion or FusionConfig(),
+            fusion=fusion,
             min_score=float(min_score),
             include_assistant=include_assistant,
+            early=early,
         )
         self._touch(row_ids)
         return hits
+
+    def prepare_search(
+        self, *, tenant_id: str, subject: str, query: str, role: str | None = None, fusion: FusionConfig | None = None
+    ) -> PreparedSearch:
+        """Screen ``query`` and embed it ahead of :meth:`search` (a guess at the subject, checked by the search)."""
+        fusion = fusion or FusionConfig()
+        stored = self.as_stored(tenant_id=tenant_id, subject=subject, text=query, role=role)
+        return PreparedSearch(
+            tenant_id=tenant_id,
+            subject=subject,
+            query=query,
+            role=role,
+            strip_speakers=fusion.strip_speakers,
+            stored=stored,
+            early=self._searcher.early_vector(tenant_id, subject, stored, fusion),
+        )
 
     def as_stored(self, *, tenant_id: str, subject: str, text: str, role: str | None = None) -> str:
         """``text`` as memories are stored, without writing anything: a value the subject's vault holds becomes

@@ -227,6 +227,7 @@ def create_app(
                     app.state.writeback = None
         finally:
             maintenance.stop()
+            services.ahead.close()
             metrics.detach_store()
             if store is None:
                 await run_in_threadpool(active.close)

@@ -12,14 +12,38 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from typing import Generic, TypeVar
 
 from starlette.requests import Request
 
+from memory_store.prepared import PreparedSearch
 from memory_store.types import Filters, HistoryEntry, MemoryRecord, SearchHit
 from service.auth import Principal, subject_for
 from service.routes.common import to_filters
 from service.schemas import SearchFilters
 from service.services import Services
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Prepared(Generic[T]):
+    """What a preparation (:mod:`service.ahead`) made, and when it started."""
+
+    value: T
+    started: float
+
+
+def prepare_search(
+    services: Services, principal: Principal, *, subject: str | None, query: str
+) -> Prepared[PreparedSearch]:
+    """:func:`search`'s screening and query embedding, ahead of it (for :mod:`service.ahead`)."""
+    started = time.perf_counter()
+    services.limits.text(query, field="query")
+    value = services.store.prepare_search(
+        tenant_id=principal.tenant_id, subject=subject_for(principal, subject), query=query, role=principal.role
+    )
+    return Prepared(value, started)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,18 +103,20 @@ def search(
     k: int | None,
     filters: SearchFilters | None = None,
     min_score: float = 0.0,
+    prepared: Prepared[PreparedSearch] | None = None,
 ) -> list[SearchHit]:
     """Hybrid search of one subject's memories (``subject``, required with an API key; a subject token's own),
     best first, each hit with its fused, dense and lexical scores and its calibrated ``relevance``; hits whose
     relevance is below ``min_score`` are left out, and so are the assistant's chat replies unless
     ``filters.include_assistant``. Memories are revealed as the caller's role may see them; one ``memory.search``
-    record; the search's time goes to the search latency metric."""
+    record; the search's time (from its preparation on, when :func:`prepare_search` gave ``prepared``) goes to
+    the search latency metric."""
     top = services.limits.k(k)
     services.limits.text(query, field="query")
     with services.auditor.record(request, principal, "memory.search", subject=principal.subject) as note:
         note.subject = subject = subject_for(principal, subject)
         store_filters = to_filters(filters, services.limits)
-        started = time.perf_counter()
+        started = prepared.started if prepared is not None else time.perf_counter()
         hits = services.store.search(
             tenant_id=principal.tenant_id,
             subject=subject,
@@ -100,6 +126,7 @@ def search(
             role=principal.role,
             min_score=min_score,
             include_assistant=filters is not None and filters.include_assistant,
+            prepared=prepared.value if prepared is not None else None,
         )
         services.metrics.search_latency.observe(time.perf_counter() - started)
         note.memory_ids = [h.memory.id for h in hits]

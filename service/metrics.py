@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from memory_store.coalescing import CoalescingEmbedder
 from memory_store.store import MemoryStore
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -45,6 +46,18 @@ class StoreCollector(Collector):
         for entity_type, count in sorted(self._store.screener.counts().items()):
             detections.add_metric([entity_type], count)
         yield detections
+        embedder = self._store.embedder
+        if isinstance(embedder, CoalescingEmbedder):  # calls per pass: how much concurrent embeddings are merged
+            yield CounterMetricFamily(
+                "sealmem_embedding_passes",
+                "Forward passes this process ran for small (coalesced) embedding calls.",
+                value=embedder.passes,
+            )
+            yield CounterMetricFamily(
+                "sealmem_embedding_calls",
+                "Small embedding calls (a search's query, a few added texts) those passes served.",
+                value=embedder.calls,
+            )
 
 
 class Metrics:

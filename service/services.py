@@ -9,6 +9,7 @@ from memory_store.console_sessions import ConsoleSessionStore
 from memory_store.credentials import ApiKeyStore
 from memory_store.db import make_sessionmaker
 from memory_store.store import MemoryStore
+from service.ahead import AheadOfRequests
 from service.auditing import Auditor
 from service.auth import Authenticator
 from service.keyfiles import token_secret_from_settings
@@ -30,6 +31,8 @@ class Services:
     limits: Limits
     metrics: Metrics
     console_sessions: ConsoleSessionStore
+    ahead: AheadOfRequests
+    """Threads that screen and embed a search's or an add's text before the request thread takes it."""
 
 
 def build_services(settings: Settings, store: MemoryStore, metrics: Metrics) -> Services:
@@ -61,4 +64,5 @@ def build_services(settings: Settings, store: MemoryStore, metrics: Metrics) -> 
             idle=timedelta(seconds=settings.console_idle_timeout_seconds),
             lifetime=timedelta(seconds=settings.console_session_lifetime_seconds),
         ),
+        ahead=AheadOfRequests.for_embedder(store.embedder),
     )

@@ -1,8 +1,9 @@
 """The test harness of the service, chat and proof tests: the real app, built by ``create_app``.
 
 Each app runs on real SQLite and FAISS in its own data folder, which starts from a copy of a database migrated
-once per session (``migrated_db`` in tests/conftest.py). The embedder is a deterministic HashingEmbedder and
-the LLM the deterministic :class:`~tests.chat.fakes.FakeBackend`, unless a test injects its own.
+once per session (``migrated_db`` in tests/conftest.py). The embedder is a deterministic HashingEmbedder
+(coalesced, as the service's own is) and the LLM the deterministic :class:`~tests.chat.fakes.FakeBackend`,
+unless a test injects its own.
 :meth:`Harness.start` runs the app in process (Starlette's TestClient); :meth:`Harness.serve` serves it with
 uvicorn on 127.0.0.1 (real HTTP). :class:`Launcher` starts several, each on a fresh data folder.
 """
@@ -29,6 +30,7 @@ from sqlalchemy import inspect, text
 from starlette.types import Receive, Scope, Send
 
 from memory_store import MemoryStore
+from memory_store.coalescing import CoalescingEmbedder
 from memory_store.crypto import encode_key, generate_key
 from memory_store.embedder import Embedder, HashingEmbedder
 from service.app import create_app
@@ -70,6 +72,12 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+def coalesced_hashing(dim: int = 384) -> Embedder:
+    """The deterministic HashingEmbedder, concurrent calls coalesced as the service's own embedder's are (so the
+    app screens and embeds requests ahead of the request thread, as in production: ``service.ahead``)."""
+    return CoalescingEmbedder(HashingEmbedder(dim))
+
+
 def _build_app(
     settings: Settings,
     *,
@@ -77,9 +85,13 @@ def _build_app(
     llm: LLMBackend | None = None,
     distiller: Distiller | None = None,
 ) -> FastAPI:
-    """The app as ``create_app`` builds it, with a HashingEmbedder and the fake LLM unless others are given."""
+    """The app as ``create_app`` builds it, with :func:`coalesced_hashing` and the fake LLM unless others are
+    given."""
     return create_app(
-        settings, embedder=embedder or HashingEmbedder(), llm=llm or FakeBackend(), distiller=distiller
+        settings,
+        embedder=embedder or coalesced_hashing(),
+        llm=llm or FakeBackend(),
+        distiller=distiller,
     )
 
 
@@ -262,7 +274,7 @@ class Launcher:
         folder: Path,
         migrated_db: Path,
         *,
-        embedder: Callable[[], Embedder] = HashingEmbedder,
+        embedder: Callable[[], Embedder] = coalesced_hashing,
         **defaults: Any,
     ) -> None:
         self._stack = stack

@@ -11,7 +11,22 @@ import numpy as np
 
 from memory_store import FusionConfig, NewMemory
 
-WORDS = "cello jazz hiking Porto garden coffee marathon museum pottery camping sushi chess tennis baking".split()
+WORDS = [
+    "cello",
+    "jazz",
+    "hiking",
+    "Porto",
+    "garden",
+    "coffee",
+    "marathon",
+    "museum",
+    "pottery",
+    "camping",
+    "sushi",
+    "chess",
+    "tennis",
+    "baking",
+]
 QUERIES = ["what about jazz and coffee?", "pottery in Porto", "marathon training", "chess or tennis", "camping trip"]
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
+from starlette.concurrency import run_in_threadpool
 
+from memory_store.prepared import PreparedAdd
 from service import memory_actions
 from service.auth import Principal
 from service.deps import Reader, ServicesDep, Writer
@@ -39,12 +41,12 @@ MemoryId = Annotated[str, Path(min_length=1, max_length=64, description="The mem
     description='A single memory (`{"subject", "text", ...}`) returns the memory; a batch '
     '(`{"memories": [...]}`) is stored atomically and returns `{"memories": [...]}`.',
 )
-def add_memories(
+async def add_memories(
     body: MemoryCreateBody, principal: Writer, services: ServicesDep, request: Request
 ) -> MemoryOut | MemoryBatchOut:
     if isinstance(body, MemoryBatchCreate):
-        return MemoryBatchOut(memories=_add(body.memories, principal, services, request))
-    return _add([body], principal, services, request)[0]
+        return MemoryBatchOut(memories=await _add(body.memories, principal, services, request))
+    return (await _add([body], principal, services, request))[0]
 
 
 @router.post(
@@ -54,13 +56,33 @@ def add_memories(
     summary="Add a batch of memories (atomically)",
     description="All or nothing: one bad item, or one the desensitisation policy rejects, stores none.",
 )
-def add_memory_batch(
+async def add_memory_batch(
     body: MemoryBatchCreate, principal: Writer, services: ServicesDep, request: Request
 ) -> MemoryBatchOut:
-    return MemoryBatchOut(memories=_add(body.memories, principal, services, request))
+    return MemoryBatchOut(memories=await _add(body.memories, principal, services, request))
 
 
-def _add(items: list[MemoryCreate], principal: Principal, services: Services, request: Request) -> list[MemoryOut]:
+async def _add(
+    items: list[MemoryCreate], principal: Principal, services: Services, request: Request
+) -> list[MemoryOut]:
+    """Screened and embedded ahead (:mod:`service.ahead`), then stored on a request thread."""
+    prepared = await services.ahead.run(_prepare_add, items, principal, services)
+    return await run_in_threadpool(_store, items, principal, services, request, prepared)
+
+
+def _prepare_add(items: list[MemoryCreate], principal: Principal, services: Services) -> PreparedAdd:
+    services.limits.batch(len(items))
+    news = [new_memory(principal, item, services.limits) for item in items]
+    return services.store.prepare_add(tenant_id=principal.tenant_id, items=news)
+
+
+def _store(
+    items: list[MemoryCreate],
+    principal: Principal,
+    services: Services,
+    request: Request,
+    prepared: PreparedAdd | None,
+) -> list[MemoryOut]:
     services.limits.batch(len(items))
     with services.auditor.record(request, principal, "memory.add", subject=principal.subject) as note:
         news = [new_memory(principal, item, services.limits) for item in items]
@@ -70,6 +92,7 @@ def _add(items: list[MemoryCreate], principal: Principal, services: Services, re
             actor=note.caller.actor,
             audit=note.change(),
             guard=note.caller.guard(),
+            prepared=prepared,
         )
     records = services.store.reveal(tenant_id=principal.tenant_id, records=records, role=principal.role)
     return [MemoryOut.of(r) for r in records]
@@ -95,8 +118,15 @@ def list_memories(
 
 
 @router.post("/search", response_model=SearchResponse, summary="Hybrid (vector + keyword) search of a subject")
-def search_memories(body: SearchRequest, principal: Reader, services: ServicesDep, request: Request) -> SearchResponse:
-    hits = memory_actions.search(
+async def search_memories(
+    body: SearchRequest, principal: Reader, services: ServicesDep, request: Request
+) -> SearchResponse:
+    # The query screened and embedded ahead (service.ahead), then searched for on a request thread.
+    prepared = await services.ahead.run(
+        memory_actions.prepare_search, services, principal, subject=body.subject, query=body.query
+    )
+    hits = await run_in_threadpool(
+        memory_actions.search,
         services,
         request,
         principal,
@@ -105,6 +135,7 @@ def search_memories(body: SearchRequest, principal: Reader, services: ServicesDe
         k=body.k,
         filters=body.filters,
         min_score=body.min_score,
+        prepared=prepared,
     )
     return SearchResponse(results=[SearchResult.of_hit(h) for h in hits])
 

@@ -16,7 +16,7 @@ import pytest
 
 from memory_store.embedder import HashingEmbedder
 from service.settings import Settings
-from tests.harness import Harness, Launcher
+from tests.harness import Harness, Launcher, coalesced_hashing
 
 EMBED_DIM = 384
 
@@ -30,4 +30,4 @@ def serve_app(settings: Settings) -> AbstractContextManager[Harness]:
 def make_served(tmp_path: Path, migrated_db: Path) -> Iterator[Callable[..., Harness]]:
     """Serve apps (uvicorn in a thread of this process) with setting overrides; all are stopped at teardown."""
     with ExitStack() as stack:
-        yield Launcher(stack, tmp_path, migrated_db, embedder=partial(HashingEmbedder, EMBED_DIM)).serve
+        yield Launcher(stack, tmp_path, migrated_db, embedder=partial(coalesced_hashing, EMBED_DIM)).serve
