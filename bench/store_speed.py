@@ -57,6 +57,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# This checkout's code, not the one the editable install points at (runs from another worktree compare it).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import faiss
 import numpy as np
 from sqlalchemy import create_engine, select, text
