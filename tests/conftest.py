@@ -18,6 +18,7 @@ from memory_store.crypto import encode_key
 from memory_store.db import make_engine
 from memory_store.embedder import Embedder
 from memory_store.migrate import upgrade
+from tests.recording import RecordingEmbedder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -170,6 +171,17 @@ def store(open_store: Callable[..., MemoryStore]) -> MemoryStore:
 @pytest.fixture
 def tenant_id(store: MemoryStore) -> str:
     return store.create_tenant(name="acme").id
+
+
+@pytest.fixture
+def recording() -> RecordingEmbedder:
+    return RecordingEmbedder()
+
+
+@pytest.fixture
+def recording_store(open_store: Callable[..., MemoryStore], recording: RecordingEmbedder) -> MemoryStore:
+    """A store whose embedder records every text it embeds."""
+    return open_store(embedder=recording)
 
 
 @pytest.fixture(scope="session")
