@@ -34,9 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 from fastapi.testclient import TestClient  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
-from sqlalchemy import create_engine, event, text  # noqa: E402
+from sqlalchemy import event, text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
+from bench import postgres  # noqa: E402
 from memory_store.crypto import encode_key, generate_key  # noqa: E402
 from memory_store.db import make_engine  # noqa: E402
 from memory_store.embedder import HashingEmbedder  # noqa: E402
@@ -118,26 +119,20 @@ def _shape(statement: str) -> str:
     return f"{verb} {match.group(1)}" if match else verb
 
 
-def _postgres(work: Path, vector_backend: str) -> tuple[str, Any]:
-    import pgserver
-
-    server = pgserver.get_server(str(work / "pg"), cleanup_mode="stop")  # type: ignore[attr-defined]
-    base = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text('CREATE DATABASE "rt"'))
-    admin.dispose()
-    return base.replace("/postgres?", "/rt?", 1), server
+def _postgres(work: Path, shared_buffers: str) -> tuple[str, Any]:
+    server, base = postgres.start(work / "pg", shared_buffers)
+    return postgres.database(base, "rt"), server
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", choices=["postgres", "pgvector", "sqlite"], default="postgres")
+    postgres.add_argument(parser)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sealmem-rt-"))
-    url, server = (None, None) if args.database == "sqlite" else _postgres(work, args.database)
+    url, server = (None, None) if args.database == "sqlite" else _postgres(work, args.pg_shared_buffers)
     settings = Settings(
         data_dir=work / "data",
         database_url=url,

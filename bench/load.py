@@ -58,6 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import postgres  # noqa: E402
+
 WORDS = [
     "dog",
     "cat",
@@ -409,23 +411,11 @@ def embedding_calls_per_pass(url: str) -> float | None:
     return round(counts["sealmem_embedding_calls_total"] / passes, 2) if passes else None
 
 
-def _postgres(work: Path) -> Callable[[str], str]:
-    """A PostgreSQL 16 + pgvector server (pgserver) for this run; returns a function that creates a fresh
-    database and gives its SQLAlchemy URL."""
-    import pgserver
-    from sqlalchemy import create_engine, text
-
-    server = pgserver.get_server(str(work / "pg"), cleanup_mode="stop")  # type: ignore[attr-defined]
-    base = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
-
-    def database(name: str) -> str:
-        admin = create_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "bench_{name}"'))
-        admin.dispose()
-        return base.replace("/postgres?", f"/bench_{name}?", 1)
-
-    return database
+def _postgres(work: Path, shared_buffers: str = postgres.SHARED_BUFFERS) -> Callable[[str], str]:
+    """A PostgreSQL 16 + pgvector server (:mod:`bench.postgres`) for this run; returns a function that creates a
+    fresh database and gives its SQLAlchemy URL."""
+    _, base = postgres.start(work / "pg", shared_buffers)
+    return lambda name: postgres.database(base, f"bench_{name}")
 
 
 def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[str], work: Path) -> dict[str, Any]:
@@ -434,7 +424,7 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
         raise SystemExit("--driver wrk needs the wrk load generator (Debian: apt-get install wrk)")
     report: dict[str, Any] = {"database": args.database}
     variants = args.variants.split(",")
-    postgres = _postgres(work) if args.database != "sqlite" else None
+    databases = _postgres(work, args.pg_shared_buffers) if args.database != "sqlite" else None
     for number, variant in enumerate(variants, start=1):
         runtime, _, rest = variant.partition(":")
         workers, _, extra = rest.partition(":")
@@ -449,8 +439,8 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
         for setting in filter(None, extra.split("+")):
             name, _, value = setting.partition("=")
             env[f"SEALMEM_{name.upper()}"] = value
-        if postgres is not None:
-            env["SEALMEM_DATABASE_URL"] = postgres(f"{number}_{variant.replace(':', '_')}")
+        if databases is not None:
+            env["SEALMEM_DATABASE_URL"] = databases(f"{number}_{variant.replace(':', '_')}")
             env["SEALMEM_VECTOR_BACKEND"] = "pgvector" if args.database == "pgvector" else "faiss"
         folder.mkdir()
         server = Server(command, env, folder / "serve.log")
@@ -540,6 +530,7 @@ def main() -> None:
         default="sqlite",
         help="wrk driver: SQLite + FAISS (default), or a PostgreSQL started with pgserver, with FAISS or pgvector.",
     )
+    postgres.add_argument(parser)
     parser.add_argument(
         "--profile",
         choices=["busy", "gil"],

@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import postgres  # noqa: E402
 from bench.load import Server, _postgres, app_key, percentile, provision, seed, wrk_run  # noqa: E402
 
 PROBE_SUBJECT = "replica-probe"
@@ -236,6 +237,7 @@ def load_both(servers: list[Server], key: str, probe: Probe, args: argparse.Name
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["faiss", "pgvector"], default="faiss")
+    postgres.add_argument(parser)
     parser.add_argument("--duration", type=float, default=30, help="Seconds of load (both replicas at once).")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections per replica.")
     parser.add_argument("--subjects", type=int, default=50)
@@ -271,7 +273,7 @@ def main() -> None:
         secrets_dir.mkdir()
         write_secret_file(secrets_dir / "master.key", encode_key(generate_key()))
         write_secret_file(secrets_dir / "token.secret", secrets.token_urlsafe(48))
-        database_url = _postgres(work)("replicas")
+        database_url = _postgres(work, args.pg_shared_buffers)("replicas")
         base = {k: v for k, v in os.environ.items() if not k.startswith("SEALMEM_")}
         base.update(
             {
@@ -362,9 +364,9 @@ def main() -> None:
             server.stop()
         from pgserver.postgres_server import PostgresServer
 
-        postgres = PostgresServer._instances.get((work / "pg").resolve())
-        if postgres is not None:  # stopped at exit anyway (cleanup_mode "stop"); now, before the report
-            postgres.cleanup()
+        pg_server = PostgresServer._instances.get((work / "pg").resolve())
+        if pg_server is not None:  # stopped at exit anyway (cleanup_mode "stop"); now, before the report
+            pg_server.cleanup()
     report["machine"]["load_avg_at_end"] = os.getloadavg()
     text = json.dumps(report, indent=2)
     print(text)

@@ -66,6 +66,7 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
+from bench import postgres
 from memory_store import (
     Filters,
     FusionConfig,
@@ -1088,6 +1089,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile-queries", type=int, default=300, help="searches profiled at the largest size (0: none)"
     )
+    postgres.add_argument(parser)
     parser.add_argument("--profile-all", action="store_true", help="profile every backend, not only SQLite")
     parser.add_argument("--profile-out", type=Path, default=None, help="folder for the .prof files")
     parser.add_argument("--data-dir", type=Path, default=None, help="work folder (default: a temp folder)")
@@ -1155,10 +1157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"sqlite run in {work}: sizes {args.sizes}, {args.subjects} subjects")
         result["sqlite"] = run_backend("sqlite", corpus, embedder, args, work, None, args.profile_out)
         if args.postgres:
-            import pgserver
-
-            server = pgserver.get_server(str(work / "pg"), cleanup_mode="stop")  # type: ignore[attr-defined]
-            url = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+            server, url = postgres.start(work / "pg", args.pg_shared_buffers)
             log("postgres run (adds replay the SQLite run's embeddings)")
             result["postgres"] = run_backend("postgres", corpus, embedder, args, work, url, args.profile_out)
             log("pgvector run (PostgreSQL metadata + pgvector HNSW vectors, same replayed embeddings)")

@@ -154,6 +154,10 @@ FOOTER = """\
 # PyTorch build of the image: cpu, or a CUDA variant the PyTorch index publishes for torch 2.13.0 (e.g. cu126).
 # TORCH_VARIANT=cpu
 
+# PostgreSQL's shared_buffers (the `postgres` service): about a quarter of the host's memory, and enough for the
+# pgvector index and rows searches read (~4 KB per memory; docs/deploy.md, "PostgreSQL sizing").
+# PG_SHARED_BUFFERS=1GB
+
 # Entrypoint: seconds `serve` waits for PostgreSQL to accept connections before giving up.
 # DB_WAIT_SECONDS=60
 
