@@ -12,6 +12,7 @@ server the ``shared_buffers`` of ``docker-compose.yml`` (``PG_SHARED_BUFFERS``, 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def start(folder: Path, shared_buffers: str = SHARED_BUFFERS) -> tuple[Any, str]
     if _setting(url, "shared_buffers") != _setting(url, "shared_buffers", shared_buffers):
         admin = create_engine(url, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
-            conn.execute(text(f"ALTER SYSTEM SET shared_buffers = '{_checked(shared_buffers)}'"))
+            conn.execute(text(f"ALTER SYSTEM SET shared_buffers = '{_size(shared_buffers)}'"))
         admin.dispose()
         # pg_ctl restart keeps the options pgserver started it with (its socket folder, no TCP); pgserver stops
         # the server at exit by the postmaster it knows, so it must learn the new one.
@@ -56,7 +57,7 @@ def database(url: str, name: str) -> str:
     """A new, empty database ``name`` on the server of ``url``; its URL."""
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{_checked(name)}"'))
+        conn.execute(text(f'CREATE DATABASE "{_identifier(name)}"'))
     admin.dispose()
     return url.replace("/postgres?", f"/{name}?", 1)
 
@@ -75,7 +76,13 @@ def _setting(url: str, name: str, value: str | None = None) -> str:
     return str(shown)
 
 
-def _checked(value: str) -> str:
-    if not value.replace("_", "").isalnum():
-        raise ValueError(f"not a plain name or size: {value!r}")
+def _size(value: str) -> str:
+    if not re.fullmatch(r"\d+(?:kB|MB|GB|TB)?", value):
+        raise ValueError(f"not a PostgreSQL size such as 1GB: {value!r}")
     return value
+
+
+def _identifier(name: str) -> str:
+    if not name or '"' in name or "\x00" in name:
+        raise ValueError(f"not a database name: {name!r}")
+    return name
