@@ -2,11 +2,10 @@
 deployment would size it.
 
 pgserver's ``initdb`` leaves PostgreSQL's built-in ``shared_buffers`` of 128 MB, less than the 100k-memory stores
-of ``bench/store_speed.py`` (three databases): a search then reads the candidates' vector rows from the operating
-system's page cache instead of PostgreSQL's buffers (``EXPLAIN (ANALYZE, BUFFERS)`` of one subject's 1,038 pgvector
-rows: 3.8 ms from shared buffers, 110 ms when its 1,287 pages came from the OS). The benches therefore give the
-server the ``shared_buffers`` of ``docker-compose.yml`` (``PG_SHARED_BUFFERS``, 1 GB by default), set with
-``ALTER SYSTEM`` and a restart; ``--pg-shared-buffers 128MB`` measures the built-in default.
+of ``bench/store_speed.py`` (three databases), so a search reads some of its candidates' rows through the OS
+(docs/deploy.md, "PostgreSQL sizing"). The benches therefore give the server the ``shared_buffers`` of
+``docker-compose.yml`` (``PG_SHARED_BUFFERS``, 1 GB by default), set with ``ALTER SYSTEM`` and a restart;
+``--pg-shared-buffers 128MB`` measures the built-in default.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ def start(folder: Path, shared_buffers: str = SHARED_BUFFERS) -> tuple[Any, str]
 
     server = pgserver.get_server(str(folder), cleanup_mode="stop")  # type: ignore[attr-defined]
     url = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
-    if _setting(url, "shared_buffers") != _setting(url, "shared_buffers", shared_buffers):
+    if not _runs_with(url, shared_buffers):
         admin = create_engine(url, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(text(f"ALTER SYSTEM SET shared_buffers = '{_size(shared_buffers)}'"))
@@ -47,9 +46,8 @@ def start(folder: Path, shared_buffers: str = SHARED_BUFFERS) -> tuple[Any, str]
         # the server at exit by the postmaster it knows, so it must learn the new one.
         pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user)
         server._postmaster_info = PostmasterInfo.read_from_pgdata(server.pgdata)
-        actual = _setting(url, "shared_buffers")
-        if actual != _setting(url, "shared_buffers", shared_buffers):
-            raise RuntimeError(f"shared_buffers is {actual} after the restart, not {shared_buffers}")
+        if not _runs_with(url, shared_buffers):
+            raise RuntimeError(f"shared_buffers is not {shared_buffers} after the restart")
     return server, url
 
 
@@ -62,18 +60,15 @@ def database(url: str, name: str) -> str:
     return url.replace("/postgres?", f"/{name}?", 1)
 
 
-def _setting(url: str, name: str, value: str | None = None) -> str:
-    """The server's ``name`` setting in bytes-as-text, or ``value`` (a size such as ``1GB``) read the same way."""
+def _runs_with(url: str, shared_buffers: str) -> bool:
+    """Whether the server's ``shared_buffers`` is the size ``shared_buffers`` (e.g. ``1GB``, ``1024MB``)."""
     engine = create_engine(url)
     with engine.connect() as conn:
-        if value is None:
-            shown = conn.execute(
-                text("SELECT setting::bigint * pg_size_bytes(unit) FROM pg_settings WHERE name = :n"), {"n": name}
-            ).scalar_one()
-        else:
-            shown = conn.execute(text("SELECT pg_size_bytes(:v)"), {"v": value}).scalar_one()
+        same = conn.execute(
+            text("SELECT pg_size_bytes(current_setting('shared_buffers')) = pg_size_bytes(:v)"), {"v": shared_buffers}
+        ).scalar_one()
     engine.dispose()
-    return str(shown)
+    return bool(same)
 
 
 def _size(value: str) -> str:
