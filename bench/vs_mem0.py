@@ -1,8 +1,12 @@
 """Side by side with Mem0 OSS: the same memories added one at a time and the same searches, Mem0 in process and a
 real ``sealmem serve`` over HTTP, in one run; JSON with the ratios the performance targets name.
 
-    .venv/bin/pip install mem0ai      # bench-only, not a project dependency
-    python bench/vs_mem0.py [--memories 1000] [--searches 200] [--sealmem-runtime onnx|torch] [--out result.json]
+    cp -a .venv /tmp/m0venv && /tmp/m0venv/bin/python -m pip install mem0ai   # bench-only, kept out of .venv
+    /tmp/m0venv/bin/python bench/vs_mem0.py --sealmem-python .venv/bin/python [--memories 1000] [--searches 200]
+        [--sealmem-runtime onnx|torch] [--out result.json]
+
+(mem0ai pins older packages, protobuf among them: a copy of the project's environment keeps them out of the
+server's, which runs on ``--sealmem-python``.)
 
 Both sides get the same ``--memories`` short personal facts of one subject (Mem0: ``user_id``), generated
 deterministically from ``--seed``, then the same ``--searches`` questions with k=10:
@@ -65,7 +69,10 @@ SUBJECT = "user-1"
 WARMUP_SUBJECT = "warmup"
 K = 10
 DIMS = 384
-INSTALL_HINT = "mem0 is not installed; it is a bench-only comparison: .venv/bin/pip install mem0ai"
+INSTALL_HINT = (
+    "mem0 is not installed; it is a bench-only comparison, best in a copy of the environment: "
+    "cp -a .venv /tmp/m0venv && /tmp/m0venv/bin/python -m pip install mem0ai"
+)
 
 # ---------------------------------------------------------------------------------------------- the memories
 
@@ -372,6 +379,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sealmem-runtime", choices=["onnx", "torch"], default="onnx", help="Its embedding runtime.")
     parser.add_argument("--sealmem-workers", type=int, default=1, help="SEALMEM_WORKERS (one client: 1).")
+    parser.add_argument(
+        "--sealmem-python",
+        type=Path,
+        default=Path(sys.executable),
+        help="The Python that runs `sealmem serve` (e.g. the project's .venv/bin/python when mem0ai lives in another "
+        "environment, so Mem0's dependencies never change the server's).",
+    )
     parser.add_argument("--keep", action="store_true", help="Keep the temp dir (data, serve.log).")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -393,7 +407,7 @@ def main() -> None:
     warm_questions = queries(args.warmup, args.seed + 100)
 
     env = sealmem_env(work, args)
-    command = [sys.executable, "-c", "from service.cli import main; main()"]
+    command = [str(args.sealmem_python), "-c", "from service.cli import main; main()"]
     server = Server(command, env, work / "serve.log")
     guard = NetworkGuard()
     guard.allowed.add(server.port)

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from memory_store.bulk import add_in_batches
 from memory_store.credentials import ApiKeyStore
 from memory_store.crypto import MasterKey, encode_key, generate_key, write_secret_file
 from memory_store.db import make_engine, make_sessionmaker
@@ -305,16 +306,16 @@ def import_(
             raise _fail(f"nothing imported: {exc}") from exc
         with _progress() as progress:
             task = progress.add_task("importing memories", total=len(items))
-            for start in range(0, len(items), IMPORT_BATCH):
-                batch = items[start : start + IMPORT_BATCH]
-                store.add_batch(
-                    tenant_id=tenant_id,
-                    items=batch,
-                    actor=caller.actor,
-                    audit=caller.event("memory.import"),
-                    guard=caller.guard(),
-                )
-                progress.advance(task, len(batch))
+            batches = [items[start : start + IMPORT_BATCH] for start in range(0, len(items), IMPORT_BATCH)]
+            for stored in add_in_batches(  # the next batch is embedded on every core while one is written
+                store,
+                tenant_id=tenant_id,
+                batches=batches,
+                actor=caller.actor,
+                audit=caller.event("memory.import"),
+                guard=caller.guard(),
+            ):
+                progress.advance(task, len(stored))
     typer.echo(f"imported {len(items)} memories")
 
 
