@@ -97,9 +97,21 @@ def open_store(settings: Settings, embedder: Embedder | None = None) -> MemorySt
     return store
 
 
-def bound_worker_threads(store: MemoryStore, request_threads: int = 0) -> tuple[int, int]:
+# Request threads per worker process when SEALMEM_REQUEST_THREADS is unset, by database (measured with
+# bench/load.py's wrk mix, alternating variants; see the setting's description and the README).
+DEFAULT_REQUEST_THREADS = {"sqlite": 1, "postgresql": 4}
+
+
+def request_threads_for(setting: int | None, dialect: str) -> int:
+    """The request threads a worker runs: ``setting`` when given (0: as many as the pool allows), otherwise the
+    default for the database's ``dialect``."""
+    return setting if setting is not None else DEFAULT_REQUEST_THREADS.get(dialect, 1)
+
+
+def bound_worker_threads(store: MemoryStore, request_threads: int | None = None) -> tuple[int, int]:
     """Cap the threads that run store calls for routes at ``request_threads`` (0: as many as the connection
-    pool allows), and never so many that they exhaust the pool.
+    pool allows; None: the database's default, :func:`request_threads_for`), and never so many that they exhaust
+    the pool.
 
     A request takes its pooled connections one after the other (authentication, the store call, the audit
     append); a search reads its vector index through its own session. Store calls once held two at a time (a
@@ -116,8 +128,9 @@ def bound_worker_threads(store: MemoryStore, request_threads: int = 0) -> tuple[
     usable = max(2, capacity // 2)
     for_asyncio = max(1, usable // 3)  # the chat loop's retrieval, audit and write-back; long admin work
     for_routes = max(1, usable - for_asyncio)
-    if request_threads:
-        for_routes = min(for_routes, request_threads)
+    wanted = request_threads_for(request_threads, store.engine.dialect.name)
+    if wanted:
+        for_routes = min(for_routes, wanted)
     anyio.to_thread.current_default_thread_limiter().total_tokens = for_routes
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=for_asyncio, thread_name_prefix="sealmem-io")

@@ -43,16 +43,18 @@ class Settings(StoreSettings, ChatSettings):
         "worker has its own caches, rate limits and (local backend) copy of the LLM.",
     )
 
-    request_threads: int = Field(
-        default=1,
+    request_threads: int | None = Field(
+        default=None,
         ge=0,
         le=256,
         description="Threads of each worker process that run requests' blocking work (store calls, audit "
-        "appends); further requests wait on the event loop in arrival order. 1 is fastest under load: threads of "
-        "one process contend for its interpreter lock, and a thread holding SQLite's write lock then waits for "
-        "it while the other processes' writers wait for the write lock (bench/load.py). Long admin operations "
-        "(stats, export, reindex, audit verification) run on other threads. Raise it when single requests take "
-        "long (large batch adds); 0: as many as the database pool allows.",
+        "appends); further requests wait on the event loop in arrival order. Unset: 1 on SQLite, 4 on PostgreSQL "
+        "(bench/load.py). On SQLite one is fastest under load: threads of one process contend for its interpreter "
+        "lock, and a thread holding SQLite's write lock then waits for it while the other processes' writers wait "
+        "for the write lock. On PostgreSQL a request thread spends much of a store call waiting for the server, "
+        "and four serve 9 % more of the 70/30 mix and 20 % more searches than one. Long admin operations (stats, "
+        "export, reindex, audit verification) run on other threads. Raise it when single requests take long (large "
+        "batch adds); 0: as many as the database pool allows.",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
     # The storage core enforces its own hard caps; these may only tighten them.

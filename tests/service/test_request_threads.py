@@ -8,11 +8,11 @@ from pathlib import Path
 import anyio.to_thread
 
 from memory_store import MemoryStore
-from service.app import bound_worker_threads
+from service.app import bound_worker_threads, request_threads_for
 from service.settings import Settings
 
 
-def _limits(store: MemoryStore, request_threads: int) -> tuple[tuple[int, int], float]:
+def _limits(store: MemoryStore, request_threads: int | None) -> tuple[tuple[int, int], float]:
     async def run() -> tuple[tuple[int, int], float]:
         bounded = bound_worker_threads(store, request_threads)
         return bounded, anyio.to_thread.current_default_thread_limiter().total_tokens
@@ -31,5 +31,14 @@ def test_request_threads_caps_the_route_threads_and_never_exceeds_half_the_pool(
     assert routes == tokens == half - io
 
 
-def test_the_default_is_one_request_thread(tmp_path: Path) -> None:
-    assert Settings(data_dir=tmp_path).request_threads == 1
+def test_unset_it_is_one_thread_on_sqlite_and_four_on_postgresql(store: MemoryStore, tmp_path: Path) -> None:
+    assert Settings(data_dir=tmp_path).request_threads is None
+    (routes, io), tokens = _limits(store, None)
+    pool = store.engine.pool
+    half = (pool.size() + pool._max_overflow) // 2  # type: ignore[attr-defined]
+    expected = 1 if store.engine.dialect.name == "sqlite" else min(4, half - io)
+    assert routes == tokens == expected
+    assert request_threads_for(None, "sqlite") == 1
+    assert request_threads_for(None, "postgresql") == 4
+    assert request_threads_for(2, "postgresql") == 2
+    assert request_threads_for(0, "sqlite") == 0
