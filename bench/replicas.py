@@ -251,8 +251,21 @@ def main() -> None:
     parser.add_argument("--probe-inflight", type=int, default=16)
     parser.add_argument("--runtime", default="onnx", help="SEALMEM_EMBEDDING_RUNTIME of both replicas.")
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="A further setting of both replicas, e.g. request_threads=1 (SEALMEM_REQUEST_THREADS); repeatable.",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    extra = {}
+    for setting in args.set:
+        name, sep, value = setting.partition("=")
+        if not sep or not name:
+            parser.error(f"--set takes NAME=VALUE, not {setting!r}")
+        extra[f"SEALMEM_{name.upper()}"] = value
     if shutil.which("wrk") is None:
         raise SystemExit("needs the wrk load generator (Debian: apt-get install wrk)")
 
@@ -292,8 +305,10 @@ def main() -> None:
                 "PYTHONPATH": str(ROOT),
                 "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1",
+                **extra,
             }
         )
+        report["settings"] = extra
         command = [sys.executable, "-c", "from service.cli import main; main()"]
         for name in ("a", "b"):
             folder = work / name

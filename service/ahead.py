@@ -2,10 +2,10 @@
 
 Each worker process runs requests' blocking work on few request threads (``request_threads``: one on SQLite), so
 a search's or an add's embedding, most of its CPU, ran there alone: one text per forward pass, while the requests
-behind it waited. The search and add routes first hand that work (``MemoryStore.prepare_search``, ``prepare_add``) to the
-threads here. The embeddings of requests that wait at the same time then meet in the coalescing embedder and run
-as one batch, cheaper per text (``bench/embed_batching.py``), and the request thread keeps working meanwhile (a
-forward pass does not hold the interpreter lock).
+behind it waited. The search and add routes first hand that work (``MemoryStore.prepare_search``,
+``prepare_add``) to the threads here. The embeddings of requests that wait at the same time then meet in the
+coalescing embedder and run as one batch, cheaper per text (``bench/embed_batching.py``), and the request thread
+keeps working meanwhile (a forward pass does not hold the interpreter lock).
 
 Only a head start: when preparing fails for any reason (an invalid or rejected text, a subject the caller may not
 name) the request goes on without it, and the store call does the work, and answers or raises, exactly as it
