@@ -36,7 +36,6 @@ from memory_store.embedder import embedder_from_settings
 from memory_store.migrate import upgrade
 from memory_store.settings import StoreSettings
 from memory_store.store import MemoryStore
-from memory_store.types import NewMemory
 
 TARGET_PER_S = 400
 
@@ -57,17 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     threads = args.threads or default_threads()
     corpus = build_corpus(args.memories, args.subjects, 1, args.seed)
-    items = [
-        NewMemory(
-            subject=corpus.subjects[corpus.subject_of[i]],
-            text=corpus.texts[i],
-            kind=corpus.kinds[i],
-            metadata={"topic": corpus.topics[i], "seq": i},
-            source="import",
-            session_id=corpus.session_of[i],
-        )
-        for i in range(args.memories)
-    ]
+    items = [corpus.memory(i) for i in range(args.memories)]
     batches = [items[i : i + args.batch_size] for i in range(0, len(items), args.batch_size)]
     work = Path(tempfile.mkdtemp(prefix="sealmem-bulk-"))
     try:

@@ -386,6 +386,18 @@ class Corpus:
     kinds: list[str]
     queries: dict[int, list[str]]
 
+    def memory(self, i: int) -> NewMemory:
+        """Memory ``i`` as the benches add it."""
+        return NewMemory(
+            subject=self.subjects[self.subject_of[i]],
+            text=self.texts[i],
+            kind=self.kinds[i],
+            metadata={"topic": self.topics[i], "seq": i},
+            source="chat",
+            agent_id="assistant",
+            session_id=self.session_of[i],
+        )
+
 
 def build_corpus(total: int, n_subjects: int, queries_per_subject: int, seed: int) -> Corpus:
     rng = random.Random(seed)
@@ -734,18 +746,7 @@ def fill(bench: Bench, corpus: Corpus, target: int, batch_size: int, *, replay: 
     with timer, timer.measuring() as stages, (emb.replaying() if replay else contextlib.nullcontext()):
         for lo in range(start_n, target, batch_size):
             hi = min(lo + batch_size, target)
-            items = [
-                NewMemory(
-                    subject=corpus.subjects[corpus.subject_of[i]],
-                    text=corpus.texts[i],
-                    kind=corpus.kinds[i],
-                    metadata={"topic": corpus.topics[i], "seq": i},
-                    source="chat",
-                    agent_id="assistant",
-                    session_id=corpus.session_of[i],
-                )
-                for i in range(lo, hi)
-            ]
+            items = [corpus.memory(i) for i in range(lo, hi)]
             t0 = time.perf_counter()
             bench.store.add_batch(tenant_id=bench.tenant_id, items=items)
             dt = time.perf_counter() - t0

@@ -30,7 +30,7 @@ MIN_TEXTS_PER_THREAD = 16
 
 def default_threads() -> int:
     """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, len(os.sched_getaffinity(0)))  # as service.settings counts them for the worker processes
 
 
 def add_in_batches(
