@@ -4,7 +4,7 @@ embedded on other threads."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -50,13 +50,13 @@ def test_batches_are_stored_in_order_each_audited_with_its_own_vectors(
 
 
 def test_the_next_batch_is_embedded_while_one_is_written(
-    store: MemoryStore, open_store: object, tenant_id: str
+    store: MemoryStore, open_store: Callable[..., MemoryStore], tenant_id: str
 ) -> None:
     """The first batch's commit waits for the second batch's embedding to start: it can only start meanwhile
     if it runs beside the write (done one after the other, the wait times out)."""
     second_started = threading.Event()
     embedder = _Signalling(second_started, marker="second")
-    writer = open_store(embedder=embedder)  # type: ignore[operator]
+    writer = open_store(embedder=embedder)
     seen: list[bool] = []
 
     def on_commit(conn: object) -> None:
