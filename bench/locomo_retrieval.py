@@ -64,6 +64,7 @@ from memory_store import (  # noqa: E402
 from memory_store.db import make_engine  # noqa: E402
 from memory_store.embedder import Embedder, embedder_from_settings  # noqa: E402
 from memory_store.migrate import upgrade  # noqa: E402
+from memory_store.query_form import list_like  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "locomo-dev.json"
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
@@ -493,6 +494,7 @@ def rank_offline(f: Features, q: int, config: FusionConfig, k: int) -> list[int]
     same normalisation, neighbour share, proper-noun and speaker bonus and tie order), from the cached scores."""
     import numpy as np
 
+    config = config.for_query(f.questions[q].question)
     p = _prepare(f, q, config, k)
     total = config.dense_weight + config.lexical_weight
     mixed = np.zeros(len(p.idx) + 1)  # last slot: "no neighbour" (0)
@@ -518,12 +520,18 @@ def rank_offline(f: Features, q: int, config: FusionConfig, k: int) -> list[int]
 
 
 def grid_configs() -> list[FusionConfig]:
+    """Every setting of GRID with the list route off (its value is chosen beside them: :func:`leave_one_out`),
+    the default first."""
     names = list(GRID)
-    configs = [FusionConfig(**dict(zip(names, values, strict=True))) for values in itertools.product(*GRID.values())]
+    configs = [
+        FusionConfig(**dict(zip(names, values, strict=True)), list_dense_weight=None)
+        for values in itertools.product(*GRID.values())
+    ]
     # Without the speaker bonus its share for other speakers changes nothing: one setting of it is enough.
     configs = [c for c in configs if c.speaker_weight or c.speaker_others == FusionConfig().speaker_others]
-    default = FusionConfig()
+    default = dataclasses.replace(FusionConfig(), list_dense_weight=None)
     assert default in configs, "the default FusionConfig must be one of the grid's settings"
+    assert FusionConfig().list_dense_weight in GRID["dense_weight"], "the default list route must be in the grid"
     configs.remove(default)
     return [default, *configs]  # ties in LOO selection go to the default
 
@@ -548,25 +556,39 @@ def leave_one_out(
     feats: Sequence[Features], configs: Sequence[FusionConfig], k: int
 ) -> tuple[Scores, list[dict[str, Any]]]:
     """Leave-one-conversation-out: for each conversation, the setting with the best recall@k (categories 1-4,
-    pooled over questions) on the other conversations, scored on it."""
+    pooled over questions) on the other conversations, scored on it. A setting is one of ``configs`` (the
+    route off) with a value of ``list_dense_weight`` out of GRID's dense weights: a list question
+    (:func:`memory_store.query_form.list_like`) under setting ``c`` and value ``v`` ranks as under ``c`` with
+    dense weight ``v``, which is in the grid, so no setting is ranked twice."""
     import numpy as np
 
     recalls = recall_matrix(feats, configs, k)
     main = [np.array([q.category in MAIN_CATEGORIES for q in f.questions]) for f in feats]
+    listed = [np.array([list_like(q.question) for q in f.questions], dtype=bool) for f in feats]
+    index = {config: i for i, config in enumerate(configs)}
+    default_value = FusionConfig().list_dense_weight
+    values = [default_value, *(v for v in GRID["dense_weight"] if v != default_value)]  # ties: the default
+    # routed[c, j]: the row of configs that ranks a list question under setting c with route value values[j]
+    routed = np.array([[index[dataclasses.replace(c, dense_weight=v)] for v in values] for c in configs])
     scores = Scores()
     folds = []
     for held, f in enumerate(feats):
-        sums = sum(recalls[i][:, main[i]].sum(axis=1) for i in range(len(feats)) if i != held)
-        count = sum(int(main[i].sum()) for i in range(len(feats)) if i != held)
-        chosen = int(np.argmax(sums))  # first best: the default on a tie
-        config = configs[chosen]
+        train = [i for i in range(len(feats)) if i != held]
+        others = sum(recalls[i][:, main[i] & ~listed[i]].sum(axis=1) for i in train)
+        lists = sum(recalls[i][:, main[i] & listed[i]].sum(axis=1) for i in train)
+        totals = others[:, None] + lists[routed]
+        count = sum(int(main[i].sum()) for i in train)
+        c, j = (int(i) for i in np.unravel_index(int(np.argmax(totals)), totals.shape))  # first best: the default
+        config = dataclasses.replace(configs[c], list_dense_weight=values[j])
         for q, question in enumerate(f.questions):
             scores.add(question, [f.conv.turns[i].dia_id for i in rank_offline(f, q, config, k)])
+        rows = np.where(listed[held], routed[c, j], c)
+        held_recall = recalls[held][rows, np.arange(len(f.questions))][main[held]].mean()
         folds.append({
             "held_out": f.conv.sample_id,
-            "chosen": {name: getattr(config, name) for name in GRID},
-            "train_recall@10": round(float(sums[chosen]) / count, 4),
-            "held_out_recall@10": round(float(recalls[held][chosen, main[held]].mean()), 4),
+            "chosen": {name: getattr(config, name) for name in (*GRID, "list_dense_weight")},
+            "train_recall@10": round(float(totals[c, j]) / count, 4),
+            "held_out_recall@10": round(float(held_recall), 4),
         })
     return scores, folds
 
@@ -722,6 +744,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "categories 1-4, pooled over questions), the best one is applied to it; figures pool "
                         "the held-out questions",
             "grid": {name: list(values) for name, values in GRID.items()},
+            "list_dense_weight": f"chosen with the grid's setting out of {list(GRID['dense_weight'])}: the dense "
+                                 "weight of list questions (memory_store.query_form.list_like)",
             "folds": folds,
             "report": loo.report(),
         }

@@ -366,6 +366,7 @@ class HybridSearcher:
     ) -> tuple[list[SearchHit], list[int]]:
         """``early``: the query's vector made beforehand by :meth:`early_vector` (made here when None)."""
         now = utcnow()
+        fusion = fusion.for_query(query)
         if early is None:
             early = self.early_vector(tenant_id, subject, query, fusion)
         with self._sessions() as session:
