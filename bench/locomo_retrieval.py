@@ -86,18 +86,20 @@ ABLATIONS: dict[str, FusionConfig] = {
                                              speaker_weight=0.0),
     "score + lexical context + dates": FusionConfig(neighbour_weight=0.0, speaker_weight=0.0),
     "score + context + dates + neighbours 0.3 (before #15)": FusionConfig(
-        dense_weight=1.0, neighbour_weight=0.3, lexical_context=1, neighbour_direction="both", speaker_weight=0.0
+        dense_weight=1.0, neighbour_weight=0.3, lexical_context=1, neighbour_direction="both", speaker_weight=0.0,
+        list_dense_weight=None,
     ),
     "dense 1.5, lexical_context 2, both neighbours 0.3 (first LOO pick of #15)": FusionConfig(
-        dense_weight=1.5, neighbour_weight=0.3, neighbour_direction="both", speaker_weight=0.0
+        dense_weight=1.5, neighbour_weight=0.3, neighbour_direction="both", speaker_weight=0.0, list_dense_weight=None
     ),
     "default, no speaker bonus": FusionConfig(speaker_weight=0.0),
     "default, both neighbours": FusionConfig(neighbour_direction="both"),
     "speaker bonus, next neighbour 0.5 (second LOO pick of #15)": FusionConfig(
-        neighbour_weight=0.5, proper_noun_weight=0.0, strip_speakers=False
+        neighbour_weight=0.5, proper_noun_weight=0.0, strip_speakers=False, list_dense_weight=None
     ),
-    "default (dense 1, next neighbour 0.3, speaker 0.2, others 0.5, proper nouns 0.1, names stripped: picked "
-    "by LOO)": FusionConfig(),
+    "third LOO pick of #15 (default without the list route)": FusionConfig(list_dense_weight=None),
+    "default (dense 1, list questions 2, next neighbour 0.3, speaker 0.2, others 0.5, proper nouns 0.1, names "
+    "stripped: picked by LOO)": FusionConfig(),
     "default, names not stripped": FusionConfig(strip_speakers=False),
     "default, no proper-noun bonus": FusionConfig(proper_noun_weight=0.0),
     "default, neighbour_weight 0.5": FusionConfig(neighbour_weight=0.5),

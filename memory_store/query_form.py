@@ -22,8 +22,9 @@ _LIST_FORMS = re.compile(
             # "What do they both ...", "What do they have in common?"
             r"\b(?:both|in common)\b",
             r"^how many\b",
-            # a plural noun right after what/which: "What kinds of pottery do ...", "Which pets does ..."
-            r"^(?:what|which)\s+(?:kinds? of\s+|types? of\s+|sorts? of\s+)?(?:[\w+'-]+\s+)?[a-z]+[^s's]s\s+"
+            # a plural noun (a word ending in a single s) right after what/which, then a verb: "What kinds of
+            # paintings does ...", "Which pets does ..." (a singular in -s passes too: "Which bus does ...")
+            r"^(?:what|which)\s+(?:kinds? of\s+|types? of\s+|sorts? of\s+)?(?:[\w+'-]+\s+)?[a-z]*[a-rt-z]s\s+"
             r"(?:do|does|did|has|have|had|is|are|was|were)\b",
         )
     )

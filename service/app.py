@@ -105,11 +105,15 @@ def startup_objects_frozen() -> Iterator[None]:
     A worker holds about 640,000 tracked objects by then (its modules, the sensitive-data detector's spaCy and
     presidio, the torch and transformers modules they import, the chat loop), and each full collection walked
     them all: timed with ``gc.callbacks`` under the wrk mix (bench/load.py), one or two full collections per
-    worker a minute, each stopping the whole process for 210-300 ms. Frozen (``gc.freeze``, which costs nothing:
-    no collection is run for it), a full collection takes 8-22 ms.
-    Objects made later are collected as before; everything frozen is handed back at shutdown (``gc.unfreeze``),
-    so a process that runs apps one after another, such as the tests, still collects what each left behind.
+    worker a minute, each stopping the whole process for 210-300 ms. Frozen (``gc.freeze``), a full collection
+    takes 8-22 ms. The young generations are collected first (garbage the automatic collections during startup
+    have not reached yet; a full collection would cost about 250 ms per app started); objects made later are
+    collected as before. Everything frozen is handed back at shutdown (``gc.unfreeze``), so a process that runs
+    apps one after another, such as the tests, still collects what each left behind. The freeze is
+    process-wide: with several apps in one process, the first to stop unfreezes the others too (they then
+    collect as without it).
     """
+    gc.collect(1)
     gc.freeze()
     try:
         yield

@@ -52,6 +52,10 @@ def test_for_query_replaces_the_dense_weight_of_list_questions_only() -> None:
     assert default.for_query("When did Melanie paint a sunrise?") is default
     off = FusionConfig(list_dense_weight=None)
     assert off.for_query("What books has Melanie read?") is off
+    # score fusion with a dense side only: RRF and a lexical-only search are left as they are
+    rrf, lexical = FusionConfig(method="rrf"), FusionConfig(dense_weight=0.0)
+    assert rrf.for_query("What books has Melanie read?") is rrf
+    assert lexical.for_query("What books has Melanie read?") is lexical
     with pytest.raises(ValidationError):
         FusionConfig(list_dense_weight=-1.0)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from memory_store import Filters, MemoryRecord, MemoryStore, NewMemory, NotFoundError, SearchHit
+from memory_store import Filters, FusionConfig, MemoryRecord, MemoryStore, NewMemory, NotFoundError, SearchHit
 from memory_store.audit import AuditEvent
 from memory_store.errors import CredentialRevokedError, SubjectForgottenError
 from memory_store.models import utcnow
@@ -48,6 +48,9 @@ from service.errors import InvalidInput
 
 log = logging.getLogger("sealmem.chat")
 FACT_KINDS = ("fact", "preference", "event", "note", "summary")
+# Duplicate and conflict lookups search with a statement, not a question: the list questions' dense weight (tuned
+# on questions) stays off, since "Tim and Gina both like jazz" reads as one.
+_LOOKUP = FusionConfig(list_dense_weight=None)
 _WORD = re.compile(r"[a-z0-9']+")
 
 
@@ -175,7 +178,7 @@ class Reconciler:
         for query, filters in searches:
             try:
                 found = self._store.search(
-                    tenant_id=job.tenant_id, subject=job.subject, query=query, k=10, filters=filters
+                    tenant_id=job.tenant_id, subject=job.subject, query=query, k=10, filters=filters, fusion=_LOOKUP
                 )
             except NotFoundError:
                 return []
