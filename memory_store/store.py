@@ -112,6 +112,8 @@ _FORGOTTEN_SINCE = (
 _SUBJECTS_NAMED = select(Subject).where(
     Subject.tenant_id == bindparam("tenant_id"), Subject.external_id.in_(bindparam("names", expanding=True))
 )
+# Access times, one executemany per flush (:meth:`MemoryStore._flush_touches`).
+_TOUCH = update(Memory).where(Memory.id == bindparam("memory_id")).values(last_accessed_at=bindparam("stamp"))
 
 
 def _memory_event(
@@ -1440,11 +1442,16 @@ class MemoryStore:
                 self._touched[row_id] = now
 
     def _flush_touches(self) -> None:
+        """Write the access times noted since the last flush: one statement run for every memory (executemany),
+        in id order (two processes flushing together lock rows in the same order). It holds the write lock
+        briefly: grouped by time instead (one UPDATE per search noted, each scanning every noted memory), the
+        flush after 1,500 searches took 120 ms and stalled both workers' writes under load, every 30 s."""
         with self._touch_lock:
             touched, self._touched = self._touched, {}
         if not touched:
             return
+        rows = [{"memory_id": memory_id, "stamp": touched[memory_id]} for memory_id in sorted(touched)]
         with self._sessions.begin() as session:
-            for stamp in set(touched.values()):
-                ids = [i for i, s in touched.items() if s == stamp]
-                session.execute(update(Memory).where(Memory.id.in_(ids)).values(last_accessed_at=stamp))
+            connection = session.connection()
+            for start in range(0, len(rows), _CHUNK):
+                connection.execute(_TOUCH, rows[start : start + _CHUNK])
