@@ -42,12 +42,19 @@ def wait_for(browser: Any, css: str, timeout: float = 10) -> Any:
 
 def wait_for_text(browser: Any, xpath: str, wanted: str, timeout: float = 10) -> str:
     """The text of the element at `xpath` once it contains `wanted`. A click that posts a plain form navigates: until
-    the new page is in, the element may be the old one, stale, or absent, so each of those is simply tried again."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    the new page is in, the element may be the old one, stale, or absent, so each of those is simply tried again.
+    Chromium also reports an element of the page being left as a node that "does not belong to the document"
+    (seen once in CI): tried again too."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
     def current(driver: Any) -> str | bool:
-        text: str = driver.find_element(by("XPATH"), xpath).text
+        try:
+            text: str = driver.find_element(by("XPATH"), xpath).text
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return False
+            raise
         return text if wanted in text else False
 
     ignored = (NoSuchElementException, StaleElementReferenceException)
