@@ -29,12 +29,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.store_speed import build_corpus
-from memory_store.bulk import add_in_batches, default_threads
+from memory_store.bulk import add_in_batches
 from memory_store.crypto import MasterKey, generate_key
 from memory_store.db import make_engine
 from memory_store.embedder import embedder_from_settings
 from memory_store.migrate import upgrade
-from memory_store.settings import StoreSettings
+from memory_store.settings import StoreSettings, available_cores
 from memory_store.store import MemoryStore
 
 TARGET_PER_S = 400
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    threads = args.threads or default_threads()
+    threads = args.threads or available_cores()
     corpus = build_corpus(args.memories, args.subjects, 1, args.seed)
     items = [corpus.memory(i) for i in range(args.memories)]
     batches = [items[i : i + args.batch_size] for i in range(0, len(items), args.batch_size)]

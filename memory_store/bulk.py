@@ -9,7 +9,6 @@ transaction, audited, guarded), with what was prepared.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ import numpy as np
 
 from memory_store.audit import AuditEvent
 from memory_store.prepared import PreparedAdd
+from memory_store.settings import available_cores
 from memory_store.types import MemoryRecord, NewMemory, WriteGuard
 
 if TYPE_CHECKING:
@@ -26,11 +26,6 @@ if TYPE_CHECKING:
 # Below this many texts per thread a split costs more in forward passes than it gains (and calls this small meet
 # in the coalescing embedder, which runs one pass at a time).
 MIN_TEXTS_PER_THREAD = 16
-
-
-def default_threads() -> int:
-    """The cores this process may run on."""
-    return max(1, len(os.sched_getaffinity(0)))  # as service.settings counts them for the worker processes
 
 
 def add_in_batches(
@@ -48,7 +43,7 @@ def add_in_batches(
 
     A batch that fails (invalid, rejected by the policy, a revoked ``guard``) raises here: the batches before it
     stay stored, none after it is written. Closing the iterator early stops after the batch last yielded."""
-    workers = max(1, threads if threads is not None else default_threads())
+    workers = max(1, threads if threads is not None else available_cores())
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sealmem-bulk")
     try:
         pending = iter(batches)

@@ -9,15 +9,13 @@ import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from memory_store.errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from memory_store.settings import StoreSettings
+from memory_store.settings import StoreSettings, available_cores
 
 Vectors = npt.NDArray[np.float32]
 BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
@@ -158,6 +156,6 @@ def embedder_from_settings(settings: StoreSettings) -> Embedder:
     if settings.embedding_coalesce_max > 1:
         from memory_store.coalescing import CoalescingEmbedder
 
-        runners = settings.embedding_runners or os.cpu_count() or 1
+        runners = settings.embedding_runners or available_cores()
         embedder = CoalescingEmbedder(embedder, max_batch=settings.embedding_coalesce_max, runners=runners)
     return embedder

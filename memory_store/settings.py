@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity: a container's CPU set, not the host's count)."""
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 class StoreSettings(BaseSettings):

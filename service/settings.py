@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 
 from memory_store import validation
-from memory_store.settings import StoreSettings
+from memory_store.settings import StoreSettings, available_cores
 from service.chat.settings import ChatSettings
 
 MIN_TOKEN_SECRET_CHARS = 32
@@ -147,7 +147,7 @@ class Settings(StoreSettings, ChatSettings):
     @property
     def worker_count(self) -> int:
         """``workers``, with 0 resolved to the CPU cores this process may run on."""
-        return self.workers or max(1, len(os.sched_getaffinity(0)))
+        return self.workers or available_cores()
 
     @property
     def embedded(self) -> bool:
