@@ -51,6 +51,9 @@ class IndexRegistry:
         self._indexes: dict[str, TenantIndex] = {}
         self._lock = threading.Lock()
         self._tenant_locks: dict[str, threading.Lock] = {}
+        # Saving (serialise, seal, write, fsync) takes a lock of its own: the tenant lock is held only while the
+        # index changes, so searches that must catch up never wait for a file to be written.
+        self._save_locks: dict[str, threading.Lock] = {}
 
     def path(self, tenant_id: str) -> Path:
         return self._dir / f"{tenant_id}.index"
@@ -58,6 +61,10 @@ class IndexRegistry:
     def _tenant_lock(self, tenant_id: str) -> threading.Lock:
         with self._lock:
             return self._tenant_locks.setdefault(tenant_id, threading.Lock())
+
+    def _save_lock(self, tenant_id: str) -> threading.Lock:
+        with self._lock:
+            return self._save_locks.setdefault(tenant_id, threading.Lock())
 
     def loaded(self) -> dict[str, TenantIndex]:
         with self._lock:
@@ -88,8 +95,7 @@ class IndexRegistry:
             index = self._catch_up(reading, tenant_id, index, known or {})
             self._indexes[tenant_id] = index
         if session is None and self._due(index):
-            with self._tenant_lock(tenant_id):
-                self._save(tenant_id, index)
+            self._save(tenant_id, index, wait=False)
         return index
 
     def _due(self, index: TenantIndex) -> bool:
@@ -118,9 +124,10 @@ class IndexRegistry:
             ids = np.fromiter(vectors.keys(), dtype=np.int64, count=len(vectors))
             index.upsert(ids, np.vstack(list(vectors.values())))
             index.synced_seq = last_seq
-            if self._due(index):
-                self._save(tenant_id, index)
-            return True
+            due = self._due(index)
+        if due:
+            self._save(tenant_id, index, wait=False)
+        return True
 
     def _open(self, session: Session, tenant_id: str) -> TenantIndex:
         tenant = session.get(Tenant, tenant_id)
@@ -149,6 +156,9 @@ class IndexRegistry:
     def _build(self, session: Session, tenant: Tenant) -> TenantIndex:
         index = TenantIndex(tenant.embedding_dim, exact_max=self._exact_max, nprobe=self._nprobe)
         index.synced_seq = tenant.change_seq
+        # Read with the seq, before the rows: rows read later (another statement, on PostgreSQL another snapshot)
+        # can only lack more of a forgotten subject, never hold rows this version forgot.
+        index.key_version = tenant.index_key_version
         rows = session.execute(
             select(Memory.id, Memory.uid, Memory.subject_id, Memory.embedding_ct).where(Memory.tenant_id == tenant.id)
         ).all()
@@ -182,6 +192,7 @@ class IndexRegistry:
         if tenant is None:
             raise NotFoundError("tenant not found")
         if tenant.change_seq == index.synced_seq:
+            index.key_version = tenant.index_key_version  # the version of the seq the index stands at
             return index
         changes = session.execute(
             select(VectorChange.seq, VectorChange.memory_id, VectorChange.op)
@@ -215,26 +226,40 @@ class IndexRegistry:
             gone = np.array(sorted(set(chunk) - set(ids.tolist())), dtype=np.int64)
             index.remove(gone)
         index.synced_seq = max(tenant.change_seq, changes[-1][0])
+        # Set after the changes are applied, and as read before them: a forget logged after the tenant row was
+        # read leaves the index at the older version, whose key is gone, so it is not saved until the next catch-up.
+        index.key_version = tenant.index_key_version
         return index
 
-    def _save(self, tenant_id: str, index: TenantIndex) -> None:
-        with self._sessions() as session:
-            tenant = session.get(Tenant, tenant_id)
-            if tenant is None:
-                return
-            index.save(
-                self.path(tenant_id),
-                tenant_id=tenant_id,
-                key=self._keys.index_key(tenant),
-                key_version=tenant.index_key_version,
-            )
-            session.execute(
-                delete(VectorChange).where(
-                    VectorChange.tenant_id == tenant_id,
-                    VectorChange.seq <= tenant.change_seq - CHANGE_LOG_KEEP,
+    def _save(self, tenant_id: str, index: TenantIndex, *, wait: bool = True) -> bool:
+        """Write ``index`` to its file (without the tenant lock: a snapshot is taken under the index's own lock)
+        and prune the change log far behind it. ``wait``: False skips the save when another one of the tenant
+        is under way. False when nothing was written: the index is behind a forget the tenant's current key
+        version reflects (it stays dirty and is saved once a catch-up brings it there)."""
+        lock = self._save_lock(tenant_id)
+        if not lock.acquire(blocking=wait):
+            return False
+        try:
+            with self._sessions() as session:
+                tenant = session.get(Tenant, tenant_id)
+                if tenant is None:
+                    return False
+                saved = index.save(
+                    self.path(tenant_id),
+                    tenant_id=tenant_id,
+                    key=self._keys.index_key(tenant),
+                    key_version=tenant.index_key_version,
                 )
-            )
-            session.commit()
+                session.execute(
+                    delete(VectorChange).where(
+                        VectorChange.tenant_id == tenant_id,
+                        VectorChange.seq <= tenant.change_seq - CHANGE_LOG_KEEP,
+                    )
+                )
+                session.commit()
+                return saved
+        finally:
+            lock.release()
 
     def persist(self, tenant_id: str | None = None, *, force: bool = False) -> int:
         """Save dirty indexes (or all with ``force``); returns how many were written."""
@@ -242,10 +267,8 @@ class IndexRegistry:
         for tid, index in self.loaded().items():
             if tenant_id is not None and tid != tenant_id:
                 continue
-            with self._tenant_lock(tid):
-                if force or index.changes_since_save:
-                    self._save(tid, index)
-                    written += 1
+            if (force or index.changes_since_save) and self._save(tid, index):
+                written += 1
         return written
 
     def rebuild(self, tenant_id: str) -> TenantIndex:

@@ -83,6 +83,9 @@ class TenantIndex:
         self.exact_max = exact_max
         self.nprobe = nprobe
         self.synced_seq = 0
+        # The tenant's index key version as of synced_seq: a forget bumps it in the transaction that removes the
+        # subject's vectors, so contents that may still hold them never carry a newer version (see save).
+        self.key_version = 0
         self.changes_since_save = 0
         self.lock = threading.RLock()
         self._max_id = -1
@@ -217,11 +220,27 @@ class TenantIndex:
 
     # ---- persistence -------------------------------------------------------------------------------
 
-    def save(self, path: Path, *, tenant_id: str, key: bytes, key_version: int) -> None:
+    def save(self, path: Path, *, tenant_id: str, key: bytes, key_version: int) -> bool:
+        """Seal a snapshot of the index under ``key`` (version ``key_version``) into ``path``. False, writing
+        nothing, when the snapshot is not as of that key version: an index that has not yet applied a forget
+        (which bumped the version) must never be sealed under the new key, or the forgotten subject's vectors
+        would outlive the destroyed one."""
         with self.lock:
+            if self.key_version != key_version:
+                return False
             header = IndexHeader(tenant_id, key_version, self.synced_seq, self.ntotal, self.dim, self.kind)
             payload = faiss.serialize_index(self._index).tobytes()
-            self.changes_since_save = 0
+            snapshot_changes, self.changes_since_save = self.changes_since_save, 0
+        try:
+            self._write(path, tenant_id, key, key_version, header, payload)
+        except BaseException:
+            with self.lock:
+                self.changes_since_save += snapshot_changes  # still unsaved
+            raise
+        return True
+
+    @staticmethod
+    def _write(path: Path, tenant_id: str, key: bytes, key_version: int, header: IndexHeader, payload: bytes) -> None:
         header_bytes = json.dumps(header.__dict__, sort_keys=True).encode()
         blob = seal(key, payload, _file_ad(tenant_id, key_version, header_bytes))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -271,6 +290,7 @@ class TenantIndex:
         out = cls(header.dim, exact_max=exact_max, nprobe=nprobe)
         out._index = index
         out.synced_seq = header.synced_seq
+        out.key_version = header.key_version
         ids = out.all_ids()
         out._max_id = int(ids.max()) if len(ids) else -1
         return out

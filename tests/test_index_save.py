@@ -1,0 +1,134 @@
+"""Saving a tenant's FAISS index: writing the file never holds up a search that must catch up, and an index that
+has not applied a forget is never sealed under the key version that forget introduced.
+
+Two stores on one database and one index folder stand for two worker processes (``sealmem serve`` runs several).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from memory_store import NewMemory
+from memory_store.models import Memory, Tenant
+from memory_store.vector_index import IndexFileError, TenantIndex
+
+pytestmark = pytest.mark.usefixtures("faiss_only")
+
+
+def _file_ids(store, tenant_id) -> set[int] | None:
+    """The ids in the tenant's index file, read with the tenant's current index key (None: unreadable)."""
+    with Session(store.engine) as session:
+        tenant = session.scalars(select(Tenant).where(Tenant.id == tenant_id)).one()
+        key, version = store._keys.index_key(tenant), tenant.index_key_version
+    try:
+        index = TenantIndex.load(
+            store.indexes.path(tenant_id), tenant_id=tenant_id, key=key, key_version=version, exact_max=10, nprobe=1
+        )
+    except IndexFileError:
+        return None
+    return set(index.all_ids().tolist())
+
+
+def _row_id(store, uid: str) -> int:
+    """The SQL row id (what the index holds) of the memory ``uid``."""
+    with store.engine.connect() as conn:
+        return int(conn.execute(select(Memory.id).where(Memory.uid == uid)).scalar_one())
+
+
+def test_search_that_catches_up_does_not_wait_for_a_save(open_store, store, tenant_id, monkeypatch):
+    other = open_store()
+    store.add(tenant_id=tenant_id, item=NewMemory(subject="alice", text="first note about the garden"))
+    store.search(tenant_id=tenant_id, subject="alice", query="garden", k=1)  # the index is loaded
+
+    saving_thread: list[threading.Thread] = []
+    in_fsync, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:  # a slow disk, only under the saving thread
+        if saving_thread and threading.current_thread() is saving_thread[0]:
+            in_fsync.set()
+            release.wait(60)
+        real_fsync(fd)
+
+    def save() -> int:
+        saving_thread.append(threading.current_thread())
+        return int(store.indexes.persist(tenant_id, force=True))
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            saving = pool.submit(save)
+            assert in_fsync.wait(30)
+            # Another process writes: this store's index is now behind, so the search below must catch up under
+            # the tenant's lock while the save sits in fsync.
+            late = other.add(tenant_id=tenant_id, item=NewMemory(subject="alice", text="a later note about the violin"))
+            searching = pool.submit(store.search, tenant_id=tenant_id, subject="alice", query="violin", k=1)
+            hits = searching.result(timeout=30)
+            assert [h.memory.id for h in hits] == [late.id]
+            assert not saving.done()
+        finally:
+            release.set()
+        assert saving.result(timeout=30) == 1
+    assert store.indexes.get(tenant_id).changes_since_save >= 1  # the late memory came after the snapshot
+
+
+def test_index_behind_a_forget_is_not_sealed_under_the_new_key(open_store, store, tenant_id):
+    other = open_store()
+    alice = _row_id(store, store.add(tenant_id=tenant_id, item=NewMemory(subject="alice", text="soon forgotten")).id)
+    bob = _row_id(store, store.add(tenant_id=tenant_id, item=NewMemory(subject="bob", text="stays")).id)
+    store.search(tenant_id=tenant_id, subject="bob", query="stays", k=1)  # loaded, holding alice's vector
+    assert alice in store.indexes.get(tenant_id).all_ids().tolist()
+
+    other.forget_subject(tenant_id=tenant_id, subject="alice")  # the other process; this index is now behind
+    assert store.indexes.persist(tenant_id, force=True) == 0  # nothing sealed: the index has not applied it
+    assert _file_ids(store, tenant_id) in (None, {bob})
+    assert store.indexes.loaded()[tenant_id].changes_since_save >= 1  # still dirty: saved once caught up
+
+    store.search(tenant_id=tenant_id, subject="bob", query="stays", k=1)  # catches up: alice's vector removed
+    assert store.indexes.persist(tenant_id) == 1
+    assert _file_ids(store, tenant_id) == {bob}
+
+
+def test_forgets_racing_saves_never_leave_a_forgotten_vector_readable(open_store, store, tenant_id):
+    """Provoked many times: one process forgets subjects while another saves its (possibly stale) index."""
+    other = open_store()
+    subjects = [f"user-{i}" for i in range(12)]
+    ids = {
+        s: [
+            _row_id(store, store.add(tenant_id=tenant_id, item=NewMemory(subject=s, text=f"{s} note {j}")).id)
+            for j in range(3)
+        ]
+        for s in subjects
+    }
+    store.search(tenant_id=tenant_id, subject=subjects[0], query="note", k=1)
+    forgotten: set[int] = set()
+    leaks: list[set[int]] = []
+    stop = threading.Event()
+
+    def keep_saving() -> None:
+        while not stop.is_set():
+            before = set(forgotten)  # subjects whose forget has committed
+            store.indexes.persist(tenant_id, force=True)
+            seen = _file_ids(store, tenant_id)
+            if seen is not None and seen & before:
+                leaks.append(seen & before)
+
+    with ThreadPoolExecutor(1) as pool:
+        saver = pool.submit(keep_saving)
+        try:
+            for subject in subjects[:-1]:
+                other.forget_subject(tenant_id=tenant_id, subject=subject)
+                forgotten.update(ids[subject])
+                store.search(tenant_id=tenant_id, subject=subjects[-1], query="note", k=1)  # catch up
+        finally:
+            stop.set()
+        saver.result(timeout=60)
+    assert leaks == []
+    store.indexes.persist(tenant_id, force=True)
+    assert _file_ids(store, tenant_id) == set(ids[subjects[-1]])
