@@ -408,8 +408,12 @@ class HybridSearcher:
             # Candidate sets up to the backend's score_all_max are scored in full by one search; larger ones
             # get a second, exact search of just the pooled ids the first one did not return.
             exhaustive = len(candidates) <= self._vectors.score_all_max
-            dense = self._dense_search(session, tenant_id, vector, len(candidates) if exhaustive else fetch, candidates)
-            dense_ranked = sorted(dense.items(), key=lambda item: (-item[1], item[0]))[:fetch]
+            top_ids, top_scores = self._vectors.search(
+                tenant_id, vector, len(candidates) if exhaustive else fetch, candidates, session=session
+            )
+            dense = dict(zip(top_ids.tolist(), top_scores.tolist(), strict=True))
+            best = np.lexsort((top_ids, -top_scores))[:fetch]  # best first, ties by id
+            dense_ranked = list(zip(top_ids[best].tolist(), top_scores[best].tolist(), strict=True))
             scores = scored.scores
             allowed = np.isin(scored.ids, candidates) & (scores > 0)
             ranked = np.argsort(-np.where(allowed, scores, -np.inf), kind="stable")

@@ -1,6 +1,6 @@
 """A search that scores only the dense top pool, then the pooled memories that pool missed, ranks exactly as one
-that scores every candidate: on each backend (pgvector searches the first way above 400 candidates, FAISS above
-4,096)."""
+that scores every candidate: on each backend (FAISS searches the first way above 4,096 candidates, pgvector above
+its exact-scoring limit)."""
 
 from __future__ import annotations
 
