@@ -99,9 +99,10 @@ class IndexRegistry:
         return index
 
     def _due(self, index: TenantIndex) -> bool:
-        """Saving rewrites the whole file: wait for a quarter of the index to change (or persist_every) so the
-        cost per memory stays constant as the index grows; the change log covers the rest on a crash."""
-        return index.changes_since_save >= max(self._persist_every, index.ntotal // 4)
+        """Saving rewrites the whole file (0.4 s and 154 MB at 100k vectors): wait for a quarter of the index to
+        change (or persist_every) so the cost per memory stays constant as the index grows, but never longer than
+        half the change log kept; the change log covers the rest on a crash."""
+        return index.changes_since_save >= min(max(self._persist_every, index.ntotal // 4), CHANGE_LOG_KEEP // 2)
 
     @contextmanager
     def _reading(self, session: Session | None) -> Iterator[Session]:
@@ -261,13 +262,16 @@ class IndexRegistry:
         finally:
             lock.release()
 
-    def persist(self, tenant_id: str | None = None, *, force: bool = False) -> int:
-        """Save dirty indexes (or all with ``force``); returns how many were written."""
+    def persist(self, tenant_id: str | None = None, *, force: bool = False, only_due: bool = False) -> int:
+        """Save dirty indexes (all with ``force``; with ``only_due``, those changed enough to be due, as the
+        periodic upkeep does: a large index with a few changes is not rewritten every turn); returns how many
+        were written."""
         written = 0
         for tid, index in self.loaded().items():
             if tenant_id is not None and tid != tenant_id:
                 continue
-            if (force or index.changes_since_save) and self._save(tid, index):
+            wanted = force or (self._due(index) if only_due else index.changes_since_save > 0)
+            if wanted and self._save(tid, index):
                 written += 1
         return written
 

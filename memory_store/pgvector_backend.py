@@ -199,5 +199,5 @@ class PgVectorBackend:
         n = int(count or 0)
         return VectorStats(n, n * PGVECTOR_DIM * 4, "pgvector-hnsw")
 
-    def persist(self, tenant_id: str | None = None, *, force: bool = False) -> None:
+    def persist(self, tenant_id: str | None = None, *, force: bool = False, only_due: bool = False) -> None:
         return None

@@ -255,10 +255,12 @@ class MemoryStore:
         self.audit.close()
         self._engine.dispose()
 
-    def persist(self) -> None:
-        """Flush access times and save changed indexes (also called periodically by the service)."""
+    def persist(self, *, only_due: bool = False) -> None:
+        """Flush access times and save changed indexes. ``only_due``: only indexes changed enough to be due for a
+        save (what the service's periodic upkeep asks: rewriting a large index for a few changes would cost more
+        than replaying them from the change log after a crash); :meth:`close` saves every changed one."""
         self._flush_touches()
-        self.vectors.persist()
+        self.vectors.persist(only_due=only_due)
 
     # ---- tenants and subjects ---------------------------------------------------------------------
 

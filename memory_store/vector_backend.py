@@ -55,7 +55,7 @@ class VectorBackend(Protocol):
 
     def stats(self, tenant_id: str) -> VectorStats: ...
 
-    def persist(self, tenant_id: str | None = None, *, force: bool = False) -> None: ...
+    def persist(self, tenant_id: str | None = None, *, force: bool = False, only_due: bool = False) -> None: ...
 
 
 _CHANGE_SEQ = select(Tenant.change_seq).where(Tenant.id == bindparam("tenant_id"))  # built once: run per search
@@ -96,5 +96,5 @@ class FaissBackend:
         index = self.registry.get(tenant_id)
         return VectorStats(index.ntotal, index.size_bytes, f"faiss-{index.kind}")
 
-    def persist(self, tenant_id: str | None = None, *, force: bool = False) -> None:
-        self.registry.persist(tenant_id, force=force)
+    def persist(self, tenant_id: str | None = None, *, force: bool = False, only_due: bool = False) -> None:
+        self.registry.persist(tenant_id, force=force, only_due=only_due)

@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from memory_store.crypto import associated_data, open_sealed, seal
+from memory_store.crypto import associated_data, open_sealed, seal_parts
 from memory_store.errors import DecryptionError
 
 _MAGIC = b"SMIX\x01"
@@ -229,7 +229,8 @@ class TenantIndex:
             if self.key_version != key_version:
                 return False
             header = IndexHeader(tenant_id, key_version, self.synced_seq, self.ntotal, self.dim, self.kind)
-            payload = faiss.serialize_index(self._index).tobytes()
+            # A uint8 array, sealed as it is: bytes() of it would be one more copy under the GIL.
+            payload = faiss.serialize_index(self._index).data
             snapshot_changes, self.changes_since_save = self.changes_since_save, 0
         try:
             self._write(path, tenant_id, key, key_version, header, payload)
@@ -240,13 +241,16 @@ class TenantIndex:
         return True
 
     @staticmethod
-    def _write(path: Path, tenant_id: str, key: bytes, key_version: int, header: IndexHeader, payload: bytes) -> None:
+    def _write(
+        path: Path, tenant_id: str, key: bytes, key_version: int, header: IndexHeader, payload: memoryview
+    ) -> None:
         header_bytes = json.dumps(header.__dict__, sort_keys=True).encode()
-        blob = seal(key, payload, _file_ad(tenant_id, key_version, header_bytes))
+        nonce, ciphertext = seal_parts(key, payload, _file_ad(tenant_id, key_version, header_bytes))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex}")  # unique even across containers (all PID 1)
         with open(tmp, "wb") as handle:
-            handle.write(_MAGIC + struct.pack(">I", len(header_bytes)) + header_bytes + blob)
+            handle.write(_MAGIC + struct.pack(">I", len(header_bytes)) + header_bytes + nonce)
+            handle.write(ciphertext)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -1,4 +1,4 @@
-"""Periodic upkeep of an open store in one daemon thread: persist changed indexes and access times, and delete
+"""Periodic upkeep of an open store in one daemon thread: persist access times and the indexes due, and delete
 memories whose ``expires_at`` has passed (they are already hidden from every read; this removes them)."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ log = logging.getLogger("sealmem.maintenance")
 
 
 class Maintenance:
-    """Runs ``store.persist()`` every ``persist_every`` seconds and ``store.purge_all_expired()`` (then each of
-    ``also_purge``) every ``purge_every`` seconds until stopped; a failure is logged and retried at the next turn."""
+    """Runs ``store.persist(only_due=True)`` every ``persist_every`` seconds and ``store.purge_all_expired()``
+    (then each of ``also_purge``) every ``purge_every`` seconds until stopped; a failure is logged and retried at
+    the next turn. Indexes changed too little to be due are saved when the store closes."""
 
     def __init__(
         self,
@@ -52,7 +53,7 @@ class Maintenance:
                 self._step("purge of expired memories", self._purge)
             if now >= next_persist:
                 next_persist = now + self._persist_every
-                self._step("persist", self._store.persist)
+                self._step("persist", lambda: self._store.persist(only_due=True))
 
     def _purge(self) -> None:
         deleted = self._store.purge_all_expired()

@@ -112,7 +112,7 @@ class Settings(StoreSettings, ChatSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     persist_interval_seconds: float = Field(
-        default=30.0, gt=0, description="How often the service flushes access times and changed indexes."
+        default=30.0, gt=0, description="How often the service flushes access times and saves indexes due for a save."
     )
     purge_interval_seconds: float = Field(
         default=300.0, gt=0, description="How often the service deletes memories whose expires_at has passed."

@@ -132,3 +132,33 @@ def test_forgets_racing_saves_never_leave_a_forgotten_vector_readable(open_store
     assert leaks == []
     store.indexes.persist(tenant_id, force=True)
     assert _file_ids(store, tenant_id) == set(ids[subjects[-1]])
+
+
+def test_periodic_persist_saves_only_indexes_due_and_close_saves_the_rest(open_store, store, tenant_id):
+    """The service's upkeep (``persist(only_due=True)`` every 30 s) must not rewrite a large index for a few
+    changes; a change it leaves unsaved is saved at close, or replayed from the change log after a crash."""
+    mine = open_store(index_persist_every=5)
+    other = open_store()
+
+    def add(via, text: str) -> int:
+        return _row_id(via, via.add(tenant_id=tenant_id, item=NewMemory(subject="alice", text=text)).id)
+
+    first = [add(mine, f"first note {i}") for i in range(2)]  # 2 changes: not due (5)
+    mine.persist(only_due=True)
+    assert not _file_ids(mine, tenant_id)  # as the tenant's creation left it: empty
+    mine.persist()  # every changed index
+    assert _file_ids(mine, tenant_id) == set(first)
+
+    third = add(mine, "third note")
+    mine.persist(only_due=True)
+    assert _file_ids(mine, tenant_id) == set(first)  # one change: left for later
+
+    # Five writes by another process, caught up by a search here (which never saves): due now.
+    theirs = [add(other, f"their note {i}") for i in range(5)]
+    mine.search(tenant_id=tenant_id, subject="alice", query="note", k=1)
+    mine.persist(only_due=True)
+    assert _file_ids(mine, tenant_id) == {*first, third, *theirs}
+
+    last = add(mine, "last note")
+    mine.close()
+    assert _file_ids(other, tenant_id) == {*first, third, *theirs, last}
