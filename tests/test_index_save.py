@@ -162,3 +162,30 @@ def test_periodic_persist_saves_only_indexes_due_and_close_saves_the_rest(open_s
     last = add(mine, "last note")
     mine.close()
     assert _file_ids(other, tenant_id) == {*first, third, *theirs, last}
+
+
+def test_write_that_makes_the_index_due_does_not_wait_for_the_file(open_store, tenant_id, monkeypatch):
+    mine = open_store(index_persist_every=3)
+    for i in range(2):
+        mine.add(tenant_id=tenant_id, item=NewMemory(subject="alice", text=f"note {i}"))
+    caller = threading.current_thread()
+    in_fsync, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:  # a slow disk for every thread but the test's own
+        if threading.current_thread() is not caller:
+            in_fsync.set()
+            release.wait(60)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            # The third change makes the index due: the save starts, and sits in fsync.
+            third = pool.submit(mine.add, tenant_id=tenant_id, item=NewMemory(subject="alice", text="note 2"))
+            assert third.result(timeout=30).text == "note 2"
+            assert in_fsync.wait(30)
+        finally:
+            release.set()
+    mine.indexes.wait_for_saves()
+    assert len(_file_ids(mine, tenant_id) or ()) == 3
