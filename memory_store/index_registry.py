@@ -242,24 +242,22 @@ class IndexRegistry:
         if not lock.acquire(blocking=wait):
             return False
         try:
+            # The key, its version and the change seq from one row, in a session closed before the file is
+            # written (on PostgreSQL it would otherwise sit idle in a transaction, holding a pooled connection).
             with self._sessions() as session:
                 tenant = session.get(Tenant, tenant_id)
                 if tenant is None:
                     return False
-                saved = index.save(
-                    self.path(tenant_id),
-                    tenant_id=tenant_id,
-                    key=self._keys.index_key(tenant),
-                    key_version=tenant.index_key_version,
-                )
+                key, version, seq = self._keys.index_key(tenant), tenant.index_key_version, tenant.change_seq
+            if not index.save(self.path(tenant_id), tenant_id=tenant_id, key=key, key_version=version, seq=seq):
+                return False
+            with self._sessions.begin() as session:
                 session.execute(
                     delete(VectorChange).where(
-                        VectorChange.tenant_id == tenant_id,
-                        VectorChange.seq <= tenant.change_seq - CHANGE_LOG_KEEP,
+                        VectorChange.tenant_id == tenant_id, VectorChange.seq <= seq - CHANGE_LOG_KEEP
                     )
                 )
-                session.commit()
-                return saved
+            return True
         finally:
             lock.release()
 

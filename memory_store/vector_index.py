@@ -220,14 +220,21 @@ class TenantIndex:
 
     # ---- persistence -------------------------------------------------------------------------------
 
-    def save(self, path: Path, *, tenant_id: str, key: bytes, key_version: int) -> bool:
-        """Seal a snapshot of the index under ``key`` (version ``key_version``) into ``path``. False, writing
-        nothing, when the snapshot is not as of that key version: an index that has not yet applied a forget
-        (which bumped the version) must never be sealed under the new key, or the forgotten subject's vectors
-        would outlive the destroyed one."""
+    def save(self, path: Path, *, tenant_id: str, key: bytes, key_version: int, seq: int) -> bool:
+        """Seal a snapshot of the index under ``key`` (version ``key_version``, read with the tenant's change
+        ``seq`` from one row) into ``path``. False, writing nothing, when the snapshot may predate that version:
+        an index that has not yet applied a forget (which bumped the version) must never be sealed under the new
+        key, or the forgotten subject's vectors would outlive the destroyed one.
+
+        An index labelled with an older version but standing at ``seq`` or beyond has applied every change up
+        to it, the forget of that version included (its deletions carry seqs up to the one it set): it takes
+        the version. That happens when a catch-up read the tenant row before a forget committed and the change
+        log after it; without the relabel such an index would refuse every save until the next forget."""
         with self.lock:
             if self.key_version != key_version:
-                return False
+                if self.key_version > key_version or self.synced_seq < seq:
+                    return False
+                self.key_version = key_version
             header = IndexHeader(tenant_id, key_version, self.synced_seq, self.ntotal, self.dim, self.kind)
             # A uint8 array, sealed as it is: bytes() of it would be one more copy under the GIL.
             payload = faiss.serialize_index(self._index).data
