@@ -84,11 +84,12 @@ def seal_parts(key: bytes, plaintext: bytes | memoryview, ad: bytes) -> tuple[by
     return nonce, AESGCM(key).encrypt(nonce, plaintext, ad)
 
 
-def open_sealed(key: bytes, blob: bytes, ad: bytes) -> bytes:
+def open_sealed(key: bytes, blob: bytes | memoryview, ad: bytes) -> bytes:
+    """``blob`` may be a view (into a file's bytes, say): its ciphertext is then read without a copy."""
     if len(blob) < NONCE_BYTES + 16:
         raise DecryptionError("ciphertext is truncated")
     try:
-        return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], ad)
+        return AESGCM(key).decrypt(bytes(blob[:NONCE_BYTES]), blob[NONCE_BYTES:], ad)
     except InvalidTag as exc:
         raise DecryptionError("ciphertext failed authentication") from exc
 
