@@ -229,7 +229,8 @@ class IndexRegistry:
             index.remove(gone)
         index.synced_seq = max(tenant.change_seq, changes[-1][0])
         # Set after the changes are applied, and as read before them: a forget logged after the tenant row was
-        # read leaves the index at the older version, whose key is gone, so it is not saved until the next catch-up.
+        # read leaves the index at the older version, and a save relabels it only once it stands at or past the
+        # seq read with the newer one (TenantIndex.save).
         index.key_version = tenant.index_key_version
         return index
 
@@ -281,10 +282,10 @@ class IndexRegistry:
         except Exception:  # the index stays dirty: saved when next due, by the periodic upkeep, or at close
             log.exception("saving the index of tenant %s failed", tenant_id)
 
-    def wait_for_saves(self) -> None:
-        """Return once the due saves under way have finished."""
+    def wait_for_saves(self, tenant_id: str | None = None) -> None:
+        """Return once the due saves under way (of ``tenant_id``, or of every tenant) have finished."""
         with self._lock:
-            running = list(self._saving.values())
+            running = [t for tid, t in self._saving.items() if tenant_id is None or tid == tenant_id]
         for thread in running:
             thread.join()
 
@@ -294,7 +295,7 @@ class IndexRegistry:
         were written. Without ``only_due`` it first waits for due saves under way, so a closing store leaves no
         file half written."""
         if not only_due:
-            self.wait_for_saves()
+            self.wait_for_saves(tenant_id)
         written = 0
         for tid, index in self.loaded().items():
             if tenant_id is not None and tid != tenant_id:
