@@ -21,16 +21,18 @@ import inspect
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.checkouts import compare, emit  # noqa: E402
 
 
 def _save(repo: Path, vectors: int, folder: Path) -> dict[str, float]:
@@ -133,27 +135,8 @@ def main() -> None:
         step = _save if args.worker == "save" else _load
         print(json.dumps(step(args.repo, args.vectors, args.dir)))
         return
-    trees = {"this": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
-    for _ in range(args.rounds):
-        for name, repo in trees.items():
-            runs[name].append(measure(repo, args.vectors))
-    report: dict[str, Any] = {
-        "vectors": args.vectors,
-        "rounds": args.rounds,
-        "checkouts": {k: str(v) for k, v in trees.items()},
-    }
-    for name, results in runs.items():
-        report[name] = {key: statistics.median(r[key] for r in results) for key in results[0]} | {"runs": results}
-    if args.baseline:
-        report["ratio_this_to_baseline"] = {
-            key: round(report["this"][key] / report["baseline"][key], 3) if report["baseline"][key] else None
-            for key in runs["this"][0]
-        }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report = {"vectors": args.vectors} | compare(lambda repo: measure(repo, args.vectors), args.baseline, args.rounds)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

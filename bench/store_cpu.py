@@ -17,15 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.checkouts import compare, emit  # noqa: E402
+
 WORDS = [
     "dog",
     "cat",
@@ -53,10 +56,9 @@ WORDS = [
 def worker(repo: Path, ops: int) -> dict[str, float]:
     sys.path.insert(0, str(repo))
     from memory_store.audit import AuditEvent
-    from memory_store.crypto import generate_key
+    from memory_store.crypto import MasterKey, generate_key
     from memory_store.db import make_engine
     from memory_store.embedder import HashingEmbedder
-    from memory_store.keys import MasterKey
     from memory_store.migrate import upgrade
     from memory_store.settings import StoreSettings
     from memory_store.store import MemoryStore
@@ -134,26 +136,8 @@ def main() -> None:
     if args.worker is not None:
         print(json.dumps(worker(args.worker, args.ops)))
         return
-    trees = {"this": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
-    for _ in range(args.rounds):
-        for name, repo in trees.items():
-            runs[name].append(measure(repo, args.ops))
-    report: dict[str, Any] = {
-        "ops": args.ops,
-        "rounds": args.rounds,
-        "checkouts": {k: str(v) for k, v in trees.items()},
-    }
-    for name, results in runs.items():
-        report[name] = {key: statistics.median(r[key] for r in results) for key in results[0]} | {"runs": results}
-    if args.baseline:
-        report["ratio_this_to_baseline"] = {
-            key: round(report["this"][key] / report["baseline"][key], 3) for key in runs["this"][0]
-        }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report = {"ops": args.ops} | compare(lambda repo: measure(repo, args.ops), args.baseline, args.rounds)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":
