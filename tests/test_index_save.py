@@ -41,26 +41,36 @@ def _row_id(store, uid: str) -> int:
         return int(conn.execute(select(Memory.id).where(Memory.uid == uid)).scalar_one())
 
 
+def _slow_disk(monkeypatch, blocked) -> tuple[threading.Event, threading.Event]:
+    """``os.fsync`` waits, in threads for which ``blocked()`` is true, until the second event is set; the first is
+    set when one does. A slow disk, made at the edge the index file is written through."""
+    in_fsync, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        if blocked():
+            in_fsync.set()
+            release.wait(60)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    return in_fsync, release
+
+
 def test_search_that_catches_up_does_not_wait_for_a_save(open_store, store, tenant_id, monkeypatch):
     other = open_store()
     store.add(tenant_id=tenant_id, item=NewMemory(subject="alice", text="first note about the garden"))
     store.search(tenant_id=tenant_id, subject="alice", query="garden", k=1)  # the index is loaded
 
-    saving_thread: list[threading.Thread] = []
-    in_fsync, release = threading.Event(), threading.Event()
-    real_fsync = os.fsync
-
-    def slow_fsync(fd: int) -> None:  # a slow disk, only under the saving thread
-        if saving_thread and threading.current_thread() is saving_thread[0]:
-            in_fsync.set()
-            release.wait(60)
-        real_fsync(fd)
+    saving_thread: list[threading.Thread] = []  # only the saving thread's disk is slow
+    in_fsync, release = _slow_disk(
+        monkeypatch, lambda: bool(saving_thread) and threading.current_thread() is saving_thread[0]
+    )
 
     def save() -> int:
         saving_thread.append(threading.current_thread())
         return int(store.indexes.persist(tenant_id, force=True))
 
-    monkeypatch.setattr(os, "fsync", slow_fsync)
     with ThreadPoolExecutor(2) as pool:
         try:
             saving = pool.submit(save)
@@ -186,17 +196,8 @@ def test_write_that_makes_the_index_due_does_not_wait_for_the_file(open_store, t
     mine = open_store(index_persist_every=3)
     for i in range(2):
         mine.add(tenant_id=tenant_id, item=NewMemory(subject="alice", text=f"note {i}"))
-    caller = threading.current_thread()
-    in_fsync, release = threading.Event(), threading.Event()
-    real_fsync = os.fsync
-
-    def slow_fsync(fd: int) -> None:  # a slow disk for every thread but the test's own
-        if threading.current_thread() is not caller:
-            in_fsync.set()
-            release.wait(60)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", slow_fsync)
+    caller = threading.current_thread()  # a slow disk for every thread but the test's own
+    in_fsync, release = _slow_disk(monkeypatch, lambda: threading.current_thread() is not caller)
     with ThreadPoolExecutor(1) as pool:
         try:
             # The third change makes the index due: the save starts, and sits in fsync.
