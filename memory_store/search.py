@@ -113,9 +113,17 @@ class VectorSearch(Protocol):
     score_all_max: int
 
     def search(
-        self, tenant_id: str, vector: Vector, k: int, candidates: IdArray, *, session: Session | None = None
+        self,
+        tenant_id: str,
+        vector: Vector,
+        k: int,
+        candidates: IdArray,
+        *,
+        session: Session | None = None,
+        subject_id: str | None = None,
     ) -> tuple[IdArray, Vector]:
-        """Top-k (memory ids, inner products) among ``candidates``, read through ``session`` when given."""
+        """Top-k (memory ids, inner products) among ``candidates`` (memories of ``subject_id`` when given), read
+        through ``session`` when given."""
         ...
 
 
@@ -408,8 +416,16 @@ class HybridSearcher:
             # Candidate sets up to the backend's score_all_max are scored in full by one search; larger ones
             # get a second, exact search of just the pooled ids the first one did not return.
             exhaustive = len(candidates) <= self._vectors.score_all_max
+            # No filter but status and expiry: the candidates are (nearly) all the subject's memories, and a
+            # backend may read the subject's vectors instead of each candidate's.
+            whole_subject = not any(filter_shape(filters)[1:]) and not filters.metadata
             top_ids, top_scores = self._vectors.search(
-                tenant_id, vector, len(candidates) if exhaustive else fetch, candidates, session=session
+                tenant_id,
+                vector,
+                len(candidates) if exhaustive else fetch,
+                candidates,
+                session=session,
+                subject_id=owner.id if whole_subject else None,
             )
             dense = dict(zip(top_ids.tolist(), top_scores.tolist(), strict=True))
             best = np.lexsort((top_ids, -top_scores))[:fetch]  # best first, ties by id

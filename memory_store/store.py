@@ -523,7 +523,9 @@ class MemoryStore:
                     )
                 )
             self.vectors.stage(
-                session, tenant_id, [(row.id, vector) for row, vector in zip(rows, vectors, strict=True)]
+                session,
+                tenant_id,
+                [(row.id, row.subject_id, vector) for row, vector in zip(rows, vectors, strict=True)],
             )
             lexical_before = {subject.id: subject.change_seq for subject in subjects.values()}
             for subject in subjects.values():
@@ -623,7 +625,7 @@ class MemoryStore:
             owner.last_activity_at = now
             session.add(VectorChange(tenant_id=tenant_id, seq=seq, memory_id=row.id, op="upsert"))
             if vector is not None:
-                self.vectors.stage(session, tenant_id, [(row.id, vector)])
+                self.vectors.stage(session, tenant_id, [(row.id, row.subject_id, vector)])
             session.add(
                 _memory_event(
                     tenant_id=tenant_id,

@@ -36,8 +36,9 @@ class VectorBackend(Protocol):
     it, the top pool, then the pooled ids that pool missed. Cheap where scoring is in process (FAISS); a
     database that must read and send back a row per scored vector (pgvector) wants the second way at any size."""
 
-    def stage(self, session: Session, tenant_id: str, items: Sequence[tuple[int, Vector]]) -> None:
-        """Write vectors inside the caller's SQL transaction (no-op where vectors follow the change log)."""
+    def stage(self, session: Session, tenant_id: str, items: Sequence[tuple[int, str, Vector]]) -> None:
+        """Write vectors, as (memory id, its subject's id, vector), inside the caller's SQL transaction (no-op where
+        vectors follow the change log)."""
 
     def after_commit(
         self, tenant_id: str, known: Mapping[int, Vector] | None = None, *, seqs: tuple[int, int] | None = None
@@ -46,10 +47,19 @@ class VectorBackend(Protocol):
         the write took, when its changes are exactly ``known`` (new vectors, nothing deleted)."""
 
     def search(
-        self, tenant_id: str, vector: Vector, k: int, candidates: IdArray, *, session: Session | None = None
+        self,
+        tenant_id: str,
+        vector: Vector,
+        k: int,
+        candidates: IdArray,
+        *,
+        session: Session | None = None,
+        subject_id: str | None = None,
     ) -> tuple[IdArray, Vector]:
         """Top-k (memory ids, inner products) among ``candidates``. ``session``: the caller's open session, whose
-        snapshot chose the candidates; the backend reads through it instead of taking a second connection."""
+        snapshot chose the candidates; the backend reads through it instead of taking a second connection.
+        ``subject_id``: every candidate is a memory of this subject (a backend may read the subject's vectors and
+        keep the candidates among them)."""
 
     def rebuild(self, tenant_id: str) -> int: ...
 
@@ -70,7 +80,7 @@ class FaissBackend:
     def __init__(self, registry: IndexRegistry) -> None:
         self.registry = registry
 
-    def stage(self, session: Session, tenant_id: str, items: Sequence[tuple[int, Vector]]) -> None:
+    def stage(self, session: Session, tenant_id: str, items: Sequence[tuple[int, str, Vector]]) -> None:
         return None
 
     def after_commit(
@@ -81,7 +91,14 @@ class FaissBackend:
         self.registry.get(tenant_id, known=known)
 
     def search(
-        self, tenant_id: str, vector: Vector, k: int, candidates: IdArray, *, session: Session | None = None
+        self,
+        tenant_id: str,
+        vector: Vector,
+        k: int,
+        candidates: IdArray,
+        *,
+        session: Session | None = None,
+        subject_id: str | None = None,
     ) -> tuple[IdArray, Vector]:
         # The caller's snapshot says how far the index must be: when it is there already (the usual case), no
         # query and no wait on the tenant's lock; otherwise the catch-up reads through the caller's session, so
