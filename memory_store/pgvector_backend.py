@@ -43,7 +43,7 @@ log = logging.getLogger("sealmem.pgvector")
 
 
 class WireVector:
-    """A query vector bound in pgvector's binary format (see :class:`_WireVectorDumper`)."""
+    """A vector bound in pgvector's binary format (see :class:`_WireVectorDumper`)."""
 
     __slots__ = ("values",)
 
@@ -54,7 +54,7 @@ class WireVector:
 class _WireVectorDumper(Dumper):
     """pgvector's binary ``vector`` (dimension, a reserved zero, big-endian float32s), sent with no type so the
     server takes the type from the statement (``vector``). The text form cost psycopg and pgvector's SQLAlchemy
-    type about 0.35 ms per query vector in Python (a ``repr`` per float); this costs microseconds."""
+    type about 0.35 ms per vector in Python (a ``repr`` per float); this costs microseconds."""
 
     format = Format.BINARY
     oid = 0
@@ -99,7 +99,10 @@ _NEW_ROW = insert(MemoryVector).values(
     subject_id=bindparam("subject_id"),
     embedding=cast(bindparam("embedding", type_=_WireVectorType()), PgVector(PGVECTOR_DIM)),
 )
-_UPSERT = _NEW_ROW.on_conflict_do_update(index_elements=["memory_id"], set_={"embedding": _NEW_ROW.excluded.embedding})
+_UPSERT = _NEW_ROW.on_conflict_do_update(
+    index_elements=["memory_id"],
+    set_={"embedding": _NEW_ROW.excluded.embedding, "subject_id": _NEW_ROW.excluded.subject_id},
+)
 _EMPTY = literal_column("''::bytea", LargeBinary)
 
 

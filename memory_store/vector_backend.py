@@ -33,8 +33,8 @@ class VectorBackend(Protocol):
     name: str
     score_all_max: int
     """A search scores every candidate at once up to this many (one call, nothing pooled scored twice); above
-    it, the top pool, then the pooled ids that pool missed. Cheap where scoring is in process (FAISS); a
-    database that must read and send back a row per scored vector (pgvector) wants the second way at any size."""
+    it, the top pool, then the pooled ids that pool missed. Cheap where scoring is in process (FAISS) or
+    returns every score in one row (pgvector)."""
 
     def stage(self, session: Session, tenant_id: str, items: Sequence[tuple[int, str, Vector]]) -> None:
         """Write vectors, as (memory id, its subject's id, vector), inside the caller's SQL transaction (no-op where

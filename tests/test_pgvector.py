@@ -128,7 +128,7 @@ def test_rows_from_before_0009_are_scored_by_id_until_reindexed(store, tenant_id
 
     from memory_store.migrate import alembic_config, upgrade
 
-    store.add_batch(
+    legacy = store.add_batch(
         tenant_id=tenant_id,
         items=[NewMemory(subject=s, text=f"{s} likes topic {i}") for s in ("alice", "bob") for i in range(3)],
     )
@@ -159,6 +159,8 @@ def test_rows_from_before_0009_are_scored_by_id_until_reindexed(store, tenant_id
     assert store.search(tenant_id=tenant_id, subject="bob", query="bob likes topic 2", k=1)[0].memory.text == (
         "bob likes topic 2"
     )
+    store.update(tenant_id=tenant_id, memory_id=legacy[0].id, text="alice likes topic 7")  # re-embedded: named
+    assert [stored is None for stored, _ in subjects()] == [False] + [True] * 5 + [False]
     store.reindex_tenant(tenant_id=tenant_id)
     assert all(stored == owner for stored, owner in subjects())
     after = store.vectors.search(tenant_id, query, 10, candidates, subject_id=bob_id)  # re-rotated: float noise
