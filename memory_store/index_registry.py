@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from memory_store.errors import NotFoundError
@@ -29,6 +29,18 @@ log = logging.getLogger("sealmem.index")
 CATCH_UP_CHUNK = 10_000
 """Rows read per statement when the index catches up with rows it has no vectors for."""
 CHANGE_LOG_KEEP = 100_000
+
+# Built once: with several processes, most searches and writes catch up with another process's writes, and
+# building these per call cost more CPU than running them.
+_CHANGES_AFTER = (
+    select(VectorChange.seq, VectorChange.memory_id, VectorChange.op)
+    .where(VectorChange.tenant_id == bindparam("tenant"), VectorChange.seq > bindparam("after"))
+    .order_by(VectorChange.seq)
+)
+_SEALED_VECTORS = select(Memory.id, Memory.uid, Memory.subject_id, Memory.embedding_ct).where(
+    Memory.tenant_id == bindparam("tenant"), Memory.id.in_(bindparam("ids", expanding=True))
+)
+_SUBJECTS_BY_ID = select(Subject).where(Subject.id.in_(bindparam("ids", expanding=True)))
 
 
 class IndexRegistry:
@@ -176,9 +188,7 @@ class IndexRegistry:
         rows = list(rows)
         subject_ids = {row[2] for row in rows}
         subjects = (
-            {s.id: s for s in session.scalars(select(Subject).where(Subject.id.in_(subject_ids)))}
-            if subject_ids
-            else {}
+            {s.id: s for s in session.scalars(_SUBJECTS_BY_ID, {"ids": sorted(subject_ids)})} if subject_ids else {}
         )
         sealers = {sid: MemorySealer(self._keys.subject_key(s), tenant_id, sid) for sid, s in subjects.items()}
         ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
@@ -196,11 +206,7 @@ class IndexRegistry:
         if tenant.change_seq == index.synced_seq:
             index.key_version = tenant.index_key_version  # the version of the seq the index stands at
             return index
-        changes = session.execute(
-            select(VectorChange.seq, VectorChange.memory_id, VectorChange.op)
-            .where(VectorChange.tenant_id == tenant_id, VectorChange.seq > index.synced_seq)
-            .order_by(VectorChange.seq)
-        ).all()
+        changes = session.execute(_CHANGES_AFTER, {"tenant": tenant_id, "after": index.synced_seq}).all()
         if tenant.change_seq < index.synced_seq or not changes or changes[0][0] != index.synced_seq + 1:
             log.warning("index of tenant %s cannot follow the change log: rebuilding from SQL", tenant_id)
             return self._build(session, tenant)
@@ -218,11 +224,7 @@ class IndexRegistry:
         # than one statement can name (PostgreSQL takes at most 65,535 parameters).
         for start in range(0, len(missing), CATCH_UP_CHUNK):
             chunk = missing[start : start + CATCH_UP_CHUNK]
-            rows = session.execute(
-                select(Memory.id, Memory.uid, Memory.subject_id, Memory.embedding_ct).where(
-                    Memory.tenant_id == tenant_id, Memory.id.in_(chunk)
-                )
-            ).all()
+            rows = session.execute(_SEALED_VECTORS, {"tenant": tenant_id, "ids": chunk}).all()
             ids, vectors = self._decrypt(session, tenant_id, rows)
             index.upsert(ids, vectors)
             gone = np.array(sorted(set(chunk) - set(ids.tolist())), dtype=np.int64)

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from memory_store import Filters, NewMemory, NotFoundError, ValidationError
-from memory_store.models import Memory, MemoryEvent, Subject
+from memory_store.models import Memory, MemoryEvent, Subject, VectorChange
 
 
 def _add(store, tenant_id, subject, text, **kw):
@@ -58,6 +58,33 @@ def test_batch_add_is_atomic(store, tenant_id):
         store.add_batch(tenant_id=tenant_id, items=bad)
     assert _count(store, Memory) == 1
 
+
+
+def test_batch_add_pairs_each_row_with_its_own_text_vector_and_history(store, tenant_id):
+    """A batch's rows are inserted in one statement and their ids matched back by position: every memory must
+    get its own sealed text, its own vector (found first by its exact text), one change-log entry and one
+    history event, across interleaved subjects and more rows than one multi-row VALUES page."""
+    subjects = ("alice", "bob", "carol")
+    items = [
+        NewMemory(subject=subjects[i % 3], text=f"note {i}: the {('red', 'blue', 'green')[i % 3]} fact {i * 37 + 11}")
+        for i in range(1200)
+    ]
+    records = store.add_batch(tenant_id=tenant_id, items=items)
+
+    assert [(r.subject, r.text) for r in records] == [(m.subject, m.text) for m in items]
+    for i in (0, 1, 2, 599, 600, 1001, 1199):
+        got = store.get(tenant_id=tenant_id, memory_id=records[i].id)
+        assert (got.subject, got.text) == (items[i].subject, items[i].text)
+        hits = store.search(tenant_id=tenant_id, subject=items[i].subject, query=items[i].text, k=1)
+        assert [h.memory.id for h in hits] == [records[i].id]
+        assert [e.action for e in store.history(tenant_id=tenant_id, memory_id=records[i].id)] == ["add"]
+    with store.engine.connect() as conn:
+        ids = conn.execute(select(Memory.id).order_by(Memory.id)).scalars().all()
+        changes = conn.execute(select(VectorChange.memory_id).order_by(VectorChange.seq)).scalars().all()
+        uids = conn.execute(select(Memory.uid).order_by(Memory.id)).scalars().all()
+    assert changes == ids  # one upsert per row, in the batch's order
+    assert uids == [r.id for r in records]
+    assert _count(store, MemoryEvent) == 1200
 
 @pytest.mark.parametrize(
     "item",
