@@ -59,7 +59,6 @@ def test_batch_add_is_atomic(store, tenant_id):
     assert _count(store, Memory) == 1
 
 
-
 def test_batch_add_pairs_each_row_with_its_own_text_vector_and_history(store, tenant_id):
     """A batch's rows are inserted in one statement and their ids matched back by position: every memory must
     get its own sealed text, its own vector (found first by its exact text), one change-log entry and one
@@ -85,6 +84,7 @@ def test_batch_add_pairs_each_row_with_its_own_text_vector_and_history(store, te
     assert changes == ids  # one upsert per row, in the batch's order
     assert uids == [r.id for r in records]
     assert _count(store, MemoryEvent) == 1200
+
 
 @pytest.mark.parametrize(
     "item",
