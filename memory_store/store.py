@@ -137,21 +137,9 @@ def _memory_event(
     actor: str,
     at: datetime,
     detail: dict[str, Any] | None = None,
-) -> MemoryEvent:
-    """The history row of one action on one memory: who did what and when, never the memory's content."""
-    return MemoryEvent(**_event_values(tenant_id, subject_id, memory_uid, action, actor, at, detail))
-
-
-def _event_values(
-    tenant_id: str,
-    subject_id: str,
-    memory_uid: str,
-    action: str,
-    actor: str,
-    at: datetime,
-    detail: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The columns of :func:`_memory_event`'s row, for an insert on Core."""
+    """The history row of one action on one memory: who did what and when, never the memory's content. Its
+    columns, for ``MemoryEvent(**...)`` or an insert on Core."""
     return {
         "tenant_id": tenant_id,
         "subject_id": subject_id,
@@ -550,14 +538,14 @@ class MemoryStore:
             connection.execute(
                 _INSERT_EVENTS,
                 [
-                    _event_values(
-                        tenant_id,
-                        row.subject_id,
-                        row.uid,
-                        "add",
-                        actor,
-                        now,
-                        {"kind": row.kind, "source": row.source},
+                    _memory_event(
+                        tenant_id=tenant_id,
+                        subject_id=row.subject_id,
+                        memory_uid=row.uid,
+                        action="add",
+                        actor=actor,
+                        at=now,
+                        detail={"kind": row.kind, "source": row.source},
                     )
                     for row in rows
                 ],
@@ -670,14 +658,16 @@ class MemoryStore:
             if vector is not None:
                 self.vectors.stage(session, tenant_id, [(row.id, row.subject_id, vector)])
             session.add(
-                _memory_event(
-                    tenant_id=tenant_id,
-                    subject_id=owner.id,
-                    memory_uid=row.uid,
-                    action="update",
-                    actor=actor,
-                    at=now,
-                    detail={"fields": changed},
+                MemoryEvent(
+                    **_memory_event(
+                        tenant_id=tenant_id,
+                        subject_id=owner.id,
+                        memory_uid=row.uid,
+                        action="update",
+                        actor=actor,
+                        at=now,
+                        detail={"fields": changed},
+                    )
                 )
             )
             self._record_audit(
@@ -723,14 +713,16 @@ class MemoryStore:
             owner.change_seq = seq
             session.add(VectorChange(tenant_id=tenant_id, seq=seq, memory_id=row.id, op="upsert"))
             session.add(
-                _memory_event(
-                    tenant_id=tenant_id,
-                    subject_id=owner.id,
-                    memory_uid=row.uid,
-                    action="supersede",
-                    actor=actor,
-                    at=now,
-                    detail={"superseded_by": newer.uid},
+                MemoryEvent(
+                    **_memory_event(
+                        tenant_id=tenant_id,
+                        subject_id=owner.id,
+                        memory_uid=row.uid,
+                        action="supersede",
+                        actor=actor,
+                        at=now,
+                        detail={"superseded_by": newer.uid},
+                    )
                 )
             )
             self._record_audit(
@@ -834,13 +826,15 @@ class MemoryStore:
             )
             session.add_all(
                 [
-                    _memory_event(
-                        tenant_id=tenant_id,
-                        subject_id=row.owner.id,
-                        memory_uid=row.uid,
-                        action="delete",
-                        actor=actor,
-                        at=at,
+                    MemoryEvent(
+                        **_memory_event(
+                            tenant_id=tenant_id,
+                            subject_id=row.owner.id,
+                            memory_uid=row.uid,
+                            action="delete",
+                            actor=actor,
+                            at=at,
+                        )
                     )
                     for row in chunk
                 ]
