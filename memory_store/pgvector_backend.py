@@ -242,21 +242,23 @@ class PgVectorBackend:
             # lasts to the end of the caller's transaction and touches only HNSW scans).
             session.execute(text(f"SET LOCAL hnsw.ef_search = {max(self._ef_search, 2 * k)}"))
             params = {"query": query, "ids": _id_array(candidates), "k": k, "tenant_id": tenant_id}
-            rows = session.execute(_HNSW_TOP, params).all()
+            rows = session.connection().execute(_HNSW_TOP, params).all()
             if len(rows) >= min(k, len(candidates)):
                 return self._scored(rows)
         # Small candidate sets (one subject), or a filtered HNSW scan that came back short: exact scoring of just
         # those rows, or of the subject's rows when the candidates are its memories (kept to the candidates).
+        # On the session's connection: these selects need none of the ORM's execution (about 50 us a statement).
+        connection = session.connection()
         ids, distances = _EMPTY_SCORES
         if subject_id is not None:
-            found = session.execute(_SUBJECT_DISTANCES, {"query": query, "subject_id": subject_id}).one()
+            found = connection.execute(_SUBJECT_DISTANCES, {"query": query, "subject_id": subject_id}).one()
             ids, distances = self._decoded(found[0], found[1])
             wanted = np.isin(ids, candidates)
             ids, distances = ids[wanted], distances[wanted]
             if len(ids) == len(candidates):
                 return self._best(ids, distances, k)
             candidates = np.setdiff1d(candidates, ids)  # rows written before revision 0009 name no subject
-        found = session.execute(_ALL_DISTANCES, {"query": query, "ids": _id_array(candidates)}).one()
+        found = connection.execute(_ALL_DISTANCES, {"query": query, "ids": _id_array(candidates)}).one()
         more_ids, more_distances = self._decoded(found[0], found[1])
         return self._best(np.concatenate((ids, more_ids)), np.concatenate((distances, more_distances)), k)
 

@@ -398,11 +398,11 @@ class MemoryStore:
             raise SubjectForgottenError("the request is too old to write; nothing was written")
         if guard.credential_id is not None:
             # Share-locked: a revoke waits for this write's commit, so none can commit after the revoke returned.
-            key = session.execute(_KEY_REVOKED, {"credential_id": guard.credential_id}).first()
+            key = session.connection().execute(_KEY_REVOKED, {"credential_id": guard.credential_id}).first()
             if key is None or key[0] is not None:
                 raise CredentialRevokedError("the API key of this request has been revoked; nothing was written")
         digests = sorted({self.subject_digest(tenant_id, subject) for subject in subjects})
-        forgotten = session.scalar(
+        forgotten = session.connection().scalar(
             _FORGOTTEN_SINCE, {"tenant_id": tenant_id, "digests": digests, "since": guard.begun_at}
         )
         if forgotten is not None:

@@ -103,7 +103,7 @@ class FaissBackend:
         # The caller's snapshot says how far the index must be: when it is there already (the usual case), no
         # query and no wait on the tenant's lock; otherwise the catch-up reads through the caller's session, so
         # a search never holds a second pooled connection.
-        at_least = session.scalar(_CHANGE_SEQ, {"tenant_id": tenant_id}) if session is not None else None
+        at_least = session.connection().scalar(_CHANGE_SEQ, {"tenant_id": tenant_id}) if session is not None else None
         return self.registry.get(tenant_id, at_least=at_least, session=session).search(vector, k, candidates)
 
     def rebuild(self, tenant_id: str) -> int:
