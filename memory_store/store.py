@@ -113,9 +113,10 @@ _SUBJECTS_NAMED = select(Subject).where(
     Subject.tenant_id == bindparam("tenant_id"), Subject.external_id.in_(bindparam("names", expanding=True))
 )
 # An add's rows, on Core: the ORM's unit of work (flush bookkeeping per object, then per table) cost more CPU
-# than the database spends on these inserts. RETURNING in the order given: ids are matched to rows by position.
+# than the database spends on these inserts. The new ids come back with their rows' uids (drawn here), so a
+# batch goes in as multi-row VALUES: asking for them in the order given made SQLite insert one row a statement.
 _MEMORIES = cast(Table, Memory.__table__)
-_INSERT_MEMORIES = insert(_MEMORIES).returning(_MEMORIES.c.id, sort_by_parameter_order=True)
+_INSERT_MEMORIES = insert(_MEMORIES).returning(_MEMORIES.c.uid, _MEMORIES.c.id)
 _INSERT_CHANGES = insert(cast(Table, VectorChange.__table__))
 _INSERT_EVENTS = insert(cast(Table, MemoryEvent.__table__))
 _SUBJECTS = cast(Table, Subject.__table__)
@@ -524,10 +525,11 @@ class MemoryStore:
                 )
             session.flush()  # what the ORM holds (a new subject, vault entries) goes first
             connection = session.connection()
-            ids = connection.execute(_INSERT_MEMORIES, values).scalars().all()
-            for row_id, row_values in zip(ids, values, strict=True):
+            inserted = connection.execute(_INSERT_MEMORIES, values)
+            ids: dict[str, int] = {str(uid): int(row_id) for uid, row_id in inserted}
+            for row_values in values:
                 # Never added to the session: the rows' public views and lexical entries are built from them.
-                rows.append(Memory(id=row_id, **row_values))
+                rows.append(Memory(id=ids[row_values["uid"]], **row_values))
             connection.execute(
                 _INSERT_CHANGES,
                 [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from memory_store import Filters, NewMemory, NotFoundError, ValidationError
 from memory_store.models import Memory, MemoryEvent, Subject, VectorChange
@@ -60,15 +60,27 @@ def test_batch_add_is_atomic(store, tenant_id):
 
 
 def test_batch_add_pairs_each_row_with_its_own_text_vector_and_history(store, tenant_id):
-    """A batch's rows are inserted in one statement and their ids matched back by position: every memory must
+    """A batch's rows are inserted in multi-row statements and their ids matched back by uid: every memory must
     get its own sealed text, its own vector (found first by its exact text), one change-log entry and one
-    history event, across interleaved subjects and more rows than one multi-row VALUES page."""
+    history event, across interleaved subjects and more rows than one multi-row VALUES page. And they go in a
+    page at a time, not one statement per row."""
     subjects = ("alice", "bob", "carol")
     items = [
         NewMemory(subject=subjects[i % 3], text=f"note {i}: the {('red', 'blue', 'green')[i % 3]} fact {i * 37 + 11}")
         for i in range(1200)
     ]
-    records = store.add_batch(tenant_id=tenant_id, items=items)
+    inserts: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("INSERT INTO MEMORIES "):
+            inserts.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        records = store.add_batch(tenant_id=tenant_id, items=items)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", count)
+    assert 1 <= len(inserts) <= 12, len(inserts)
 
     assert [(r.subject, r.text) for r in records] == [(m.subject, m.text) for m in items]
     for i in (0, 1, 2, 599, 600, 1001, 1199):
