@@ -552,13 +552,9 @@ class MemoryStore:
                     for row in rows
                 ],
             )
-            for row, vector in zip(rows, vectors, strict=True):
-                known[row.id] = vector
-            self.vectors.stage(
-                session,
-                tenant_id,
-                [(row.id, row.subject_id, vector) for row, vector in zip(rows, vectors, strict=True)],
-            )
+            staged = [(row.id, row.subject_id, vector) for row, vector in zip(rows, vectors, strict=True)]
+            known.update((row_id, vector) for row_id, _, vector in staged)
+            self.vectors.stage(session, tenant_id, staged)
             lexical_before = {subject.id: subject.change_seq for subject in subjects.values()}
             connection.execute(
                 _SUBJECT_WRITTEN,
