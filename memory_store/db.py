@@ -8,9 +8,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from memory_store.settings import StoreSettings
+from memory_store.sqlite_writers import connection_factory
+
+_BUSY_TIMEOUT_S = 10.0
 
 
 def _sqlite_pragmas(synchronous: str) -> Any:
@@ -19,7 +23,7 @@ def _sqlite_pragmas(synchronous: str) -> Any:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
         cur.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache (the default is 2 MiB)
         cur.execute("PRAGMA mmap_size=268435456")  # read through a 256 MiB memory map
         # Freed pages are zeroed so deleted ciphertexts do not linger in the file.
@@ -33,10 +37,14 @@ def make_engine(settings: StoreSettings) -> Engine:
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        connect_args: dict[str, Any] = {"check_same_thread": False, "timeout": 30}
+        database = make_url(url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            connect_args["factory"] = connection_factory(Path(database), _BUSY_TIMEOUT_S)
+        engine = create_engine(url, connect_args=connect_args)
         event.listen(engine, "connect", _sqlite_pragmas(settings.sqlite_synchronous))
         return engine
-    connect_args: dict[str, Any] = {}
+    connect_args = {}
     if url.startswith("postgresql") and settings.db_statement_timeout_ms:
         connect_args["options"] = f"-c statement_timeout={settings.db_statement_timeout_ms}"
     return create_engine(

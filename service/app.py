@@ -123,7 +123,7 @@ def startup_objects_frozen() -> Iterator[None]:
 
 # Request threads per worker process when SEALMEM_REQUEST_THREADS is unset, by database (measured with
 # bench/load.py's wrk mix, alternating variants; see the setting's description and the README).
-DEFAULT_REQUEST_THREADS = {"sqlite": 1, "postgresql": 4}
+DEFAULT_REQUEST_THREADS = {"sqlite": 2, "postgresql": 4}
 
 
 def request_threads_for(setting: int | None, dialect: str) -> int:

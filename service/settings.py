@@ -48,11 +48,12 @@ class Settings(StoreSettings, ChatSettings):
         ge=0,
         le=256,
         description="Threads of each worker process that run requests' blocking work (store calls, audit "
-        "appends); further requests wait on the event loop in arrival order. Unset: 1 on SQLite, 4 on PostgreSQL "
-        "(bench/load.py). On SQLite one is fastest under load: threads of one process contend for its interpreter "
-        "lock, and a thread holding SQLite's write lock then waits for it while the other processes' writers wait "
-        "for the write lock. On PostgreSQL a request thread spends much of a store call waiting for the server, "
-        "and four serve 9 % more of the 70/30 mix and 20 % more searches than one. Long admin operations (stats, "
+        "appends); further requests wait on the event loop in arrival order. Unset: 2 on SQLite, 4 on PostgreSQL "
+        "(bench/load.py). On SQLite, where writers queue for the write lock (memory_store/sqlite_writers.py), two "
+        "serve about 10 % more of the 70/30 mix than one, which sat idle while it waited for the write lock or a "
+        "commit's fsync; three or four serve no more than two. On PostgreSQL a request thread spends much of a "
+        "store call waiting for the server, and four serve 9 % more of the 70/30 mix and 20 % more searches than "
+        "one. Long admin operations (stats, "
         "export, reindex, audit verification) run on other threads. Raise it when single requests take long (large "
         "batch adds); 0: as many as the database pool allows.",
     )

@@ -58,14 +58,14 @@ def _concurrently(calls: list[Callable[[], object]]) -> list[object]:
 def test_concurrent_searches_and_adds_are_embedded_together_with_one_request_thread(tmp_path, migrated_db) -> None:
     slow = SlowPasses(0.05)
     with ExitStack() as stack:
-        api = Launcher(stack, tmp_path, migrated_db, chat_enabled=False).serve(
+        api = Launcher(stack, tmp_path, migrated_db, chat_enabled=False, request_threads=1).serve(
             embedder=CoalescingEmbedder(slow, max_batch=16)
         )
         _embedded_together(api, slow)
 
 
 def _embedded_together(api: Harness, slow: SlowPasses) -> None:
-    assert request_threads_for(api.settings.request_threads, "sqlite") == 1  # the harness runs on SQLite
+    assert request_threads_for(api.settings.request_threads, "sqlite") == 1
     tenant = api.tenant()
     for i in range(len(ANIMALS)):
         api.add(tenant.app, "ana", f"I keep {ANIMALS[i]} on the roof")

@@ -31,14 +31,14 @@ def test_request_threads_caps_the_route_threads_and_never_exceeds_half_the_pool(
     assert routes == tokens == half - io
 
 
-def test_unset_it_is_one_thread_on_sqlite_and_four_on_postgresql(store: MemoryStore, tmp_path: Path) -> None:
+def test_unset_it_is_two_threads_on_sqlite_and_four_on_postgresql(store: MemoryStore, tmp_path: Path) -> None:
     assert Settings(data_dir=tmp_path).request_threads is None
     (routes, io), tokens = _limits(store, None)
     pool = store.engine.pool
     half = (pool.size() + pool._max_overflow) // 2  # type: ignore[attr-defined]
-    expected = 1 if store.engine.dialect.name == "sqlite" else min(4, half - io)
+    expected = min(2, half - io) if store.engine.dialect.name == "sqlite" else min(4, half - io)
     assert routes == tokens == expected
-    assert request_threads_for(None, "sqlite") == 1
+    assert request_threads_for(None, "sqlite") == 2
     assert request_threads_for(None, "postgresql") == 4
     assert request_threads_for(2, "postgresql") == 2
     assert request_threads_for(0, "sqlite") == 0
