@@ -2,9 +2,9 @@
 
 SQLite has one write lock per database. A writer that finds it taken does not wait on it: its busy handler
 sleeps and tries again, 1, 2, 5, 10, 15 ms and longer, so a lock held for 1-2 ms (a single add: the change-seq
-bump to the commit's fsync) costs the next writer 3-8 ms. Under the 70/30 wrk mix each worker's request thread
-spent 13-18 % of its time in those sleeps at its add's first write, and its audit writer about a quarter of its
-time (``py-spy record --idle`` on both workers).
+bump to the commit's fsync) can cost the next writer 3-8 ms. Under the 70/30 wrk mix each worker's request
+thread spent 13-18 % of its time waiting at its add's first write, and its audit writer about a quarter of its
+time (``py-spy record --idle`` on both workers); with the queue, about a third less.
 
 :func:`connection_factory` gives ``sqlite3.connect`` a connection class that, before a transaction's first write
 statement, takes an exclusive ``flock`` on a lock file beside the database, and lets it go when the transaction
@@ -12,7 +12,8 @@ ends (commit, rollback, close). The kernel queues the writers on it and wakes th
 released, so a writer starts as soon as the one before it has committed. Within a process the threads queue on a
 ``threading.Lock`` first (one thread per process waits on the file), which keeps SQLite's time limit: a writer
 that has waited ``timeout`` seconds goes on without the queue, to SQLite's own lock and busy handler, as every
-writer did before.
+writer did before. The one thread of a process that waits on the file waits as long as the holder, in another
+process, keeps its transaction open.
 
 Only a queue: SQLite's own lock still guards the data. A writer that does not take part (another program, a
 statement this module does not recognise as a write) is kept out by SQLite as before, and the kernel releases
@@ -142,7 +143,8 @@ _QUEUES_LOCK = threading.Lock()
 
 def connection_factory(database: Path, timeout: float) -> type[QueuedConnection]:
     """A connection class for ``sqlite3.connect(..., factory=...)`` whose writers queue on
-    ``<database>-writers.lock`` (one queue per database file in a process, however many engines open it)."""
+    ``<database>-writers.lock``: one queue per database file in a process, however many engines open it, with
+    the ``timeout`` of the first call for that file (the store's engines all pass SQLite's busy timeout)."""
     path = Path(os.path.abspath(database)).with_name(Path(database).name + "-writers.lock")
     with _QUEUES_LOCK:
         queue = _QUEUES.get(path)
