@@ -26,6 +26,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,18 +77,17 @@ class _WriterQueue:
 
 class _QueuedCursor(sqlite3.Cursor):
     def execute(self, sql: str, parameters: Any = (), /) -> _QueuedCursor:
-        connection: QueuedConnection = self.connection  # type: ignore[assignment]
-        connection.before(sql)
-        try:
-            return super().execute(sql, parameters)
-        finally:
-            connection.after()
+        return self._queued(super().execute, sql, parameters)
 
     def executemany(self, sql: str, seq_of_parameters: Any, /) -> _QueuedCursor:
+        return self._queued(super().executemany, sql, seq_of_parameters)
+
+    def _queued(self, run: Callable[[str, Any], sqlite3.Cursor], sql: str, arguments: Any) -> _QueuedCursor:
         connection: QueuedConnection = self.connection  # type: ignore[assignment]
         connection.before(sql)
         try:
-            return super().executemany(sql, seq_of_parameters)
+            run(sql, arguments)
+            return self
         finally:
             connection.after()
 
