@@ -340,7 +340,8 @@ def profiler(
     assert server.process is not None
     command = ["py-spy", "record", "--pid", str(server.process.pid), "--subprocesses", "--format", "raw"]
     command += ["--rate", "200", "--duration", str(max(1, round(duration) - 2)), "--nonblocking"]
-    command += ["--output", str(folder / f"{phase}.collapsed")] + (["--gil"] if args.profile == "gil" else [])
+    command += ["--output", str(folder / f"{phase}.collapsed")]
+    command += {"gil": ["--gil"], "idle": ["--idle", "--threads"]}.get(args.profile, [])
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -365,6 +366,57 @@ PROFILE_BUCKETS = (
 
 
 IDLE_LEAVES = ("select (selectors.py", "epoll", "_worker (concurrent", "wait (threading")
+
+
+# Threads by name (py-spy --threads), the first prefix that matches; the rest are "other".
+THREAD_ROLES = (
+    ("request threads", "AnyIO worker thread"),
+    ("audit writer", "sealmem-audit-writer"),
+    ("ahead (embedding)", "sealmem-ahead"),
+    ("main threads (event loops, supervisor)", "MainThread"),
+)
+OWN_CODE = ("(memory_store/", "(service/")
+
+
+def summarise_waits(path: Path, top: int = 8) -> dict[str, Any]:
+    """``--profile idle``: every sample of every thread, sleeping or not, by the thread's role. Per role: its
+    threads, its samples, and where they were (the leaf function and the nearest frame of Sealmem's own code in
+    another file, so a wait for a lock shows the statement that waits), as shares of the role's samples."""
+    samples: Counter[str] = Counter()
+    threads: dict[str, set[str]] = {}
+    where: dict[str, Counter[str]] = {}
+    if not path.exists():
+        return {"error": "no profile written"}
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        frames = stack.split(";")
+        label = next((f for f in frames if f.startswith("thread (")), "")  # after the process frames
+        thread_id, _, thread_name = label.partition("): ")
+        role = next((r for r, prefix in THREAD_ROLES if thread_name.startswith(prefix)), "other")
+        count = int(count_text)
+        samples[role] += count
+        threads.setdefault(role, set()).add(thread_id)
+        leaf = frames[-1]
+        leaf_file = leaf.rpartition("(")[2].partition(":")[0]
+        own = next(
+            (f for f in reversed(frames[:-1]) if any(m in f for m in OWN_CODE) and f"({leaf_file}:" not in f), ""
+        )
+        spot = f"{leaf} <- {own}" if own else leaf
+        where.setdefault(role, Counter())[spot] += count
+    return {
+        "mode": "idle: all samples of every thread, by thread role",
+        "collapsed_stacks": str(path),
+        "roles": {
+            role: {
+                "threads": len(threads[role]),
+                "samples": n,
+                "where": [[spot, round(k / n, 3)] for spot, k in where[role].most_common(top)],
+            }
+            for role, n in samples.most_common()
+        },
+    }
 
 
 def summarise_profile(path: Path) -> dict[str, Any]:
@@ -462,7 +514,8 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
                 phases[phase] = wrk_run(server.url, key, args, share=share, duration=duration)
                 if spy is not None:
                     spy.wait(timeout=120)
-                    phases[phase]["profile"] = summarise_profile(folder / f"{phase}.collapsed")
+                    summarise = summarise_waits if args.profile == "idle" else summarise_profile
+                    phases[phase]["profile"] = summarise(folder / f"{phase}.collapsed")
                 # The server's own CPU per request: steadier than req/s when other jobs share the machine.
                 phases[phase]["server_cpu_ms_per_request"] = round(
                     (server.cpu_seconds - cpu_before) * 1000 / max(phases[phase]["requests"], 1), 2
@@ -533,10 +586,12 @@ def main() -> None:
     postgres.add_argument(parser)
     parser.add_argument(
         "--profile",
-        choices=["busy", "gil"],
+        choices=["busy", "gil", "idle"],
         help="wrk driver: py-spy samples the server through each variant's mix phase, every busy thread (busy) or "
         "only the one holding the GIL (gil: where the Python-bound time goes); the report gives the share of "
-        "samples per part (embedding, SQL, audit, HTTP, ...) and keeps the collapsed stacks.",
+        "samples per part (embedding, SQL, audit, HTTP, ...) and keeps the collapsed stacks. idle: every thread, "
+        "sleeping or not, by role (request threads, audit writer, embedding, main threads), with where each role's "
+        "time goes: the waits (for a lock, a commit, the interpreter) that the busy profile leaves out.",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
