@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +368,14 @@ PROFILE_BUCKETS = (
 IDLE_LEAVES = ("select (selectors.py", "epoll", "_worker (concurrent", "wait (threading")
 
 
+def collapsed_stacks(path: Path) -> Iterator[tuple[list[str], int]]:
+    """(frames, root first; sample count) of each line of py-spy's raw (collapsed) output."""
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if count_text.isdigit():
+            yield stack.split(";"), int(count_text)
+
+
 # Threads by name (py-spy --threads), the first prefix that matches; the rest are "other".
 THREAD_ROLES = (
     ("request threads", "AnyIO worker thread"),
@@ -387,15 +395,10 @@ def summarise_waits(path: Path, top: int = 8) -> dict[str, Any]:
     where: dict[str, Counter[str]] = {}
     if not path.exists():
         return {"error": "no profile written"}
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        frames = stack.split(";")
+    for frames, count in collapsed_stacks(path):
         label = next((f for f in frames if f.startswith("thread (")), "")  # after the process frames
         thread_id, _, thread_name = label.partition("): ")
         role = next((r for r, prefix in THREAD_ROLES if thread_name.startswith(prefix)), "other")
-        count = int(count_text)
         samples[role] += count
         threads.setdefault(role, set()).add(thread_id)
         leaf = frames[-1]
@@ -426,12 +429,7 @@ def summarise_profile(path: Path) -> dict[str, Any]:
     total = 0
     if not path.exists():
         return {"error": "no profile written"}
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = stack.split(";")
+    for frames, count in collapsed_stacks(path):
         if any(idle in frames[-1] for idle in IDLE_LEAVES):
             continue
         total += count
