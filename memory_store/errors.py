@@ -6,6 +6,7 @@ StoreError
  ├── WrongMasterKeyError     the master key does not match the database
  ├── CredentialRevokedError  a delayed write's API key was revoked after the request began
  ├── PolicyChangedError      the tenant's desensitisation policy changed while a write was screened (retried)
+ ├── WriteRacedError         a subject an add had read was deleted before the add took its lock (retried)
  ├── DecryptionError         a ciphertext failed authentication
  ├── NotFoundError           no such tenant / subject / memory (or not visible to the caller)
  ├── ValidationError         bad input to an operation
@@ -43,6 +44,14 @@ class PolicyChangedError(StoreError):
     tenant's; nothing was written and :func:`memory_store.retry.retry_write` runs the write again."""
 
     code = "policy_changed"
+
+
+class WriteRacedError(StoreError):
+    """Raised inside an add's transaction when a row it had read before taking the tenant's write lock (a
+    subject, the tenant's vector key) was deleted or created by another transaction meanwhile; nothing was
+    written and :func:`memory_store.retry.retry_write` runs the add again, which reads them anew."""
+
+    code = "write_raced"
 
 
 class DecryptionError(StoreError):

@@ -113,7 +113,12 @@ class Memory(Base):
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     uid: Mapped[str] = mapped_column(String(36), unique=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    subject_id: Mapped[str] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"))
+    # Checked at commit, not at insert: an add on PostgreSQL writes its rows before it takes the tenant's write
+    # lock (MemoryStore._locks_late), and an immediate check would hold the subject row's key-share lock while it
+    # waits, which a forget (tenant lock first, then the subject's row) would wait on in turn: a deadlock.
+    subject_id: Mapped[str] = mapped_column(
+        ForeignKey("subjects.id", ondelete="CASCADE", deferrable=True, initially="DEFERRED")
+    )
     agent_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
     session_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
     kind: Mapped[str] = mapped_column(String(32), default="fact")

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError
 from tenacity import before_sleep_log, retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from memory_store.errors import PolicyChangedError
+from memory_store.errors import PolicyChangedError, WriteRacedError
 
 log = logging.getLogger("sealmem.db")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -26,7 +26,7 @@ def _sqlstate(exc: DBAPIError) -> str | None:
 
 
 def is_retryable_write(exc: BaseException) -> bool:
-    if isinstance(exc, PolicyChangedError):
+    if isinstance(exc, (PolicyChangedError, WriteRacedError)):
         return True
     if not isinstance(exc, DBAPIError):
         return False

@@ -30,6 +30,7 @@ from memory_store.errors import (
     NotFoundError,
     SubjectForgottenError,
     ValidationError,
+    WriteRacedError,
 )
 from memory_store.fusion import FusionConfig
 from memory_store.index_registry import IndexRegistry
@@ -120,6 +121,9 @@ _INSERT_MEMORIES = insert(_MEMORIES).returning(_MEMORIES.c.uid, _MEMORIES.c.id)
 _INSERT_CHANGES = insert(cast(Table, VectorChange.__table__))
 _INSERT_EVENTS = insert(cast(Table, MemoryEvent.__table__))
 _SUBJECTS = cast(Table, Subject.__table__)
+_SUBJECT_SEQS = select(_SUBJECTS.c.id, _SUBJECTS.c.change_seq).where(
+    _SUBJECTS.c.id.in_(bindparam("ids", expanding=True))
+)
 _SUBJECT_WRITTEN = (
     update(_SUBJECTS)
     .where(_SUBJECTS.c.id == bindparam("subject"))
@@ -191,6 +195,15 @@ class MemoryStore:
         detector: Detector | None = None,
     ) -> None:
         self._engine = engine
+        # Whether an add may write its rows before it takes the tenant's write lock (held to commit, so that
+        # commit order is change-seq order): on PostgreSQL, where that lock is a row lock its waiters queue on,
+        # this keeps the memory, history and vector inserts (a pgvector insert updates the HNSW graph) out of
+        # the time the tenant's other writers wait. A forget meanwhile does not wait for such an add (memories'
+        # subject key is checked at commit, revision 0010, so the add holds no lock on the subject's row); the add
+        # then finds the tombstone under the lock (guarded), or its subject key fails at commit and it is retried
+        # (WriteRacedError). Not on SQLite: a transaction that read before it writes cannot take the write lock
+        # once another has committed.
+        self._locks_late = engine.dialect.name == "postgresql"
         self._sessions: sessionmaker[Session] = make_sessionmaker(engine)
         self._embedder = embedder
         self._settings = settings
@@ -339,6 +352,13 @@ class MemoryStore:
             session.flush()
         return row
 
+    @staticmethod
+    def _subjects_named(session: Session, tenant_id: str, names: Iterable[str]) -> dict[str, Subject]:
+        return {
+            row.external_id: row
+            for row in session.scalars(_SUBJECTS_NAMED, {"tenant_id": tenant_id, "names": sorted(names)})
+        }
+
     def _sealer(self, subject: Subject) -> MemorySealer:
         return MemorySealer(self._keys.subject_key(subject), subject.tenant_id, subject.id)
 
@@ -479,95 +499,117 @@ class MemoryStore:
         now = utcnow()
         known: dict[int, np.ndarray] = {}
         records: list[MemoryRecord] = []
-        with self._sessions.begin() as session:
-            last_seq = self._bump(session, tenant_id, len(items), policy)
-            first_seq = last_seq - len(items) + 1
-            wanted = {item.subject for item in items}
-            self._guard(session, tenant_id, wanted, guard)
-            subjects: dict[str, Subject] = {
-                row.external_id: row
-                for row in session.scalars(_SUBJECTS_NAMED, {"tenant_id": tenant_id, "names": sorted(wanted)})
-            }
-            rows: list[Memory] = []
-            values: list[dict[str, Any]] = []
-            texts: list[str] = []
-            found: dict[str, Counter[str]] = {}
-            for item, vector, screen in zip(items, vectors, screened, strict=True):
-                subject = subjects.get(item.subject) or self._subject_or_create(session, tenant_id, item.subject)
-                subjects[item.subject] = subject
-                sealer = self._sealer(subject)
-                uid = str(uuid.uuid4())
-                text = self._stored_text(session, subject, screen)
-                texts.append(text)
-                found.setdefault(item.subject, Counter()).update(screen.counts)
-                values.append(
-                    {
-                        "uid": uid,
-                        "tenant_id": tenant_id,
-                        "subject_id": subject.id,
-                        "agent_id": item.agent_id,
-                        "session_id": item.session_id,
-                        "kind": item.kind,
-                        "status": "active",
-                        "superseded_by": None,
-                        "text_ct": sealer.seal_text(uid, text),
-                        "metadata_ct": sealer.seal_metadata(uid, item.metadata),
-                        "embedding_ct": sealer.seal_embedding(uid, vector),
-                        "importance": float(item.importance),
-                        "source": item.source,
-                        "source_ref": item.source_ref,
-                        "created_at": now,
-                        "updated_at": now,
-                        "last_accessed_at": None,
-                        "occurred_at": item.occurred_at,
-                        "expires_at": item.expires_at,
-                    }
-                )
-            session.flush()  # what the ORM holds (a new subject, vault entries) goes first
-            connection = session.connection()
-            inserted = connection.execute(_INSERT_MEMORIES, values)
-            ids: dict[str, int] = {str(uid): int(row_id) for uid, row_id in inserted}
-            for row_values in values:
-                # Never added to the session: the rows' public views and lexical entries are built from them.
-                rows.append(Memory(id=ids[row_values["uid"]], **row_values))
-            connection.execute(
-                _INSERT_CHANGES,
-                [
-                    {"tenant_id": tenant_id, "seq": first_seq + offset, "memory_id": row.id, "op": "upsert"}
-                    for offset, row in enumerate(rows)
-                ],
-            )
-            connection.execute(
-                _INSERT_EVENTS,
-                [
-                    _memory_event(
-                        tenant_id=tenant_id,
-                        subject_id=row.subject_id,
-                        memory_uid=row.uid,
-                        action="add",
-                        actor=actor,
-                        at=now,
-                        detail={"kind": row.kind, "source": row.source},
+        wanted = {item.subject for item in items}
+        late = False
+        try:
+            with self._sessions.begin() as session:
+                # The tenant's write lock is held from the bump to the commit. On PostgreSQL an add to subjects that
+                # exist, with nothing to number in a vault, writes its rows first and takes the lock last (see
+                # _locks_late); otherwise the lock comes first, as SQLite needs (no read->write upgrade) and as
+                # creating a subject or numbering its values does.
+                late = self._locks_late and not any(s.pending for s in screened)
+                subjects: dict[str, Subject] = {}
+                if late:
+                    subjects = self._subjects_named(session, tenant_id, wanted)
+                    late = len(subjects) == len(wanted)
+                if not late:
+                    last_seq = self._bump(session, tenant_id, len(items), policy)
+                    self._guard(session, tenant_id, wanted, guard)
+                    subjects = self._subjects_named(session, tenant_id, wanted)
+                rows: list[Memory] = []
+                values: list[dict[str, Any]] = []
+                texts: list[str] = []
+                found: dict[str, Counter[str]] = {}
+                for item, vector, screen in zip(items, vectors, screened, strict=True):
+                    subject = subjects.get(item.subject) or self._subject_or_create(session, tenant_id, item.subject)
+                    subjects[item.subject] = subject
+                    sealer = self._sealer(subject)
+                    uid = str(uuid.uuid4())
+                    text = self._stored_text(session, subject, screen)
+                    texts.append(text)
+                    found.setdefault(item.subject, Counter()).update(screen.counts)
+                    values.append(
+                        {
+                            "uid": uid,
+                            "tenant_id": tenant_id,
+                            "subject_id": subject.id,
+                            "agent_id": item.agent_id,
+                            "session_id": item.session_id,
+                            "kind": item.kind,
+                            "status": "active",
+                            "superseded_by": None,
+                            "text_ct": sealer.seal_text(uid, text),
+                            "metadata_ct": sealer.seal_metadata(uid, item.metadata),
+                            "embedding_ct": sealer.seal_embedding(uid, vector),
+                            "importance": float(item.importance),
+                            "source": item.source,
+                            "source_ref": item.source_ref,
+                            "created_at": now,
+                            "updated_at": now,
+                            "last_accessed_at": None,
+                            "occurred_at": item.occurred_at,
+                            "expires_at": item.expires_at,
+                        }
                     )
-                    for row in rows
-                ],
-            )
-            staged = [(row.id, row.subject_id, vector) for row, vector in zip(rows, vectors, strict=True)]
-            known.update((row_id, vector) for row_id, _, vector in staged)
-            self.vectors.stage(session, tenant_id, staged)
-            lexical_before = {subject.id: subject.change_seq for subject in subjects.values()}
-            connection.execute(
-                _SUBJECT_WRITTEN,
-                [{"subject": subject.id, "seq": last_seq, "at": now} for subject in subjects.values()],
-            )
-            records = [
-                record(row, item.subject, text=text, metadata=item.metadata)
-                for row, item, text in zip(rows, items, texts, strict=True)
-            ]
-            touched: dict[str, list[str]] = {}
-            for item, row in zip(items, rows, strict=True):
-                touched.setdefault(item.subject, []).append(row.uid)
-            self._record_audit(session, tenant_id, audit, touched, desensitised=found)
+                session.flush()  # what the ORM holds (a new subject, vault entries) goes first
+                connection = session.connection()
+                inserted = connection.execute(_INSERT_MEMORIES, values)
+                ids: dict[str, int] = {str(uid): int(row_id) for uid, row_id in inserted}
+                for row_values in values:
+                    # Never added to the session: the rows' public views and lexical entries are built from them.
+                    rows.append(Memory(id=ids[row_values["uid"]], **row_values))
+                connection.execute(
+                    _INSERT_EVENTS,
+                    [
+                        _memory_event(
+                            tenant_id=tenant_id,
+                            subject_id=row.subject_id,
+                            memory_uid=row.uid,
+                            action="add",
+                            actor=actor,
+                            at=now,
+                            detail={"kind": row.kind, "source": row.source},
+                        )
+                        for row in rows
+                    ],
+                )
+                staged = [(row.id, row.subject_id, vector) for row, vector in zip(rows, vectors, strict=True)]
+                known.update((row_id, vector) for row_id, _, vector in staged)
+                self.vectors.stage(session, tenant_id, staged)
+                if late:
+                    last_seq = self._bump(session, tenant_id, len(items), policy)
+                    self._guard(session, tenant_id, wanted, guard)
+                    # Read again under the lock: the seqs read before it may predate a write that committed since.
+                    seqs = connection.execute(_SUBJECT_SEQS, {"ids": [subject.id for subject in subjects.values()]})
+                    lexical_before = {str(subject_id): int(seq) for subject_id, seq in seqs}
+                else:
+                    lexical_before = {subject.id: subject.change_seq for subject in subjects.values()}
+                first_seq = last_seq - len(items) + 1
+                connection.execute(
+                    _INSERT_CHANGES,
+                    [
+                        {"tenant_id": tenant_id, "seq": first_seq + offset, "memory_id": row.id, "op": "upsert"}
+                        for offset, row in enumerate(rows)
+                    ],
+                )
+                connection.execute(
+                    _SUBJECT_WRITTEN,
+                    [{"subject": subject.id, "seq": last_seq, "at": now} for subject in subjects.values()],
+                )
+                records = [
+                    record(row, item.subject, text=text, metadata=item.metadata)
+                    for row, item, text in zip(rows, items, texts, strict=True)
+                ]
+                touched: dict[str, list[str]] = {}
+                for item, row in zip(items, rows, strict=True):
+                    touched.setdefault(item.subject, []).append(row.uid)
+                self._record_audit(session, tenant_id, audit, touched, desensitised=found)
+        except IntegrityError as exc:
+            if late:  # a subject (or the tenant, or its vector key) it read was deleted or created meanwhile
+                raise WriteRacedError(
+                    "a row the add had read changed before it took its lock; nothing was written"
+                ) from exc
+            raise
         self.vectors.after_commit(tenant_id, known, seqs=(first_seq, last_seq))
         added: dict[str, list[LexicalSource]] = {}
         for row, text in zip(rows, texts, strict=True):
@@ -852,6 +894,7 @@ class MemoryStore:
         for subject_id, (before, row_ids) in removed.items():
             self._lexical.advance(subject_id, before, last_seq, removals=row_ids)
 
+    @retry_write
     @retry_write
     def forget_subject(
         self, *, tenant_id: str, subject: str, actor: str = "system", audit: AuditEvent | None = None

@@ -370,6 +370,53 @@ def test_writes_of_another_process_are_replayed_from_the_change_log(store, tenan
     assert store._lexical.peek(subject_id)[1] is not rebuilt[1]
 
 
+def test_an_add_overtaken_by_another_process_before_its_lock_does_not_skip_that_write(store, tenant_id, open_store):
+    """On PostgreSQL an add writes its rows before it takes the tenant's lock (see ``MemoryStore._locks_late``),
+    so the subject's change seq it read then may be passed by another process's add that commits meanwhile. Its
+    cached index must not jump over that write: held between its rows and its lock (a gate in the vector stage)
+    while another process adds, this process's search afterwards finds what a cold rebuild finds, every time."""
+    store.add_batch(tenant_id=tenant_id, items=[_turn("Bob: I like tea", 0), _turn("Alice: and coffee?", 10)])
+    subject_id = _subject_row_id(store, tenant_id, "conv")
+    other, cold = open_store(), open_store()
+    staged, release = threading.Event(), threading.Event()
+    stage = store.vectors.stage
+
+    def gated_stage(*args, **kwargs):
+        staged.set()
+        assert release.wait(30)
+        return stage(*args, **kwargs)
+
+    store.vectors.stage = gated_stage  # type: ignore[method-assign]
+    for round_ in range(5):
+        _hits(store, tenant_id, "tea")  # this process's index, tagged with the current seq
+        staged.clear()
+        release.clear()
+        failures: list[BaseException] = []
+
+        def ours(round_=round_, failures=failures):
+            try:
+                store.add(tenant_id=tenant_id, item=_turn(f"Alice: volcano number {round_}", 30 + round_))
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+
+        mine = threading.Thread(target=ours)
+        mine.start()
+        assert staged.wait(30)
+        # On PostgreSQL this commits now; on SQLite it waits for the write lock our add holds, so it goes second.
+        theirs = threading.Thread(
+            target=other.add, kwargs={"tenant_id": tenant_id, "item": _turn(f"Bob: crater photo {round_}", 40)}
+        )
+        theirs.start()
+        theirs.join(0.5)
+        release.set()
+        mine.join(60)
+        theirs.join(60)
+        assert not failures and not mine.is_alive() and not theirs.is_alive()
+        for query in ("crater photo", "volcano number", "tea"):
+            assert _hits(store, tenant_id, query) == _hits(cold, tenant_id, query)
+            cold._lexical.drop(subject_id)
+
+
 def test_concurrent_searches_and_writes(store, tenant_id):
     store.add_batch(tenant_id=tenant_id, items=[_turn(f"Bob: note {i} about tea and volcano", i) for i in range(30)])
     subject_id = _subject_row_id(store, tenant_id, "conv")

@@ -49,3 +49,37 @@ def test_upgrade_head_on_empty_postgres_matches_models(pg_server):
     assert current_revision(engine) == head_revision(engine)
     assert _diff(engine) == []
     engine.dispose()
+
+
+def _subject_key_deferred(engine) -> bool:
+    from sqlalchemy import inspect
+
+    (fk,) = [fk for fk in inspect(engine).get_foreign_keys("memories") if fk["referred_table"] == "subjects"]
+    return fk["options"].get("initially") == "DEFERRED" and bool(fk["options"].get("deferrable"))
+
+
+def test_0010_defers_the_subject_key_of_existing_memories_and_keeps_every_row(store, tenant_id):
+    """Revision 0010 makes memories' subject key checked at commit, in place on PostgreSQL and by recreating the
+    table on SQLite: every row of every table is kept (down and up again), and the store works on after it."""
+    from alembic import command
+
+    from memory_store import NewMemory
+    from memory_store.migrate import alembic_config
+    from tests.harness import data_snapshot
+
+    store.add_batch(
+        tenant_id=tenant_id,
+        items=[NewMemory(subject=s, text=f"{s} likes topic {i}") for s in ("alice", "bob") for i in range(5)],
+    )
+    before = data_snapshot(store.engine)
+    store.engine.dispose()
+    assert _subject_key_deferred(store.engine)
+    command.downgrade(alembic_config(store.engine), "0009")
+    assert not _subject_key_deferred(store.engine) and data_snapshot(store.engine) == before
+    upgrade(store.engine)
+    assert _subject_key_deferred(store.engine) and data_snapshot(store.engine) == before
+    assert _diff(store.engine) == []
+    hits = store.search(tenant_id=tenant_id, subject="bob", query="bob likes topic 3", k=1)
+    assert hits[0].memory.text == "bob likes topic 3"
+    assert store.forget_subject(tenant_id=tenant_id, subject="alice") == 5
+    assert len(store.list(tenant_id=tenant_id, subject="bob").items) == 5
