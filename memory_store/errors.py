@@ -6,7 +6,7 @@ StoreError
  ├── WrongMasterKeyError     the master key does not match the database
  ├── CredentialRevokedError  a delayed write's API key was revoked after the request began
  ├── PolicyChangedError      the tenant's desensitisation policy changed while a write was screened (retried)
- ├── WriteRacedError         a subject an add had read was deleted before the add took its lock (retried)
+ ├── WriteRacedError         a row an add read before taking its lock was deleted or created meanwhile (retried)
  ├── DecryptionError         a ciphertext failed authentication
  ├── NotFoundError           no such tenant / subject / memory (or not visible to the caller)
  ├── ValidationError         bad input to an operation

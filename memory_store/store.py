@@ -895,7 +895,6 @@ class MemoryStore:
             self._lexical.advance(subject_id, before, last_seq, removals=row_ids)
 
     @retry_write
-    @retry_write
     def forget_subject(
         self, *, tenant_id: str, subject: str, actor: str = "system", audit: AuditEvent | None = None
     ) -> int:
