@@ -2,9 +2,10 @@
 
 :meth:`MemoryStore.add_batch` embeds its batch and then writes it, so one core embeds while the others wait and
 the embedding waits for the write. :func:`add_in_batches` keeps every core busy for an import: batch ``k + 1`` is
-screened and embedded on ``threads`` threads (its texts split between them, each thread running its own forward
-passes) while batch ``k`` is written, and each batch is then stored exactly as ``add_batch`` stores it (one
-transaction, audited, guarded), with what was prepared.
+screened and embedded on ``threads`` threads (its texts split between them, so that one part is screened while
+another is embedded; the embedder runs each part's forward passes on every core, at most one pass per core at
+once: ``embedding_parallel_passes``) while batch ``k`` is written, and each batch is then stored exactly as
+``add_batch`` stores it (one transaction, audited, guarded), with what was prepared.
 """
 
 from __future__ import annotations

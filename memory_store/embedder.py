@@ -152,6 +152,7 @@ def embedder_from_settings(settings: StoreSettings) -> Embedder:
             batch_size=settings.embedding_batch_size,
             threads=settings.embedding_threads,
             int8=settings.embedding_runtime == "onnx-int8",
+            parallel=settings.embedding_parallel_passes or available_cores(),
         )
     if settings.embedding_coalesce_max > 1:
         from memory_store.coalescing import CoalescingEmbedder

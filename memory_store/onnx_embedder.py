@@ -6,6 +6,11 @@ is exported again. Inference then needs only ``onnxruntime`` and the model's fas
 mean pooling over the attention mask and L2 normalisation, as the model's sentence-transformers modules do.
 Vectors match the sentence-transformers ones to cosine >= 0.9999 (tests/test_onnx_embedder.py).
 
+A call of many texts (a batch add, an import) runs its forward passes on ``parallel`` threads at once, each pass
+on one core (a session's ``run`` may be called from several threads; it releases the interpreter lock), so one
+call uses every core. Calls of fewer than 32 texts (searches, single adds, the coalesced passes of a loaded
+server) run on the caller's thread, as before.
+
 The export is written to a temporary file and renamed into place, under an exclusive file lock, so several
 processes starting at once export it once and never read a partial file.
 """
@@ -20,6 +25,7 @@ import os
 import threading
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +119,17 @@ class OnnxEmbedder:
         batch_size: int = 64,
         threads: int = 1,
         int8: bool = False,
+        parallel: int = 1,
     ) -> None:
+        if parallel < 1:
+            raise ValueError("parallel must be at least 1")
         self._path, self._model_id = model_folder(model)
         self._int8 = int8
         self._cache_dir = Path(cache_dir)
         self._batch_size = batch_size
         self._threads = threads
+        self._parallel = parallel
+        self._pool: ThreadPoolExecutor | None = None  # the passes of large calls; made on first need
         self._session: Any = None
         self._tokenizer: Any = None
         self._dim: int | None = None
@@ -127,6 +138,11 @@ class OnnxEmbedder:
     @property
     def model_id(self) -> str:
         return self._model_id
+
+    @property
+    def parallel(self) -> int:
+        """Forward passes of one large call that run at once."""
+        return self._parallel
 
     @property
     def dim(self) -> int:
@@ -192,9 +208,23 @@ class OnnxEmbedder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         encodings = self._tokenizer.encode_batch(list(texts))
         lengths = [len(e.ids) for e in encodings]
-        for rows in passes(lengths, self._batch_size):
-            out[rows] = self.embed_encoded([encodings[i] for i in rows])
+        spread = self._parallel > 1 and len(texts) >= 2 * MIN_ROWS_PER_PARALLEL_PASS
+        groups = passes(lengths, rows_per_pass(len(texts), self._batch_size, self._parallel if spread else 1))
+        if not spread or len(groups) == 1:
+            for rows in groups:
+                out[rows] = self.embed_encoded([encodings[i] for i in rows])
+            return out
+        pool = self._passes_pool()
+        running = [(rows, pool.submit(self.embed_encoded, [encodings[i] for i in rows])) for rows in groups]
+        for rows, future in running:
+            out[rows] = future.result()
         return out
+
+    def _passes_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self._parallel, thread_name_prefix="sealmem-embed")
+            return self._pool
 
     @property
     def tokenizer(self) -> Any:
@@ -218,6 +248,20 @@ class OnnxEmbedder:
         pooled = summed / np.clip(weights.sum(axis=1), 1e-9, None)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return np.ascontiguousarray(pooled / np.clip(norms, 1e-12, None), dtype=np.float32)
+
+
+# The fewest rows a pass of a call spread over several threads gets: below this, a pass's fixed cost outweighs the
+# gain. A call of fewer than twice this many texts (a search, a single add, a coalesced pass under load) runs its
+# passes on the caller's thread, as with ``parallel=1``.
+MIN_ROWS_PER_PARALLEL_PASS = 16
+
+
+def rows_per_pass(texts: int, batch_size: int, parallel: int) -> int:
+    """The most rows a pass of a call of ``texts`` texts takes: ``batch_size``, or fewer so that the call's passes
+    spread over ``parallel`` threads (at least :data:`MIN_ROWS_PER_PARALLEL_PASS` rows each)."""
+    if parallel == 1:
+        return batch_size
+    return max(1, min(batch_size, max(MIN_ROWS_PER_PARALLEL_PASS, -(-texts // parallel))))
 
 
 # What one forward pass costs beyond its padded tokens, in tokens: all-MiniLM-L6-v2 on ONNX Runtime, one thread,

@@ -56,6 +56,14 @@ class StoreSettings(BaseSettings):
         description="Embedding passes a process runs at once when calls are coalesced (0: one per core). With one "
         "worker process per core (the default), 1 leaves each process's other cores to its Python work.",
     )
+    embedding_parallel_passes: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Forward passes one large embedding call (a batch add, an import) runs at once, each on one "
+        "core (0: one per core; 1: one after another on the caller's thread). ONNX runtimes only; calls of fewer "
+        "than 32 texts (searches, single adds) run on the caller's thread.",
+    )
     query_cache_size: int = Field(
         default=4096,
         ge=0,

@@ -13,7 +13,14 @@ import pytest
 from memory_store import SentenceTransformerEmbedder, StoreSettings
 from memory_store.coalescing import CoalescingEmbedder
 from memory_store.embedder import embedder_from_settings
-from memory_store.onnx_embedder import PASS_COST_TOKENS, OnnxEmbedder, passes
+from memory_store.onnx_embedder import (
+    MIN_ROWS_PER_PARALLEL_PASS,
+    PASS_COST_TOKENS,
+    OnnxEmbedder,
+    passes,
+    rows_per_pass,
+)
+from memory_store.settings import available_cores
 
 pytestmark = pytest.mark.slow
 
@@ -106,6 +113,61 @@ def test_mixed_lengths_embed_as_each_text_alone(onnx):
     assert np.allclose(together, alone, atol=1e-5)
 
 
+class _TracedOnnx(OnnxEmbedder):
+    """Records each pass's thread and how many passes ran at once; with ``meet``, a call's first two passes wait
+    for each other (they can only meet if they run at the same time)."""
+
+    def __init__(self, *args, meet: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.threads: list[str] = []
+        self.most_at_once = 0
+        self._running = 0
+        self._count = threading.Lock()
+        self._meeting = threading.Barrier(2, timeout=20) if meet else None
+
+    def embed_encoded(self, encodings):
+        with self._count:
+            self.threads.append(threading.current_thread().name)
+            self._running += 1
+            self.most_at_once = max(self.most_at_once, self._running)
+        try:
+            if self._meeting is not None and len(self.threads) <= 2:
+                self._meeting.wait()  # BrokenBarrierError after 20 s if the passes ran one after the other
+            return super().embed_encoded(encodings)
+        finally:
+            with self._count:
+                self._running -= 1
+
+
+def test_a_large_call_runs_its_passes_on_every_core_with_the_same_vectors(onnx):
+    sentences = real_sentences(300)
+    one_by_one = OnnxEmbedder(cache_dir=onnx.onnx_path().parent, parallel=1).embed(sentences)
+    parallel = _TracedOnnx(cache_dir=onnx.onnx_path().parent, parallel=2, meet=True)
+    vectors = parallel.embed(sentences)
+    assert np.allclose(vectors, one_by_one, atol=1e-5)  # each row its own text's vector, in the caller's order
+    assert parallel.most_at_once == 2  # two passes met, never more than ``parallel`` at once
+    assert len(parallel.threads) >= 5 and all(name.startswith("sealmem-embed") for name in parallel.threads)
+    assert len(set(parallel.threads)) == 2
+
+
+def test_a_small_call_runs_its_passes_on_the_callers_thread(onnx):
+    """Searches, single adds and the coalesced passes of a loaded server stay on their own thread, even when
+    their lengths make several passes (short and long texts are not padded together)."""
+    parallel = _TracedOnnx(cache_dir=onnx.onnx_path().parent, parallel=2)
+    texts = real_sentences(2 * MIN_ROWS_PER_PARALLEL_PASS - 1)
+    assert np.allclose(parallel.embed(texts), onnx.embed(texts), atol=1e-5)
+    assert len(parallel.threads) > 1 and set(parallel.threads) == {threading.current_thread().name}
+
+
+def test_rows_per_pass_spreads_a_call_over_the_threads_in_passes_of_16_or_more() -> None:
+    assert rows_per_pass(300, 64, 1) == 64
+    assert rows_per_pass(300, 64, 2) == 64  # enough texts: full passes, several for each thread
+    assert rows_per_pass(64, 64, 2) == 32  # one full pass split in two
+    assert rows_per_pass(40, 64, 4) == MIN_ROWS_PER_PARALLEL_PASS
+    assert rows_per_pass(20, 64, 2) == MIN_ROWS_PER_PARALLEL_PASS
+    assert rows_per_pass(20, 8, 2) == 8  # never above the batch size
+
+
 def test_long_input_is_truncated_like_sentence_transformers(onnx):
     text = " ".join(real_sentences(120))  # far beyond 256 tokens
     reference = SentenceTransformerEmbedder(torch_threads=1).embed([text])
@@ -140,6 +202,9 @@ def test_settings_choose_the_runtime(tmp_path: Path):
     assert isinstance(default, CoalescingEmbedder) and isinstance(default.inner, OnnxEmbedder)
     plain = embedder_from_settings(StoreSettings(data_dir=tmp_path, embedding_coalesce_max=1))
     assert isinstance(plain, OnnxEmbedder)
+    assert default.inner.parallel == available_cores()  # a large call's passes: one per core by default
+    one = embedder_from_settings(StoreSettings(data_dir=tmp_path, embedding_parallel_passes=1))
+    assert isinstance(one, CoalescingEmbedder) and isinstance(one.inner, OnnxEmbedder) and one.inner.parallel == 1
     torch_one = embedder_from_settings(StoreSettings(data_dir=tmp_path, embedding_runtime="torch"))
     assert isinstance(torch_one, CoalescingEmbedder) and isinstance(torch_one.inner, SentenceTransformerEmbedder)
 
