@@ -5,7 +5,8 @@ on every core while one is written), on the same memories in one run; JSON on st
     .venv/bin/python bench/bulk_add.py [--memories 5000] [--batch-size 256] [--rounds 2] [--threads N] [--out F]
 
 Both ways get ``store_speed``'s synthetic corpus (the same ``--memories`` texts over ``--subjects`` subjects),
-the service's default embedder (ONNX Runtime, one intra-op thread: ``SEALMEM_EMBEDDING_THREADS``), a fresh
+the service's default embedder (ONNX Runtime, one intra-op thread: ``SEALMEM_EMBEDDING_THREADS``; since
+2026-12-05 a call of 32 or more texts runs its passes on every core: ``SEALMEM_EMBEDDING_PARALLEL_PASSES``), a fresh
 SQLite + FAISS store per run with one tenant per way and round, and ``--batch-size`` memories per batch
 (transaction). The ways alternate, ``--rounds`` times each, starting with ``add_batch``. ``threads``: the bulk
 add's embedding threads (default: every core this process may use). The target of the performance issue is

@@ -1138,7 +1138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sizes": args.sizes, "subjects": args.subjects, "queries_per_subject": args.queries,
             "repeats": args.repeats, "batch_size": args.batch_size, "k": args.k, "seed": args.seed,
             "embedder": f"{type(real).__name__}(all-MiniLM-L6-v2, runtime={args.runtime}, "
-                        f"threads={args.torch_threads}, batch_size={args.embed_batch_size})",
+                        f"threads={args.torch_threads}, batch_size={args.embed_batch_size}, "
+                        f"parallel_passes={getattr(real, 'parallel', 1)})",
             "index": "flat (IndexIDMap2(IndexFlatIP)), exact_max=200000 default",
             "memory_words": {"min": min(words), "median": int(np.median(words)), "max": max(words)},
             "distinct_words_in_first_20k_memories": vocab,
