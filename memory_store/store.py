@@ -133,6 +133,35 @@ _SUBJECT_WRITTEN = (
 _TOUCH = update(Memory).where(Memory.id == bindparam("memory_id")).values(last_accessed_at=bindparam("stamp"))
 
 
+def _new_memory_row(
+    sealer: MemorySealer, subject: Subject, item: NewMemory, text: str, vector: np.ndarray, now: datetime
+) -> dict[str, Any]:
+    """The columns of a new memory row (a fresh uid; its text, metadata and vector sealed by the subject's key),
+    for an insert on Core."""
+    uid = str(uuid.uuid4())
+    return {
+        "uid": uid,
+        "tenant_id": subject.tenant_id,
+        "subject_id": subject.id,
+        "agent_id": item.agent_id,
+        "session_id": item.session_id,
+        "kind": item.kind,
+        "status": "active",
+        "superseded_by": None,
+        "text_ct": sealer.seal_text(uid, text),
+        "metadata_ct": sealer.seal_metadata(uid, item.metadata),
+        "embedding_ct": sealer.seal_embedding(uid, vector),
+        "importance": float(item.importance),
+        "source": item.source,
+        "source_ref": item.source_ref,
+        "created_at": now,
+        "updated_at": now,
+        "last_accessed_at": None,
+        "occurred_at": item.occurred_at,
+        "expires_at": item.expires_at,
+    }
+
+
 def _memory_event(
     *,
     tenant_id: str,
@@ -524,33 +553,10 @@ class MemoryStore:
                     subject = subjects.get(item.subject) or self._subject_or_create(session, tenant_id, item.subject)
                     subjects[item.subject] = subject
                     sealer = self._sealer(subject)
-                    uid = str(uuid.uuid4())
                     text = self._stored_text(session, subject, screen)
                     texts.append(text)
                     found.setdefault(item.subject, Counter()).update(screen.counts)
-                    values.append(
-                        {
-                            "uid": uid,
-                            "tenant_id": tenant_id,
-                            "subject_id": subject.id,
-                            "agent_id": item.agent_id,
-                            "session_id": item.session_id,
-                            "kind": item.kind,
-                            "status": "active",
-                            "superseded_by": None,
-                            "text_ct": sealer.seal_text(uid, text),
-                            "metadata_ct": sealer.seal_metadata(uid, item.metadata),
-                            "embedding_ct": sealer.seal_embedding(uid, vector),
-                            "importance": float(item.importance),
-                            "source": item.source,
-                            "source_ref": item.source_ref,
-                            "created_at": now,
-                            "updated_at": now,
-                            "last_accessed_at": None,
-                            "occurred_at": item.occurred_at,
-                            "expires_at": item.expires_at,
-                        }
-                    )
+                    values.append(_new_memory_row(sealer, subject, item, text, vector, now))
                 session.flush()  # what the ORM holds (a new subject, vault entries) goes first
                 connection = session.connection()
                 inserted = connection.execute(_INSERT_MEMORIES, values)
