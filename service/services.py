@@ -64,5 +64,5 @@ def build_services(settings: Settings, store: MemoryStore, metrics: Metrics) -> 
             idle=timedelta(seconds=settings.console_idle_timeout_seconds),
             lifetime=timedelta(seconds=settings.console_session_lifetime_seconds),
         ),
-        ahead=AheadOfRequests.for_embedder(store.embedder),
+        ahead=AheadOfRequests.for_embedder(store.embedder, settings.prepare_niceness),
     )
