@@ -3,7 +3,7 @@ duration, JSON on stdout.
 
     python bench/load.py [--clients 64] [--duration 300] [--mix search=0.6,add=0.3,chat=0.1]
                          [--real-llm-duration 30] [--real-llm-clients 4] [--embedder minilm|hashing]
-                         [--out result.json]
+                         [--set SETTING=VALUE ...] [--out result.json]
     python bench/load.py --driver wrk [--duration 30] [--variants onnx:0,torch:1] [--search-share 0.7]
 
 ``--driver wrk`` drives the server with ``wrk`` (Debian package ``wrk``; a C load generator that takes almost no
@@ -576,6 +576,14 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=1, help="Embedder intra-op threads.")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="httpx driver: a setting of the server (SETTING without SEALMEM_, e.g. prepare_niceness=0); repeatable. "
+        "The wrk driver takes settings per variant instead (--variants).",
+    )
+    parser.add_argument(
         "--database",
         choices=["sqlite", "postgres", "pgvector"],
         default="sqlite",
@@ -629,6 +637,9 @@ def main() -> None:
             "TRANSFORMERS_OFFLINE": "1",
         }
     )
+    for setting in args.set:
+        name, _, value = setting.partition("=")
+        env[f"SEALMEM_{name.upper()}"] = value
     command = (
         [sys.executable, "-m", "tests.proofs.sealmem_hashing"]
         if args.embedder == "hashing"
@@ -638,6 +649,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "python": platform.python_version()},
         "embedder": args.embedder,
         "seeded": {"subjects": args.subjects, "memories_per_subject": args.memories},
+        "settings": args.set,
     }
     if args.driver == "wrk":
         llm.terminate()
