@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -486,9 +486,7 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
             "SEALMEM_WORKERS": workers or "0",
             "SEALMEM_CHAT_ENABLED": "false",
         }
-        for setting in filter(None, extra.split("+")):
-            name, _, value = setting.partition("=")
-            env[f"SEALMEM_{name.upper()}"] = value
+        env.update(setting_env(filter(None, extra.split("+"))))
         if databases is not None:
             env["SEALMEM_DATABASE_URL"] = databases(f"{number}_{variant.replace(':', '_')}")
             env["SEALMEM_VECTOR_BACKEND"] = "pgvector" if args.database == "pgvector" else "faiss"
@@ -545,6 +543,15 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
         "zero_errors": all(report[v][p]["errors"] == 0 for v in variants for p in ("mix", "search", "add")),
     }
     return report
+
+
+def setting_env(settings: Iterable[str]) -> dict[str, str]:
+    """``name=value`` settings (without ``SEALMEM_``) as the server's environment variables."""
+    env: dict[str, str] = {}
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        env[f"SEALMEM_{name.upper()}"] = value
+    return env
 
 
 def main() -> None:
@@ -637,9 +644,7 @@ def main() -> None:
             "TRANSFORMERS_OFFLINE": "1",
         }
     )
-    for setting in args.set:
-        name, _, value = setting.partition("=")
-        env[f"SEALMEM_{name.upper()}"] = value
+    env.update(setting_env(args.set))
     command = (
         [sys.executable, "-m", "tests.proofs.sealmem_hashing"]
         if args.embedder == "hashing"

@@ -16,7 +16,7 @@ On Linux these threads run at a lower scheduling priority (``prepare_niceness``,
 without the interpreter lock and keeps a core busy for milliseconds; at equal priority the kernel gave it cores
 that a request thread holding the interpreter lock (or, on PostgreSQL, its tenant's write lock) was waiting for, and
 that thread's process then stood still. Lowered, the passes take the cores the other threads leave idle, and the
-70/30 mix serves about 15-19 % more requests on two cores (README, "Embedding threads yield the cores").
+70/30 mix serves about 8-19 % more requests on two cores (README, "Embedding threads yield the cores").
 """
 
 from __future__ import annotations

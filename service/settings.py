@@ -64,9 +64,9 @@ class Settings(StoreSettings, ChatSettings):
         description="How far below the process's scheduling priority (Linux niceness steps) the threads run that "
         "screen and embed searches and adds ahead of their request threads (service/ahead.py). Their forward passes "
         "then take the cores the request threads leave idle instead of stalling a thread that holds the interpreter "
-        "lock or a database lock: on two cores the 70/30 mix serves about 15 % (PostgreSQL) to 19 % (SQLite) more "
-        "requests. Other CPU-bound work at normal priority on the same cores (a local LLM's generation) then comes "
-        "first. 0 leaves them at the process's priority.",
+        "lock or a database lock: on two cores the 70/30 mix serves about 10-15 % (PostgreSQL) and 8-19 % (SQLite) "
+        "more requests. Other CPU-bound work at normal priority on the same cores (a local LLM's generation) then "
+        "comes first. 0 leaves them at the process's priority.",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
     # The storage core enforces its own hard caps; these may only tighten them.
