@@ -278,10 +278,10 @@ def open_store(data_dir: Path, threads: int, runtime: str = "onnx", model_cache:
     engine = make_engine(settings)
     upgrade(engine)
     embedder: Embedder
-    if runtime == "onnx" and model_cache is not None:
+    if runtime in ("onnx", "onnx-int8") and model_cache is not None:
         from memory_store.onnx_embedder import OnnxEmbedder
 
-        embedder = OnnxEmbedder(cache_dir=model_cache, threads=threads)
+        embedder = OnnxEmbedder(cache_dir=model_cache, threads=threads, int8=runtime == "onnx-int8")
     else:
         embedder = embedder_from_settings(settings)
     key = MasterKey(generate_key())
@@ -369,6 +369,14 @@ class Features:
     prepared: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # rank_offline's per-pool cache
 
 
+def _embedder_key(embedder: Embedder) -> str:
+    """What the cached vectors depend on: the runtime's graph file (full or int8, named by a hash of the
+    weights) for ONNX Runtime, the class and model otherwise."""
+    inner = getattr(embedder, "inner", embedder)
+    graph = getattr(inner, "onnx_path", None)
+    return graph().name if graph is not None else f"{type(inner).__name__}:{embedder.model_id}"
+
+
 def _embed_cached(embedder: Embedder, texts: Sequence[str], cache: Path | None) -> Any:
     import hashlib
 
@@ -376,7 +384,7 @@ def _embed_cached(embedder: Embedder, texts: Sequence[str], cache: Path | None) 
 
     if cache is None:
         return embedder.embed(list(texts))
-    digest = hashlib.sha256(("\x00".join([embedder.model_id, *texts])).encode()).hexdigest()[:24]
+    digest = hashlib.sha256(("\x00".join([_embedder_key(embedder), *texts])).encode()).hexdigest()[:24]
     path = cache / f"emb-{digest}.npy"
     if path.is_file():
         return np.load(path)
@@ -685,8 +693,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--embedding-runtime", choices=("onnx", "onnx-int8", "torch"), default="onnx",
                         help="ONNX Runtime (the service default) or sentence-transformers on torch")
     parser.add_argument("--model-cache", type=Path,
-                        help="onnx: folder for the exported model (default: the run's temporary data folder, "
-                             "exported again each run)")
+                        help="onnx, onnx-int8: folder for the exported model (default: the run's temporary data "
+                             "folder, exported again each run)")
     parser.add_argument("--ablations", action="store_true",
                         help="also run the fusion variants on categories 1-4 (about 30 s each)")
     parser.add_argument("--no-dense-only", action="store_true", help="skip the dense-only figure")

@@ -33,8 +33,9 @@ class StoreSettings(BaseSettings):
     )
     embedding_runtime: Literal["onnx", "onnx-int8", "torch"] = Field(
         default="onnx",
-        description="'onnx' (ONNX Runtime; the model is exported once into <data_dir>/models), 'onnx-int8' (its "
-        "int8-quantised graph: faster, small recall cost, see README) or 'torch' (sentence-transformers).",
+        description="'onnx' (ONNX Runtime; the model is exported once into <data_dir>/models), 'onnx-int8' (that "
+        "graph quantised to int8 per channel: about twice as fast to embed, LoCoMo recall@10 0.005 lower, see "
+        "README) or 'torch' (sentence-transformers).",
     )
     embedding_batch_size: int = Field(default=64, ge=1, le=4096)
     embedding_threads: int = Field(

@@ -210,20 +210,28 @@ def test_settings_choose_the_runtime(tmp_path: Path):
 
 
 def test_the_int8_variant_stays_close_to_the_full_model_and_shares_its_export(tmp_path: Path):
-    """``SEALMEM_EMBEDDING_RUNTIME=onnx-int8``: the exported graph, quantised once beside it; its recall cost on
-    LoCoMo is measured by bench/locomo_retrieval.py (README)."""
+    """``SEALMEM_EMBEDDING_RUNTIME=onnx-int8``: the exported graph, quantised once beside it, one scale per output
+    channel of each weight matrix; its recall cost on LoCoMo is measured by bench/locomo_retrieval.py (README)."""
     cache = tmp_path / "models"
     full = OnnxEmbedder(cache_dir=cache)
     int8 = embedder_from_settings(
         StoreSettings(data_dir=tmp_path, embedding_runtime="onnx-int8", embedding_coalesce_max=1)
     )
-    assert isinstance(int8, OnnxEmbedder) and int8.onnx_path().name.endswith("-int8.onnx")
+    assert isinstance(int8, OnnxEmbedder) and int8.onnx_path().name.endswith("-int8pc.onnx")
+    # A cache from before holds the graph quantised per matrix: it is left alone, not loaded.
+    cache.mkdir(mode=0o700)
+    stale = cache / f"{full.onnx_path().stem}-int8.onnx"
+    stale.write_bytes(b"not the graph this build quantises")
     sentences = real_sentences(200)
     exact, quantised = full.embed(sentences), int8.embed(sentences)
     cosines = np.sum(exact * quantised, axis=1)
-    assert float(cosines.mean()) >= 0.94 and float(cosines.min()) >= 0.85  # measured: mean 0.959
-    # Nearest neighbours mostly agree: the ranking, not the vectors, is what search uses.
-    same = sum(int(np.argsort(-exact @ exact[i])[1] == np.argsort(-quantised @ quantised[i])[1]) for i in range(50))
-    assert same >= 40
+    # Measured: mean 0.993, least 0.986; one scale per matrix (the first int8 graph) gave 0.959 and 0.926.
+    assert float(cosines.mean()) >= 0.985 and float(cosines.min()) >= 0.96, (cosines.mean(), cosines.min())
+    # The ranking, not the vectors, is what search uses: each sentence's 10 nearest others mostly stay its 10
+    # nearest (measured: 92 % of them; 84 % per matrix).
+    exact_near = np.argsort(-exact @ exact.T, axis=1)[:, 1:11]
+    quantised_near = np.argsort(-quantised @ quantised.T, axis=1)[:, 1:11]
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact_near, quantised_near, strict=True)])
+    assert overlap >= 0.88, overlap
     names = sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
-    assert names == sorted([full.onnx_path().name, int8.onnx_path().name])  # one export, quantised once
+    assert names == sorted([full.onnx_path().name, int8.onnx_path().name, stale.name])  # one export, quantised once
