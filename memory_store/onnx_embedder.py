@@ -38,9 +38,10 @@ log = logging.getLogger("sealmem.embedder")
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OPSET = 17
-# The int8 graph's file name ends so: "-int8" was the graph quantised with one scale per weight matrix, which a
-# models cache may still hold; the graph quantised per channel is made afresh beside it.
+# The int8 graph's file name ends so (quantised per output channel). A models cache made before holds the graph
+# quantised per weight matrix under LEGACY_INT8_SUFFIX: that one is kept while it is there (see onnx_path).
 INT8_SUFFIX = "-int8pc"
+LEGACY_INT8_SUFFIX = "-int8"
 
 
 def _source_digest(folder: Path) -> str:
@@ -158,9 +159,17 @@ class OnnxEmbedder:
         return self._dim
 
     def onnx_path(self) -> Path:
-        """Where the exported graph of this model lives (exported on first load when missing)."""
-        suffix = INT8_SUFFIX if self._int8 else ""
-        return self._cache_dir / f"{self.model_id}-{_source_digest(self._path)}{suffix}.onnx"
+        """Where the graph this embedder runs lives (exported, and for int8 quantised, on first load when missing).
+
+        For int8, the graph quantised per channel; but a cache that already holds the graph quantised per matrix
+        (made by an earlier release) keeps it, so that the vectors stored with it stay comparable with new ones
+        (cosine about 0.96 between the two graphs' vectors). Removing that file moves to the per-channel graph."""
+        stem = f"{self.model_id}-{_source_digest(self._path)}"
+        if not self._int8:
+            return self._cache_dir / f"{stem}.onnx"
+        current = self._cache_dir / f"{stem}{INT8_SUFFIX}.onnx"
+        legacy = self._cache_dir / f"{stem}{LEGACY_INT8_SUFFIX}.onnx"
+        return legacy if legacy.is_file() and not current.is_file() else current
 
     def _ensure_export(self) -> Path:
         target = self.onnx_path()
@@ -189,13 +198,18 @@ class OnnxEmbedder:
             import onnxruntime
             from tokenizers import Tokenizer
 
+            graph = self._ensure_export()
+            if graph.name.endswith(f"{LEGACY_INT8_SUFFIX}.onnx"):
+                log.warning(
+                    "embedding with the int8 graph quantised per weight matrix found in %s, as the vectors stored "
+                    "with it were; remove that file to quantise per channel (closer to the full model, see README)",
+                    self._cache_dir,
+                )
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = self._threads
             options.inter_op_num_threads = 1
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-            session = onnxruntime.InferenceSession(
-                str(self._ensure_export()), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            session = onnxruntime.InferenceSession(str(graph), sess_options=options, providers=["CPUExecutionProvider"])
             tokenizer = Tokenizer.from_file(str(self._path / "tokenizer.json"))
             tokenizer.enable_truncation(max_length=self._max_tokens())
             tokenizer.no_padding()  # the file asks for 128 tokens each; each pass pads its own rows (passes())

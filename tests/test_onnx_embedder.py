@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import re
+import shutil
 import threading
 from pathlib import Path
 
@@ -218,10 +220,6 @@ def test_the_int8_variant_stays_close_to_the_full_model_and_shares_its_export(tm
         StoreSettings(data_dir=tmp_path, embedding_runtime="onnx-int8", embedding_coalesce_max=1)
     )
     assert isinstance(int8, OnnxEmbedder) and int8.onnx_path().name.endswith("-int8pc.onnx")
-    # A cache from before holds the graph quantised per matrix: it is left alone, not loaded.
-    cache.mkdir(mode=0o700)
-    stale = cache / f"{full.onnx_path().stem}-int8.onnx"
-    stale.write_bytes(b"not the graph this build quantises")
     sentences = real_sentences(200)
     exact, quantised = full.embed(sentences), int8.embed(sentences)
     cosines = np.sum(exact * quantised, axis=1)
@@ -234,4 +232,31 @@ def test_the_int8_variant_stays_close_to_the_full_model_and_shares_its_export(tm
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact_near, quantised_near, strict=True)])
     assert overlap >= 0.88, overlap
     names = sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
-    assert names == sorted([full.onnx_path().name, int8.onnx_path().name, stale.name])  # one export, quantised once
+    assert names == sorted([full.onnx_path().name, int8.onnx_path().name])  # one export, quantised once
+
+
+def test_a_cache_holding_the_int8_graph_quantised_per_matrix_keeps_it(tmp_path: Path, caplog):
+    """A models cache made by an earlier release holds ``-int8.onnx`` (quantised per weight matrix): the vectors
+    stored with it stay comparable with new ones only if that graph goes on embedding, so it is used (with a
+    warning) and no per-channel graph is made beside it."""
+    cache = tmp_path / "models"
+    full = OnnxEmbedder(cache_dir=cache)
+    sentences = real_sentences(20)
+    exact = full.embed(sentences)
+    # Stand-in for the earlier graph: the full graph under its name, so which file was run shows in the vectors.
+    legacy = cache / f"{full.onnx_path().stem}-int8.onnx"
+    shutil.copyfile(full.onnx_path(), legacy)
+    with caplog.at_level(logging.WARNING, logger="sealmem.embedder"):
+        kept = OnnxEmbedder(cache_dir=cache, int8=True)
+        vectors = kept.embed(sentences)
+    assert kept.onnx_path() == legacy
+    assert float(np.sum(exact * vectors, axis=1).min()) > 0.99999  # the full graph ran: no quantised file was made
+    assert "quantised per weight matrix" in caplog.text
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == sorted(
+        [full.onnx_path().name, legacy.name]
+    )
+    # Once it is removed, the graph quantised per channel is made and used.
+    legacy.unlink()
+    fresh = OnnxEmbedder(cache_dir=cache, int8=True)
+    assert fresh.onnx_path().name.endswith("-int8pc.onnx")
+    assert float(np.sum(exact * fresh.embed(sentences), axis=1).min()) < 0.9999
