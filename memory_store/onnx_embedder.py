@@ -26,6 +26,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -158,17 +159,21 @@ class OnnxEmbedder:
         assert self._dim is not None
         return self._dim
 
+    @cached_property
+    def _stem(self) -> str:
+        """The graph files' common name: the model and a hash of its weights (read once per embedder)."""
+        return f"{self.model_id}-{_source_digest(self._path)}"
+
     def onnx_path(self) -> Path:
         """Where the graph this embedder runs lives (exported, and for int8 quantised, on first load when missing).
 
         For int8, the graph quantised per channel; but a cache that already holds the graph quantised per matrix
         (made by an earlier release) keeps it, so that the vectors stored with it stay comparable with new ones
         (cosine about 0.96 between the two graphs' vectors). Removing that file moves to the per-channel graph."""
-        stem = f"{self.model_id}-{_source_digest(self._path)}"
         if not self._int8:
-            return self._cache_dir / f"{stem}.onnx"
-        current = self._cache_dir / f"{stem}{INT8_SUFFIX}.onnx"
-        legacy = self._cache_dir / f"{stem}{LEGACY_INT8_SUFFIX}.onnx"
+            return self._cache_dir / f"{self._stem}.onnx"
+        current = self._cache_dir / f"{self._stem}{INT8_SUFFIX}.onnx"
+        legacy = self._cache_dir / f"{self._stem}{LEGACY_INT8_SUFFIX}.onnx"
         return legacy if legacy.is_file() and not current.is_file() else current
 
     def _ensure_export(self) -> Path:
@@ -180,7 +185,7 @@ class OnnxEmbedder:
         with (self._cache_dir / ".export.lock").open("a") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             if not target.is_file():
-                full = self._cache_dir / f"{self.model_id}-{_source_digest(self._path)}.onnx"
+                full = self._cache_dir / f"{self._stem}.onnx"
                 if not full.is_file():
                     log.info("exporting embedding model %s to ONNX (once)", self.model_id)
                     export_onnx(self._path, full)
