@@ -7,7 +7,7 @@ import logging
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, cast
@@ -33,6 +33,7 @@ from memory_store.errors import (
     WriteRacedError,
 )
 from memory_store.fusion import FusionConfig
+from memory_store.group_commit import GroupCommit
 from memory_store.index_registry import IndexRegistry
 from memory_store.jobs import JobLog
 from memory_store.keys import KeyManager
@@ -88,6 +89,8 @@ log = logging.getLogger("sealmem.store")
 _UNSET: Any = object()
 # Rows per statement when a write touches many memories (keeps ``IN (...)`` lists and executemany batches small).
 _CHUNK = 500
+# Memories one group commit stores at most (adds of one tenant committed together, see add_batch).
+_ADD_GROUP_MAX = 256
 # How long a forgotten subject's tombstone is kept; a guarded write from a request older than this is refused.
 TOMBSTONE_RETENTION = timedelta(days=1)
 # Who the audit records of the store's own changes (expiry) name.
@@ -195,6 +198,18 @@ def _utc(stamp: datetime) -> datetime:
     return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp
 
 
+class _AddPart(NamedTuple):
+    """One caller's add, screened and embedded, waiting for its transaction (see :meth:`MemoryStore.add_batch`)."""
+
+    items: tuple[NewMemory, ...]
+    actor: str
+    audit: AuditEvent | None
+    guard: WriteGuard | None
+    policy: SensitivePolicy
+    screened: tuple[Screened, ...]
+    vectors: np.ndarray
+
+
 class _Doomed(NamedTuple):
     """A memory about to be deleted: its row id, public id and owner."""
 
@@ -238,6 +253,9 @@ class MemoryStore:
         self._settings = settings
         self._keys = KeyManager(master_key)
         self.audit = AuditLog(self._sessions)
+        self._adds: GroupCommit[_AddPart, list[MemoryRecord]] = GroupCommit(
+            self._add_parts, size=lambda part: len(part.items), max_size=_ADD_GROUP_MAX
+        )
         self.screener = Screener(self._sessions, detector)
         self.jobs = JobLog(self._sessions)
         set_faiss_threads(settings.faiss_threads)
@@ -460,8 +478,9 @@ class MemoryStore:
                 "the subject was forgotten while this request was in progress; nothing was written"
             )
 
-    @staticmethod
+    @classmethod
     def _record_audit(
+        cls,
         session: Session,
         tenant_id: str,
         audit: AuditEvent | None,
@@ -469,12 +488,22 @@ class MemoryStore:
         desensitised: Mapping[str, Mapping[str, int]] | None = None,
         **detail: Any,
     ) -> None:
-        """Append ``audit`` to the tenant's chain inside the change's transaction, one record per subject
-        touched (``touched``: subject -> memory ids), so a per-subject audit query finds every change.
-        ``desensitised`` (subject -> sensitive values found by type) goes into that subject's record: counts,
-        never values."""
+        """Append ``audit`` to the tenant's chain inside the change's transaction (see :meth:`_audit_events`)."""
+        if audit is not None:
+            append_all_in(session, tenant_id, cls._audit_events(audit, touched, desensitised, **detail))
+
+    @staticmethod
+    def _audit_events(
+        audit: AuditEvent | None,
+        touched: Mapping[str, Sequence[str]],
+        desensitised: Mapping[str, Mapping[str, int]] | None = None,
+        **detail: Any,
+    ) -> list[AuditEvent]:
+        """``audit`` as one record per subject touched (``touched``: subject -> memory ids), so a per-subject
+        audit query finds every change. ``desensitised`` (subject -> sensitive values found by type) goes into
+        that subject's record: counts, never values."""
         if audit is None:
-            return
+            return []
         events = []
         for subject, ids in touched.items():
             extra = {**audit.detail, **detail}
@@ -482,7 +511,7 @@ class MemoryStore:
             if found:
                 extra["desensitised"] = dict(sorted(found.items()))
             events.append(replace(audit, subject=subject, memory_ids=list(ids), detail=extra))
-        append_all_in(session, tenant_id, events)
+        return events
 
     # ---- writes ------------------------------------------------------------------------------------
 
@@ -514,6 +543,9 @@ class MemoryStore:
         record per subject, with the subject and memory ids filled in) and ``guard`` (see :class:`WriteGuard`).
         ``prepared``: the screening and embedding :meth:`prepare_add` did beforehand, used when it is for the same
         texts under the tenant's current policy (otherwise done again here).
+
+        Adds to one tenant that arrive while another is committing are committed together, in the next
+        transaction (:mod:`memory_store.group_commit`); each stays all or nothing, and fails only as it would alone.
         """
         if not items:
             return []
@@ -525,6 +557,21 @@ class MemoryStore:
         else:
             policy, screened = self.screener.screen(tenant_id, given)
             vectors = self._embedder.embed([s.embedded for s in screened])
+        part = _AddPart(tuple(items), actor, audit, guard, policy, tuple(screened), vectors)
+        return self._adds.run((tenant_id, policy.revision), part)
+
+    def _add_parts(self, key: Hashable, parts: Sequence[_AddPart]) -> list[list[MemoryRecord]]:
+        """Commit the adds ``parts`` (of one tenant, screened under one policy) in one transaction: the tenant's
+        write lock taken once, each part's guard checked and its audit records appended; its records per part."""
+        tenant_id, _ = cast(tuple[str, int], key)
+        policy = parts[0].policy
+        items = [item for part in parts for item in part.items]
+        screened = [screen for part in parts for screen in part.screened]
+        vectors = (
+            np.concatenate([np.asarray(part.vectors, dtype=np.float32) for part in parts])
+            if len(parts) > 1
+            else parts[0].vectors
+        )
         now = utcnow()
         known: dict[int, np.ndarray] = {}
         records: list[MemoryRecord] = []
@@ -543,20 +590,24 @@ class MemoryStore:
                     late = len(subjects) == len(wanted)
                 if not late:
                     last_seq = self._bump(session, tenant_id, len(items), policy)
-                    self._guard(session, tenant_id, wanted, guard)
+                    self._guard_parts(session, tenant_id, parts)
                     subjects = self._subjects_named(session, tenant_id, wanted)
                 rows: list[Memory] = []
                 values: list[dict[str, Any]] = []
                 texts: list[str] = []
-                found: dict[str, Counter[str]] = {}
-                for item, vector, screen in zip(items, vectors, screened, strict=True):
-                    subject = subjects.get(item.subject) or self._subject_or_create(session, tenant_id, item.subject)
-                    subjects[item.subject] = subject
-                    sealer = self._sealer(subject)
-                    text = self._stored_text(session, subject, screen)
-                    texts.append(text)
-                    found.setdefault(item.subject, Counter()).update(screen.counts)
-                    values.append(_new_memory_row(sealer, subject, item, text, vector, now))
+                actors: list[str] = []
+                for part in parts:
+                    for item, screen in zip(part.items, part.screened, strict=True):
+                        subject = subjects.get(item.subject) or self._subject_or_create(
+                            session, tenant_id, item.subject
+                        )
+                        subjects[item.subject] = subject
+                        text = self._stored_text(session, subject, screen)
+                        texts.append(text)
+                        actors.append(part.actor)
+                        values.append(
+                            _new_memory_row(self._sealer(subject), subject, item, text, vectors[len(values)], now)
+                        )
                 session.flush()  # what the ORM holds (a new subject, vault entries) goes first
                 connection = session.connection()
                 inserted = connection.execute(_INSERT_MEMORIES, values)
@@ -572,11 +623,11 @@ class MemoryStore:
                             subject_id=row.subject_id,
                             memory_uid=row.uid,
                             action="add",
-                            actor=actor,
+                            actor=row_actor,
                             at=now,
                             detail={"kind": row.kind, "source": row.source},
                         )
-                        for row in rows
+                        for row, row_actor in zip(rows, actors, strict=True)
                     ],
                 )
                 staged = [(row.id, row.subject_id, vector) for row, vector in zip(rows, vectors, strict=True)]
@@ -584,7 +635,7 @@ class MemoryStore:
                 self.vectors.stage(session, tenant_id, staged)
                 if late:
                     last_seq = self._bump(session, tenant_id, len(items), policy)
-                    self._guard(session, tenant_id, wanted, guard)
+                    self._guard_parts(session, tenant_id, parts)
                     # Read again under the lock: the seqs read before it may predate a write that committed since.
                     seqs = connection.execute(_SUBJECT_SEQS, {"ids": [subject.id for subject in subjects.values()]})
                     lexical_before = {str(subject_id): int(seq) for subject_id, seq in seqs}
@@ -606,10 +657,18 @@ class MemoryStore:
                     record(row, item.subject, text=text, metadata=item.metadata)
                     for row, item, text in zip(rows, items, texts, strict=True)
                 ]
-                touched: dict[str, list[str]] = {}
-                for item, row in zip(items, rows, strict=True):
-                    touched.setdefault(item.subject, []).append(row.uid)
-                self._record_audit(session, tenant_id, audit, touched, desensitised=found)
+                events: list[AuditEvent] = []
+                start = 0
+                for part in parts:
+                    touched: dict[str, list[str]] = {}
+                    found: dict[str, Counter[str]] = {}
+                    for item, row, screen in zip(part.items, rows[start:], part.screened, strict=False):
+                        touched.setdefault(item.subject, []).append(row.uid)
+                        found.setdefault(item.subject, Counter()).update(screen.counts)
+                    start += len(part.items)
+                    events.extend(self._audit_events(part.audit, touched, desensitised=found))
+                if events:
+                    append_all_in(session, tenant_id, events)
         except IntegrityError as exc:
             if late:  # a subject (or the tenant, or its vector key) it read was deleted or created meanwhile
                 raise WriteRacedError(
@@ -622,7 +681,15 @@ class MemoryStore:
             added.setdefault(row.subject_id, []).append(lexical_source(row, text))
         for subject_id, sources in added.items():
             self._lexical.advance(subject_id, lexical_before[subject_id], last_seq, upserts=sources)
-        return records
+        results: list[list[MemoryRecord]] = []
+        for part in parts:
+            results.append(records[: len(part.items)])
+            records = records[len(part.items) :]
+        return results
+
+    def _guard_parts(self, session: Session, tenant_id: str, parts: Sequence[_AddPart]) -> None:
+        for part in parts:
+            self._guard(session, tenant_id, {item.subject for item in part.items}, part.guard)
 
     def prepare_add(self, *, tenant_id: str, items: Sequence[NewMemory]) -> PreparedAdd:
         """Screen and embed ``items`` ahead of :meth:`add_batch` (no database write; raises what the add would
