@@ -46,9 +46,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +306,49 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
+def worker_connections(server: Server) -> list[int]:
+    """Client connections each worker process of the server holds now, most first (the kernel hands a new
+    connection to whichever worker accepts it first; a worker keeps it for as long as the client does)."""
+    import psutil
+
+    assert server.process is not None
+    held = []
+    for child in psutil.Process(server.process.pid).children():
+        with contextlib.suppress(psutil.Error):
+            connections = child.net_connections(kind="tcp")
+            held.append(sum(1 for c in connections if c.laddr.port == server.port and c.status == "ESTABLISHED"))
+    return sorted((n for n in held if n), reverse=True)
+
+
+def server_side(log: Path, start: float, end: float) -> dict[str, Any]:
+    """Latency as the server measured it (its access log, ``duration_ms``) for requests that ended between
+    ``start`` and ``end``: per route, and per worker process (the mean shows how unevenly loaded they were)."""
+    by_route: dict[str, list[float]] = defaultdict(list)
+    by_worker: dict[int, list[float]] = defaultdict(list)
+    with contextlib.suppress(FileNotFoundError), log.open() as lines:
+        for line in lines:
+            if '"duration_ms"' not in line:
+                continue
+            entry = json.loads(line)
+            at = datetime.fromisoformat(entry["ts"]).timestamp()
+            if start <= at <= end and entry["route"] in ("/v1/memories", "/v1/memories/search"):
+                by_route[entry["route"]].append(entry["duration_ms"])
+                by_worker[entry["pid"]].append(entry["duration_ms"])
+
+    def summary(values: list[float]) -> dict[str, float]:
+        return {
+            "requests": len(values),
+            "mean_ms": round(sum(values) / len(values), 1),
+            "p50_ms": round(percentile(values, 50), 1),
+            "p99_ms": round(percentile(values, 99), 1),
+        }
+
+    return {
+        "by_route": {route: summary(values) for route, values in sorted(by_route.items())},
+        "by_worker": sorted((summary(values) for values in by_worker.values()), key=lambda s: -s["requests"]),
+    }
+
+
 def wrk_run(url: str, key: str, args: argparse.Namespace, *, share: float, duration: float) -> dict[str, Any]:
     env = {
         **os.environ,
@@ -500,6 +545,7 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
             asyncio.run(seed(server.url, key, subjects, args.memories, random.Random(0)))
             wrk_run(server.url, key, args, share=args.search_share, duration=args.warmup)
             phases: dict[str, Any] = {}
+            windows: dict[str, tuple[float, float]] = {}
             for phase, share, duration in (
                 ("mix", args.search_share, args.duration),
                 ("search", 1.0, args.duration / 2),
@@ -507,7 +553,14 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
             ):
                 cpu_before = server.cpu_seconds
                 spy = profiler(server, args, folder, phase, duration)
+                held: list[list[int]] = []
+                sampler = threading.Timer(duration / 2, lambda: held.append(worker_connections(server)))  # noqa: B023 (joined below)
+                sampler.start()
+                started = time.time()
                 phases[phase] = wrk_run(server.url, key, args, share=share, duration=duration)
+                windows[phase] = (started, time.time())
+                sampler.join()
+                phases[phase]["connections_per_worker"] = held[0] if held else None
                 if spy is not None:
                     spy.wait(timeout=120)
                     summarise = summarise_waits if args.profile == "idle" else summarise_profile
@@ -525,6 +578,8 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
             }
         finally:
             server.stop()
+        for phase, (start, end) in windows.items():
+            report[name][phase]["server_side"] = server_side(folder / "serve.log", start, end)
     measured, *baselines = variants
     for baseline in dict.fromkeys(b for b in baselines if b != measured):  # repeats: the first run
         report[f"{measured}_vs_{baseline}_mix_rps"] = round(
