@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
+from pathlib import Path
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI
@@ -21,6 +23,7 @@ from memory_store.embedder import Embedder, embedder_from_settings
 from memory_store.keysource import master_key_from_settings
 from memory_store.store import MemoryStore
 from service.auditing import AuditBarrier
+from service.balance import BOARD_ENV, Rebalancer, WorkerBoard
 from service.chat.distill import Distiller, RuleDistiller
 from service.chat.routes import router as chat_router
 from service.chat.runtime import ChatRuntime, running_chat
@@ -212,13 +215,15 @@ def create_app(
     embedder: Embedder | None = None,
     llm: LLMBackend | None = None,
     distiller: Distiller | None = None,
+    worker_board: Path | None = None,
 ) -> FastAPI:
     """Build the Sealmem API.
 
     ``store``, ``embedder``, ``llm`` and ``distiller`` may be injected (tests pass a
     :class:`~memory_store.HashingEmbedder` and a fake LLM); an injected store is not closed by the app, one the
     app opened itself is. Without ``llm`` the chat loop loads the backend the settings describe. The chat
-    routes always exist; with ``chat_enabled`` off they answer 503 and no LLM is loaded.
+    routes always exist; with ``chat_enabled`` off they answer 503 and no LLM is loaded. ``worker_board``: the
+    board of a server's worker processes (:mod:`service.balance`), which evens their load.
     """
     metrics = Metrics()
 
@@ -285,6 +290,9 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(AuditBarrier)  # inside the request context: its status and access log see a replaced answer
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    board = _open_board(worker_board) if worker_board is not None else None
+    if board is not None:  # outermost: the requests in flight are counted from first to last byte
+        app.add_middleware(Rebalancer, board=board, on_close=metrics.rebalanced.inc)
     app.include_router(ingest.router)
     app.include_router(memories.router)
     app.include_router(tokens.router)
@@ -298,9 +306,18 @@ def create_app(
     return app
 
 
+def _open_board(path: Path) -> WorkerBoard | None:
+    try:
+        return WorkerBoard(path)
+    except (OSError, RuntimeError) as exc:  # an optimisation: serve without it
+        log.warning("worker load board unavailable (%s); connections are not rebalanced", exc)
+        return None
+
+
 def app_from_environment() -> FastAPI:
     """The app of one ``sealmem serve`` worker process: settings from ``SEALMEM_*`` (the parent process has
     already created the secret files and run the migrations)."""
     settings = Settings()
     configure_logging(settings.log_level)
-    return create_app(settings)
+    board = os.environ.get(BOARD_ENV)
+    return create_app(settings, worker_board=Path(board) if board else None)

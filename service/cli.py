@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -145,6 +146,7 @@ def serve(
     import uvicorn
 
     from service.app import create_app, protect_data_dir
+    from service.balance import BOARD_ENV, create_board
 
     env = _env(ctx)
     base = env.load_settings()
@@ -166,15 +168,25 @@ def serve(
         uvicorn.run(app, host=bind_host, port=bind_port, log_config=None, access_log=False)
         return
     log.info("serving with %d worker processes", workers)
-    uvicorn.run(
-        "service.app:app_from_environment",
-        factory=True,
-        workers=workers,
-        host=bind_host,
-        port=bind_port,
-        log_config=None,
-        access_log=False,
-    )
+    # The workers' shared load board (service.balance), in a directory only this server can read; workers
+    # inherit its path with the environment.
+    with tempfile.TemporaryDirectory(prefix="sealmem-serve-") as private:
+        try:
+            os.environ[BOARD_ENV] = str(create_board(Path(private)))
+        except OSError as exc:
+            log.warning("worker load board unavailable (%s); connections are not rebalanced", exc)
+        try:
+            uvicorn.run(
+                "service.app:app_from_environment",
+                factory=True,
+                workers=workers,
+                host=bind_host,
+                port=bind_port,
+                log_config=None,
+                access_log=False,
+            )
+        finally:
+            os.environ.pop(BOARD_ENV, None)
 
 
 def tenant_create(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Unique tenant name.")]) -> None:

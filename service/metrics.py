@@ -90,6 +90,11 @@ class Metrics:
             "Requests refused by a rate limit (subject, API key or failed authentications per address).",
             registry=self.registry,
         )
+        self.rebalanced = Counter(
+            "sealmem_connections_rebalanced",
+            "Connections this worker closed after an answer so that the client reconnects to a less loaded worker.",
+            registry=self.registry,
+        )
         self._store_collector: StoreCollector | None = None
 
     def observe_request(self, *, method: str, route: str, status: int, seconds: float) -> None:

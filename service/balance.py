@@ -1,0 +1,201 @@
+"""Even load across the worker processes of one ``sealmem serve``.
+
+The workers share one listening socket, and a connection belongs to the worker that accepted it for as long as
+the client keeps it open. Which worker accepts is a race the kernel does not balance: uvloop accepts every
+pending connection in one wake-up, so a burst of new connections (a client pool opening, a load generator
+starting) mostly goes to whichever worker woke first. Sampled during the wrk mix (64 keep-alive connections, two
+workers), the split was 22/42, 12/52, 17/47, 43/21 and 45/19 in five of seven phases. The two workers get the
+same CPU, so the one holding more connections answers each of them more slowly: in one pgvector run the two
+workers' mean latencies were 470 and 341 ms, and that difference is the mix's latency tail.
+
+Each worker publishes its load (requests in flight, averaged over a period) to a small shared board. A worker
+with more than the workers' mean asks some of its clients to reconnect: it answers their next request with
+``Connection: close`` (the answer is complete; HTTP/1.1 clients open a new connection for their next request),
+and the new connection goes to whichever worker accepts it. The busier worker is the slower to accept, so
+connections drift to the less loaded one until the loads are even. A worker closes at most its excess over the
+mean per period, and none while the loads are within a request or two of each other.
+
+The board is a file the server process creates before it starts its workers (:func:`create_board`, in a private
+directory) and each worker maps (:class:`WorkerBoard`): one slot per worker holding its pid, its load and when it
+published. A worker claims a free slot under a file lock (a slot of a process that is gone, or silent for long, is
+free). A worker that stops publishing (stuck, or gone) drops out of the mean after :data:`STALE_AFTER_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import mmap
+import os
+import struct
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("sealmem.balance")
+
+BOARD_ENV = "SEALMEM_WORKER_BOARD"  # set by ``sealmem serve`` for its workers; not a setting
+_SLOT = struct.Struct("<qdd")  # pid, load, published at (time.time())
+_SLOTS = 64
+PERIOD_S = 0.5
+STALE_AFTER_S = 3.0
+# A worker sheds only while its load is above the mean by at least this many requests and this share.
+_MIN_EXCESS = 1.5
+_MIN_RATIO = 1.1
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def create_board(directory: Path) -> Path:
+    """The board file for the workers of one server, in ``directory`` (which should be private to it)."""
+    path = directory / "workers.board"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, bytes(_SLOTS * _SLOT.size))
+    finally:
+        os.close(fd)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+class WorkerBoard:
+    """This worker's view of the shared board (see the module's description)."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self._map = mmap.mmap(self._fd, _SLOTS * _SLOT.size)
+            self._offset = self._claim() * _SLOT.size
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _claim(self) -> int:
+        me = os.getpid()
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            for slot in range(_SLOTS):
+                pid, _, at = _SLOT.unpack_from(self._map, slot * _SLOT.size)
+                if pid in (0, me) or not _alive(pid) or at < self._clock() - 10 * STALE_AFTER_S:
+                    _SLOT.pack_into(self._map, slot * _SLOT.size, me, 0.0, self._clock())
+                    return slot
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        raise RuntimeError(f"the worker board has no free slot ({_SLOTS} workers at most)")
+
+    def publish(self, load: float) -> None:
+        _SLOT.pack_into(self._map, self._offset, os.getpid(), load, self._clock())
+
+    def loads(self) -> list[float]:
+        """The loads of the workers that published within :data:`STALE_AFTER_S`, this one's included."""
+        fresh = self._clock() - STALE_AFTER_S
+        found = []
+        for slot in range(_SLOTS):
+            pid, load, at = _SLOT.unpack_from(self._map, slot * _SLOT.size)
+            if pid and at >= fresh:
+                found.append(load)
+        return found
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            _SLOT.pack_into(self._map, self._offset, 0, 0.0, 0.0)
+            self._map.close()
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+class Rebalancer:
+    """ASGI middleware: measures the requests in flight in this worker and, while they are above the workers'
+    mean, answers some requests with ``Connection: close`` (see the module's description). :meth:`run` is the
+    periodic task that publishes the load and sets how many connections to close."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        board: WorkerBoard,
+        *,
+        on_close: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.app = app
+        self.board = board
+        self._on_close = on_close
+        self._clock = clock
+        self.in_flight = 0
+        self._area = 0.0  # integral of in_flight over time since the last tick
+        self._changed = self._since = clock()
+        self.load = 0.0  # requests in flight, averaged over the last period
+        self.to_close = 0  # connections still to close in this period
+        self.closed = 0  # connections closed to rebalance, in all
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # the worker's life: tick through it
+            ticker = asyncio.create_task(self.run())
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                ticker.cancel()
+                self.board.close()
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.to_close > 0:
+                self.to_close -= 1
+                self.closed += 1
+                self._on_close()
+                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            await send(message)
+
+        self._step(1)
+        try:
+            await self.app(scope, receive, send_closing)
+        finally:
+            self._step(-1)
+
+    def _step(self, change: int) -> None:
+        now = self._clock()
+        self._area += self.in_flight * (now - self._changed)
+        self._changed = now
+        self.in_flight += change
+
+    def tick(self) -> None:
+        """Close the period: publish its mean load and set how many connections to close in the next one."""
+        self._step(0)
+        now = self._clock()
+        self.load = self._area / max(now - self._since, 1e-9)
+        self._area, self._since = 0.0, now
+        self.board.publish(self.load)
+        loads = self.board.loads()
+        mean = sum(loads) / len(loads) if len(loads) > 1 else self.load
+        excess = self.load - mean
+        self.to_close = int(excess) if excess >= _MIN_EXCESS and self.load >= _MIN_RATIO * mean else 0
+
+    async def run(self, period: float = PERIOD_S) -> None:
+        """Tick every ``period`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self.tick()
+            except Exception:  # the board is an optimisation: never let it take the worker down
+                log.exception("worker load board unavailable; connections are no longer rebalanced")
+                return
