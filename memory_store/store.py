@@ -253,7 +253,7 @@ class MemoryStore:
         self._settings = settings
         self._keys = KeyManager(master_key)
         self.audit = AuditLog(self._sessions)
-        self._adds: GroupCommit[_AddPart, list[MemoryRecord]] = GroupCommit(
+        self.add_commits: GroupCommit[_AddPart, list[MemoryRecord]] = GroupCommit(
             self._add_parts, size=lambda part: len(part.items), max_size=_ADD_GROUP_MAX
         )
         self.screener = Screener(self._sessions, detector)
@@ -558,7 +558,7 @@ class MemoryStore:
             policy, screened = self.screener.screen(tenant_id, given)
             vectors = self._embedder.embed([s.embedded for s in screened])
         part = _AddPart(tuple(items), actor, audit, guard, policy, tuple(screened), vectors)
-        return self._adds.run((tenant_id, policy.revision), part)
+        return self.add_commits.run((tenant_id, policy.revision), part)
 
     def _add_parts(self, key: Hashable, parts: Sequence[_AddPart]) -> list[list[MemoryRecord]]:
         """Commit the adds ``parts`` (of one tenant, screened under one policy) in one transaction: the tenant's

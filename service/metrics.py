@@ -46,6 +46,17 @@ class StoreCollector(Collector):
         for entity_type, count in sorted(self._store.screener.counts().items()):
             detections.add_metric([entity_type], count)
         yield detections
+        commits = self._store.add_commits  # adds per transaction: how much concurrent adds are grouped
+        yield CounterMetricFamily(
+            "sealmem_add_transactions",
+            "Transactions this process committed adds in (one add alone, or several grouped).",
+            value=commits.transactions,
+        )
+        yield CounterMetricFamily(
+            "sealmem_add_calls",
+            "Add calls (single or batch) those transactions committed or tried.",
+            value=commits.writes,
+        )
         embedder = self._store.embedder
         if isinstance(embedder, CoalescingEmbedder):  # calls per pass: how much concurrent embeddings are merged
             yield CounterMetricFamily(

@@ -42,8 +42,8 @@ def _first_add_held(store: MemoryStore) -> Iterator[Callable[[int], None]]:
     def let_go(queued: int) -> None:
         assert staged.wait(30)
         deadline = time.monotonic() + 30
-        while store._adds.queued() < queued:
-            assert time.monotonic() < deadline, f"{store._adds.queued()} of {queued} adds queued"
+        while store.add_commits.queued() < queued:
+            assert time.monotonic() < deadline, f"{store.add_commits.queued()} of {queued} adds queued"
             time.sleep(0.002)
         release.set()
 
@@ -92,7 +92,7 @@ def test_adds_queued_behind_a_commit_are_committed_together_each_with_its_own_re
             guard=WriteGuard(begun_at=utcnow()),
         )
 
-    before = store._adds.transactions
+    before = store.add_commits.transactions
     with _first_add_held(store) as let_go:
         first, first_outcome = _run([lambda: store.add(tenant_id=tenant_id, item=NewMemory(subject="ana", text="x"))])
         time.sleep(0.05)
@@ -101,7 +101,7 @@ def test_adds_queued_behind_a_commit_are_committed_together_each_with_its_own_re
         for thread in first + rest:
             thread.join(60)
     assert not isinstance(first_outcome[0], Exception), first_outcome
-    assert store._adds.transactions - before == 2  # the held add alone, then the six together
+    assert store.add_commits.transactions - before == 2  # the held add alone, then the six together
     for n in range(6):
         records = outcome[n]
         assert not isinstance(records, Exception), records
@@ -142,7 +142,7 @@ def test_a_guarded_add_to_a_forgotten_subject_fails_alone_and_the_rest_of_its_gr
             tenant_id=tenant_id, item=NewMemory(subject="gone", text="late turn"), audit=_event(9), guard=begun
         ),
     )
-    before = store._adds.transactions
+    before = store.add_commits.transactions
     with _first_add_held(store) as let_go:
         first, _ = _run([lambda: store.add(tenant_id=tenant_id, item=NewMemory(subject="ana", text="x"))])
         time.sleep(0.05)
@@ -154,7 +154,7 @@ def test_a_guarded_add_to_a_forgotten_subject_fails_alone_and_the_rest_of_its_gr
     assert isinstance(refused, SubjectForgottenError), refused
     assert [r.text for r in outcome] == [f"kept turn {n}" for n in range(4)]
     # The held add, the group of five that failed, then each of the five again alone.
-    assert store._adds.transactions - before == 7
+    assert store.add_commits.transactions - before == 7
     assert {s.subject for s in store.list_subjects(tenant_id=tenant_id)} == {"ana"} | {f"kept{n}" for n in range(4)}
     assert store.audit.entries(tenant_id=tenant_id, credential_id="key-9") == []
     assert [len(store.audit.entries(tenant_id=tenant_id, credential_id=f"key-{n}")) for n in range(4)] == [1] * 4

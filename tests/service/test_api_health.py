@@ -44,6 +44,7 @@ def test_metrics_count_requests_by_route_template_and_report_store_gauges(api):
     assert "sealmem_search_duration_seconds_count 1.0" in text
     assert "sealmem_memories 1.0" in text and "sealmem_tenants 1.0" in text
     assert "sealmem_index_vectors 1.0" in text
+    assert "sealmem_add_transactions_total 1.0" in text and "sealmem_add_calls_total 1.0" in text
 
 
 def test_two_apps_in_one_process_keep_separate_metrics(api, make_api):
