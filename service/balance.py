@@ -8,12 +8,15 @@ workers), the split was 22/42, 12/52, 17/47, 43/21 and 45/19 in five of seven ph
 same CPU, so the one holding more connections answers each of them more slowly: in one pgvector run the two
 workers' mean latencies were 470 and 341 ms, and that difference is the mix's latency tail.
 
-Each worker publishes its load (requests in flight, averaged over a period) to a small shared board. A worker
-with more than the workers' mean asks some of its clients to reconnect: it answers their next request with
-``Connection: close`` (the answer is complete; HTTP/1.1 clients open a new connection for their next request),
-and the new connection goes to whichever worker accepts it. The busier worker is the slower to accept, so
-connections drift to the less loaded one until the loads are even. A worker closes at most its excess over the
-mean per period, and none while the loads are within a request or two of each other.
+Each worker publishes its load (requests in flight and answers per second, averaged over the last periods) to a
+small shared board. A worker holding more requests than its share asks some of its clients to reconnect: it
+answers their next request with ``Connection: close`` (the answer is complete; HTTP/1.1 clients open a new
+connection for their next request), and the new connection goes to whichever worker accepts it. A worker's share
+is what gives every worker the same mean latency (Little's law: requests in flight / answers per second), so a
+worker that answers more slowly holds fewer: the two workers of one server did not answer equally fast even with
+the connections split evenly (35/29: mean latencies 406 and 506 ms in one pgvector run). The busier worker is the
+slower to accept, so connections drift to the other until the latencies are even. A worker closes at most its
+excess per period, and none while it is within a request or two of its share.
 
 The board is a file the server process creates before it starts its workers (:func:`create_board`, in a private
 directory) and each worker maps (:class:`WorkerBoard`): one slot per worker holding its pid, its load and when it
@@ -38,7 +41,7 @@ from typing import Any
 log = logging.getLogger("sealmem.balance")
 
 BOARD_ENV = "SEALMEM_WORKER_BOARD"  # set by ``sealmem serve`` for its workers; not a setting
-_SLOT = struct.Struct("<qdd")  # pid, load, published at (time.time())
+_SLOT = struct.Struct("<qddd")  # pid, requests in flight, answers per second, published at (time.time())
 _SLOTS = 64
 PERIOD_S = 0.5
 STALE_AFTER_S = 3.0
@@ -92,39 +95,40 @@ class WorkerBoard:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             for slot in range(_SLOTS):
-                pid, _, at = _SLOT.unpack_from(self._map, slot * _SLOT.size)
+                pid, _, _, at = _SLOT.unpack_from(self._map, slot * _SLOT.size)
                 if pid in (0, me) or not _alive(pid) or at < self._clock() - 10 * STALE_AFTER_S:
-                    _SLOT.pack_into(self._map, slot * _SLOT.size, me, 0.0, self._clock())
+                    _SLOT.pack_into(self._map, slot * _SLOT.size, me, 0.0, 0.0, self._clock())
                     return slot
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         raise RuntimeError(f"the worker board has no free slot ({_SLOTS} workers at most)")
 
-    def publish(self, load: float) -> None:
-        _SLOT.pack_into(self._map, self._offset, os.getpid(), load, self._clock())
+    def publish(self, in_flight: float, rate: float) -> None:
+        _SLOT.pack_into(self._map, self._offset, os.getpid(), in_flight, rate, self._clock())
 
-    def loads(self) -> list[float]:
-        """The loads of the workers that published within :data:`STALE_AFTER_S`, this one's included."""
+    def loads(self) -> list[tuple[float, float]]:
+        """(requests in flight, answers per second) of the workers that published within :data:`STALE_AFTER_S`,
+        this one's included."""
         fresh = self._clock() - STALE_AFTER_S
         found = []
         for slot in range(_SLOTS):
-            pid, load, at = _SLOT.unpack_from(self._map, slot * _SLOT.size)
+            pid, in_flight, rate, at = _SLOT.unpack_from(self._map, slot * _SLOT.size)
             if pid and at >= fresh:
-                found.append(load)
+                found.append((in_flight, rate))
         return found
 
     def close(self) -> None:
         with contextlib.suppress(ValueError, OSError):
-            _SLOT.pack_into(self._map, self._offset, 0, 0.0, 0.0)
+            _SLOT.pack_into(self._map, self._offset, 0, 0.0, 0.0, 0.0)
             self._map.close()
         with contextlib.suppress(OSError):
             os.close(self._fd)
 
 
 class Rebalancer:
-    """ASGI middleware: measures the requests in flight in this worker and, while they are above the workers'
-    mean, answers some requests with ``Connection: close`` (see the module's description). :meth:`run` is the
-    periodic task that publishes the load and sets how many connections to close."""
+    """ASGI middleware: measures this worker's requests in flight and answers and, while it holds more requests
+    than its share, answers some requests with ``Connection: close`` (see the module's description). :meth:`run`
+    is the periodic task that publishes the load and sets how many connections to close."""
 
     def __init__(
         self,
@@ -141,8 +145,11 @@ class Rebalancer:
         self.in_flight = 0
         self._area = 0.0  # integral of in_flight over time since the last tick
         self._changed = self._since = clock()
-        self.load = 0.0  # requests in flight, averaged over the last period
+        self._answered = 0  # answers since the last tick
+        self.load = 0.0  # requests in flight, averaged over the last periods
+        self.rate = 0.0  # answers per second, averaged over the last periods
         self.to_close = 0  # connections still to close in this period
+        self._ticks = 0
         self.closed = 0  # connections closed to rebalance, in all
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -177,18 +184,35 @@ class Rebalancer:
         self._area += self.in_flight * (now - self._changed)
         self._changed = now
         self.in_flight += change
+        if change < 0:
+            self._answered -= change
 
     def tick(self) -> None:
-        """Close the period: publish its mean load and set how many connections to close in the next one."""
+        """Close the period: publish this worker's load and set how many connections to close in the next one.
+
+        The load is the requests in flight (L) and the answers per second (X), each averaged over the last
+        periods (half the weight on the last). By Little's law a worker's mean latency is L / X; the workers
+        share one latency when each holds X * (sum L / sum X) requests. A worker above its share by
+        :data:`_MIN_EXCESS` requests and :data:`_MIN_RATIO` closes the difference: with equal speeds, the excess
+        over the mean; a worker that answers more slowly (less CPU, longer requests) holds fewer."""
         self._step(0)
         now = self._clock()
-        self.load = self._area / max(now - self._since, 1e-9)
-        self._area, self._since = 0.0, now
-        self.board.publish(self.load)
+        elapsed = max(now - self._since, 1e-9)
+        load, rate = self._area / elapsed, self._answered / elapsed
+        first = self._ticks == 0
+        self._ticks += 1
+        self.load = load if first else (self.load + load) / 2
+        self.rate = rate if first else (self.rate + rate) / 2
+        self._area, self._answered, self._since = 0.0, 0, now
+        self.board.publish(self.load, self.rate)
         loads = self.board.loads()
-        mean = sum(loads) / len(loads) if len(loads) > 1 else self.load
-        excess = self.load - mean
-        self.to_close = int(excess) if excess >= _MIN_EXCESS and self.load >= _MIN_RATIO * mean else 0
+        total_load, total_rate = sum(held for held, _ in loads), sum(rate for _, rate in loads)
+        if len(loads) < 2 or total_rate <= 0:
+            self.to_close = 0
+            return
+        share = self.rate * total_load / total_rate
+        excess = self.load - share
+        self.to_close = int(excess) if excess >= _MIN_EXCESS and self.load >= _MIN_RATIO * share else 0
 
     async def run(self, period: float = PERIOD_S) -> None:
         """Tick every ``period`` seconds until cancelled."""
