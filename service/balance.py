@@ -192,7 +192,8 @@ class Rebalancer:
 
         The load is the requests in flight (L) and the answers per second (X), each averaged over the last
         periods (half the weight on the last). By Little's law a worker's mean latency is L / X; the workers
-        share one latency when each holds X * (sum L / sum X) requests. A worker above its share by
+        share one latency when each holds X * (sum L / sum X) requests (X of a worker with less than one request
+        in flight: the others' mean). A worker above its share by
         :data:`_MIN_EXCESS` requests and :data:`_MIN_RATIO` closes the difference: with equal speeds, the excess
         over the mean; a worker that answers more slowly (less CPU, longer requests) holds fewer."""
         self._step(0)
@@ -206,11 +207,19 @@ class Rebalancer:
         self._area, self._answered, self._since = 0.0, 0, now
         self.board.publish(self.load, self.rate)
         loads = self.board.loads()
-        total_load, total_rate = sum(held for held, _ in loads), sum(rate for _, rate in loads)
-        if len(loads) < 2 or total_rate <= 0:
+        # A worker with hardly a request in flight answers as fast as it is asked: its speed is unknown, and is
+        # taken to be the loaded workers' mean (so that an idle worker gets its share).
+        known = [rate for held, rate in loads if held >= 1 and rate > 0]
+        if len(loads) < 2 or not known:
             self.to_close = 0
             return
-        share = self.rate * total_load / total_rate
+        typical = sum(known) / len(known)
+
+        def speed(held: float, rate: float) -> float:
+            return rate if held >= 1 and rate > 0 else typical
+
+        total_load, total_speed = sum(held for held, _ in loads), sum(speed(*load) for load in loads)
+        share = speed(self.load, self.rate) * total_load / total_speed
         excess = self.load - share
         self.to_close = int(excess) if excess >= _MIN_EXCESS and self.load >= _MIN_RATIO * share else 0
 

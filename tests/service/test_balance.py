@@ -127,10 +127,13 @@ def _hold(balancer: Rebalancer, clock: Clock, in_flight: int, answers: int) -> N
         ((32, 64), (32, 96), 6),
         ((32, 96), (32, 64), 0),
         ((26, 64), (38, 96), 0),
+        # An idle peer's speed is unknown: taken to be that of the loaded workers.
+        ((16, 100), (0, 0), 8),
+        ((16, 100), (0.5, 3), 7),
     ],
 )
 def test_a_worker_above_its_share_closes_its_excess_of_connections_after_their_answers(
-    tmp_path: Path, mine: tuple[int, int], peer: tuple[int, int], to_close: int
+    tmp_path: Path, mine: tuple[int, int], peer: tuple[float, float], to_close: int
 ) -> None:
     clock = Clock()
     balancer = _balancer(tmp_path, (float(peer[0]), float(peer[1])), clock)
