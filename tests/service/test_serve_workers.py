@@ -35,15 +35,12 @@ def _workers(pid: int) -> set[int]:
     return {child for child in _children(pid) if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes()}
 
 
-def test_two_workers_share_one_store_and_stop_together(tmp_path: Path, unused_tcp_port: int):
+def _serve_two_workers(tmp_path: Path, port: int, **settings: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """``sealmem serve`` with two workers on ``port`` and a tenant: (the server, its admin key, its log), once both
+    workers are ready."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEALMEM_")}
-    env.update(
-        {
-            "SEALMEM_DATA_DIR": str(tmp_path / "data"),
-            "SEALMEM_WORKERS": "2",
-            "SEALMEM_CHAT_ENABLED": "false",
-        }
-    )
+    env.update({"SEALMEM_DATA_DIR": str(tmp_path / "data"), "SEALMEM_WORKERS": "2", "SEALMEM_CHAT_ENABLED": "false"})
+    env.update({f"SEALMEM_{name.upper()}": value for name, value in settings.items()})
     created = subprocess.run(
         [*COMMAND, "tenant", "create", "acme"], env=env, capture_output=True, text=True, timeout=300
     )
@@ -52,15 +49,21 @@ def test_two_workers_share_one_store_and_stop_together(tmp_path: Path, unused_tc
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log:
         server = subprocess.Popen(
-            [*COMMAND, "serve", "--port", str(unused_tcp_port)], env=env, stdout=log, stderr=subprocess.STDOUT
+            [*COMMAND, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
         )
+    deadline = time.monotonic() + 300
+    while log_path.read_text().count("sealmem ready") < 2:
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise AssertionError(f"workers did not become ready:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
+    return server, admin, log_path
+
+
+def test_two_workers_share_one_store_and_stop_together(tmp_path: Path, unused_tcp_port: int):
+    server, admin, log_path = _serve_two_workers(tmp_path, unused_tcp_port)
     base = f"http://127.0.0.1:{unused_tcp_port}"
     try:
-        deadline = time.monotonic() + 300
-        while log_path.read_text().count("sealmem ready") < 2:
-            assert server.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "workers did not become ready"
-            time.sleep(0.5)
         workers = _workers(server.pid)
         assert len(workers) == 2
         words = [f"zorbex{i}" for i in range(24)]
@@ -114,34 +117,12 @@ def test_connections_piled_on_one_worker_are_spread_over_both(tmp_path: Path, un
     """Sixteen keep-alive clients connect while one worker is stopped (SIGSTOP), so the other accepts them all;
     under load the busy worker answers some requests with ``Connection: close``, the clients reconnect, and the
     connections end up shared. Without the rebalancing the split stays 16/0 for as long as the clients live."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEALMEM_")}
-    env.update(
-        {
-            "SEALMEM_DATA_DIR": str(tmp_path / "data"),
-            "SEALMEM_WORKERS": "2",
-            "SEALMEM_CHAT_ENABLED": "false",
-            "SEALMEM_RATE_LIMIT_TOKEN_PER_MINUTE": "0",
-            "SEALMEM_RATE_LIMIT_KEY_PER_MINUTE": "0",
-        }
+    server, admin, _ = _serve_two_workers(
+        tmp_path, unused_tcp_port, rate_limit_token_per_minute="0", rate_limit_key_per_minute="0"
     )
-    created = subprocess.run(
-        [*COMMAND, "tenant", "create", "acme"], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert created.returncode == 0, created.stderr
-    admin = json.loads(created.stdout.strip().splitlines()[-1])["admin_key"]
-    log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [*COMMAND, "serve", "--port", str(unused_tcp_port)], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
     base = f"http://127.0.0.1:{unused_tcp_port}"
     clients = [httpx.Client(base_url=base, headers=bearer(admin), timeout=60) for _ in range(16)]
     try:
-        deadline = time.monotonic() + 300
-        while log_path.read_text().count("sealmem ready") < 2:
-            assert server.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "workers did not become ready"
-            time.sleep(0.5)
         workers = sorted(_workers(server.pid))
         added = httpx.post(  # on a connection of its own, closed before the clients connect
             f"{base}/v1/memories",
