@@ -223,16 +223,18 @@ def create_app(
     :class:`~memory_store.HashingEmbedder` and a fake LLM); an injected store is not closed by the app, one the
     app opened itself is. Without ``llm`` the chat loop loads the backend the settings describe. The chat
     routes always exist; with ``chat_enabled`` off they answer 503 and no LLM is loaded. ``worker_board``: the
-    board of a server's worker processes (:mod:`service.balance`), which evens their load.
+    board of a server's worker processes (:mod:`service.balance`), which evens their load and orders their store work
+    (:mod:`service.admission`).
     """
     metrics = Metrics()
+    board = _open_board(worker_board) if worker_board is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = resolve_secret_files(settings, create=False)
         active = store if store is not None else await run_in_threadpool(open_store, resolved, embedder)
         try:
-            services = build_services(resolved, active, metrics)
+            services = build_services(resolved, active, metrics, board=board)
         except BaseException:
             if store is None:
                 await run_in_threadpool(active.close)
@@ -290,7 +292,6 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(AuditBarrier)  # inside the request context: its status and access log see a replaced answer
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
-    board = _open_board(worker_board) if worker_board is not None else None
     if board is not None:  # outermost: the requests in flight are counted from first to last byte
         app.add_middleware(Rebalancer, board=board, on_close=metrics.rebalanced.inc)
     app.include_router(ingest.router)
@@ -310,7 +311,11 @@ def _open_board(path: Path) -> WorkerBoard | None:
     try:
         return WorkerBoard(path)
     except (OSError, RuntimeError) as exc:  # an optimisation: serve without it
-        log.warning("worker load board unavailable (%s); connections are not rebalanced", exc)
+        log.warning(
+            "worker load board unavailable (%s); connections are not rebalanced, and each worker admits memory "
+            "requests in its own arrival order only",
+            exc,
+        )
         return None
 
 

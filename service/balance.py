@@ -9,9 +9,10 @@ same CPU, so the one holding more connections answers each of them more slowly: 
 workers' mean latencies were 470 and 341 ms, and that difference is the mix's latency tail.
 
 Each worker publishes its load (requests in flight and answers per second, averaged over the last periods) to a
-small shared board. A worker holding more requests than its share asks some of its clients to reconnect: it
-answers their next request with ``Connection: close`` (the answer is complete; HTTP/1.1 clients open a new
-connection for their next request), and the new connection goes to whichever worker accepts it. A worker's share
+small shared board, beside its admission queue (:mod:`service.admission`). A worker holding more requests than its
+share asks some of its clients to reconnect: it answers their next request with ``Connection: close`` (the answer
+is complete; HTTP/1.1 clients open a new connection for their next request), and the new connection goes to
+whichever worker accepts it. A worker's share
 is what gives every worker the same mean latency (Little's law: requests in flight / answers per second), so a
 worker that answers more slowly holds fewer: the two workers of one server did not answer equally fast even with
 the connections split evenly (35/29: mean latencies 406 and 506 ms in one pgvector run). The busier worker is the
@@ -41,7 +42,11 @@ from typing import Any
 log = logging.getLogger("sealmem.balance")
 
 BOARD_ENV = "SEALMEM_WORKER_BOARD"  # set by ``sealmem serve`` for its workers; not a setting
-_SLOT = struct.Struct("<qddd")  # pid, requests in flight, answers per second, published at (time.time())
+_LOAD = struct.Struct("<qddd")  # pid, requests in flight, answers per second, published at (time.time())
+# requests admitted and working (service.admission), arrival of the oldest waiting one (0: none), published at (both
+# time.monotonic())
+_QUEUE = struct.Struct("<qdd")
+_SLOT_SIZE = _LOAD.size + _QUEUE.size
 _SLOTS = 64
 PERIOD_S = 0.5
 STALE_AFTER_S = 3.0
@@ -61,7 +66,7 @@ def create_board(directory: Path) -> Path:
     path = directory / "workers.board"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, bytes(_SLOTS * _SLOT.size))
+        os.write(fd, bytes(_SLOTS * _SLOT_SIZE))
     finally:
         os.close(fd)
     return path
@@ -80,31 +85,61 @@ def _alive(pid: int) -> bool:
 class WorkerBoard:
     """This worker's view of the shared board (see the module's description)."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        pid: int | None = None,
+    ) -> None:
         self._clock = clock
+        self._monotonic = monotonic
+        self._pid = os.getpid() if pid is None else pid
         self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
-            self._map = mmap.mmap(self._fd, _SLOTS * _SLOT.size)
-            self._offset = self._claim() * _SLOT.size
+            self._map = mmap.mmap(self._fd, _SLOTS * _SLOT_SIZE)
+            self._offset = self._claim() * _SLOT_SIZE
         except BaseException:
             os.close(self._fd)
             raise
 
     def _claim(self) -> int:
-        me = os.getpid()
+        me = self._pid
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             for slot in range(_SLOTS):
-                pid, _, _, at = _SLOT.unpack_from(self._map, slot * _SLOT.size)
+                pid, _, _, at = _LOAD.unpack_from(self._map, slot * _SLOT_SIZE)
                 if pid in (0, me) or not _alive(pid) or at < self._clock() - 10 * STALE_AFTER_S:
-                    _SLOT.pack_into(self._map, slot * _SLOT.size, me, 0.0, 0.0, self._clock())
+                    _LOAD.pack_into(self._map, slot * _SLOT_SIZE, me, 0.0, 0.0, self._clock())
+                    _QUEUE.pack_into(self._map, slot * _SLOT_SIZE + _LOAD.size, 0, 0.0, 0.0)
                     return slot
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         raise RuntimeError(f"the worker board has no free slot ({_SLOTS} workers at most)")
 
     def publish(self, in_flight: float, rate: float) -> None:
-        _SLOT.pack_into(self._map, self._offset, os.getpid(), in_flight, rate, self._clock())
+        _LOAD.pack_into(self._map, self._offset, self._pid, in_flight, rate, self._clock())
+
+    def publish_queue(self, working: int, oldest_waiting: float | None) -> None:
+        """This worker's admission queue (:mod:`service.admission`): requests working, oldest waiting arrival."""
+        _QUEUE.pack_into(self._map, self._offset + _LOAD.size, working, oldest_waiting or 0.0, self._monotonic())
+
+    def queues(self) -> tuple[int, float | None, int]:
+        """The other workers' admission queues that published within :data:`STALE_AFTER_S`: requests working in
+        all, the oldest waiting arrival (None: none waits) and how many workers."""
+        fresh = self._monotonic() - STALE_AFTER_S
+        working, oldest, workers = 0, None, 0
+        for start in range(0, _SLOTS * _SLOT_SIZE, _SLOT_SIZE):
+            if start == self._offset:
+                continue
+            held, waiting, at = _QUEUE.unpack_from(self._map, start + _LOAD.size)
+            if at >= fresh and at and _LOAD.unpack_from(self._map, start)[0]:
+                working += held
+                workers += 1
+                if waiting and (oldest is None or waiting < oldest):
+                    oldest = waiting
+        return working, oldest, workers
 
     def loads(self) -> list[tuple[float, float]]:
         """(requests in flight, answers per second) of the workers that published within :data:`STALE_AFTER_S`,
@@ -112,14 +147,14 @@ class WorkerBoard:
         fresh = self._clock() - STALE_AFTER_S
         found = []
         for slot in range(_SLOTS):
-            pid, in_flight, rate, at = _SLOT.unpack_from(self._map, slot * _SLOT.size)
+            pid, in_flight, rate, at = _LOAD.unpack_from(self._map, slot * _SLOT_SIZE)
             if pid and at >= fresh:
                 found.append((in_flight, rate))
         return found
 
     def close(self) -> None:
         with contextlib.suppress(ValueError, OSError):
-            _SLOT.pack_into(self._map, self._offset, 0, 0.0, 0.0, 0.0)
+            self._map[self._offset : self._offset + _SLOT_SIZE] = bytes(_SLOT_SIZE)
             self._map.close()
         with contextlib.suppress(OSError):
             os.close(self._fd)

@@ -106,6 +106,12 @@ class Metrics:
             "Connections this worker closed after an answer so that the client reconnects to a less loaded worker.",
             registry=self.registry,
         )
+        self.admission_wait = Histogram(
+            "sealmem_admission_wait_seconds",
+            "From arrival to the turn of searches and adds to run their store call (service/admission.py).",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self._store_collector: StoreCollector | None = None
 
     def observe_request(self, *, method: str, route: str, status: int, seconds: float) -> None:

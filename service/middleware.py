@@ -52,6 +52,7 @@ class RequestContextMiddleware:
         state["request_id"] = request_id
         state["client_request_id"] = client_request_id
         state["begun_at"] = utcnow()
+        state["arrived"] = time.monotonic()  # one clock for every process of the machine (service.admission)
         started = time.perf_counter()
         status = 500
 

@@ -9,9 +9,11 @@ from memory_store.console_sessions import ConsoleSessionStore
 from memory_store.credentials import ApiKeyStore
 from memory_store.db import make_sessionmaker
 from memory_store.store import MemoryStore
+from service.admission import Admission
 from service.ahead import AheadOfRequests
 from service.auditing import Auditor
 from service.auth import Authenticator
+from service.balance import WorkerBoard
 from service.keyfiles import token_secret_from_settings
 from service.limits import Limits
 from service.metrics import Metrics
@@ -33,9 +35,13 @@ class Services:
     console_sessions: ConsoleSessionStore
     ahead: AheadOfRequests
     """Threads that screen and embed a search's or an add's text before the request thread takes it."""
+    admission: Admission
+    """The turn of a search's or an add's store work: oldest request first, across the server's workers."""
 
 
-def build_services(settings: Settings, store: MemoryStore, metrics: Metrics) -> Services:
+def build_services(
+    settings: Settings, store: MemoryStore, metrics: Metrics, *, board: WorkerBoard | None = None
+) -> Services:
     sessions = make_sessionmaker(store.engine)
     keys = ApiKeyStore(sessions)
     signer = TokenSigner(token_secret_from_settings(settings), max_ttl_seconds=settings.token_max_ttl_seconds)
@@ -65,4 +71,7 @@ def build_services(settings: Settings, store: MemoryStore, metrics: Metrics) -> 
             lifetime=timedelta(seconds=settings.console_session_lifetime_seconds),
         ),
         ahead=AheadOfRequests.for_embedder(store.embedder, settings.prepare_niceness),
+        admission=Admission(
+            per_worker=settings.admission_per_worker, board=board, on_wait=metrics.admission_wait.observe
+        ),
     )

@@ -57,6 +57,16 @@ class Settings(StoreSettings, ChatSettings):
         "export, reindex, audit verification) run on other threads. Raise it when single requests take long (large "
         "batch adds); 0: as many as the database pool allows.",
     )
+    admission_per_worker: int = Field(
+        default=8,
+        ge=0,
+        le=4096,
+        description="Searches and adds whose store call each worker process runs at once, once their text is "
+        "screened and embedded; more wait on the event loop and go oldest request first across all the workers of "
+        "the server (service/admission.py), so that a request held up on the way catches up and requests that "
+        'arrived together end together (README, "Store work admitted oldest first"). 0: no limit, every store '
+        "call starts at once.",
+    )
     prepare_niceness: int = Field(
         default=10,
         ge=0,

@@ -65,9 +65,11 @@ async def add_memory_batch(
 async def _add(
     items: list[MemoryCreate], principal: Principal, services: Services, request: Request
 ) -> list[MemoryOut]:
-    """Screened and embedded ahead (:mod:`service.ahead`), then stored on a request thread."""
+    """Screened and embedded ahead (:mod:`service.ahead`), then stored on a request thread in its turn
+    (:mod:`service.admission`)."""
     prepared = await services.ahead.run(_prepare_add, items, principal, services)
-    return await run_in_threadpool(_store, items, principal, services, request, prepared)
+    async with services.admission.turn(getattr(request.state, "arrived", None)):
+        return await run_in_threadpool(_store, items, principal, services, request, prepared)
 
 
 def _prepare_add(items: list[MemoryCreate], principal: Principal, services: Services) -> PreparedAdd:
@@ -121,22 +123,24 @@ def list_memories(
 async def search_memories(
     body: SearchRequest, principal: Reader, services: ServicesDep, request: Request
 ) -> SearchResponse:
-    # The query screened and embedded ahead (service.ahead), then searched for on a request thread.
+    # The query screened and embedded ahead (service.ahead), then searched for on a request thread in its turn
+    # (service.admission).
     prepared = await services.ahead.run(
         memory_actions.prepare_search, services, principal, subject=body.subject, query=body.query
     )
-    hits = await run_in_threadpool(
-        memory_actions.search,
-        services,
-        request,
-        principal,
-        subject=body.subject,
-        query=body.query,
-        k=body.k,
-        filters=body.filters,
-        min_score=body.min_score,
-        prepared=prepared,
-    )
+    async with services.admission.turn(getattr(request.state, "arrived", None)):
+        hits = await run_in_threadpool(
+            memory_actions.search,
+            services,
+            request,
+            principal,
+            subject=body.subject,
+            query=body.query,
+            k=body.k,
+            filters=body.filters,
+            min_score=body.min_score,
+            prepared=prepared,
+        )
     return SearchResponse(results=[SearchResult.of_hit(h) for h in hits])
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from service.balance import STALE_AFTER_S, Rebalancer, WorkerBoard, create_board
 
-SLOT = struct.Struct("<qddd")
+SLOT = struct.Struct("<qdddqdd")  # a worker's load, then its admission queue (service.admission)
 
 
 def _publish_from_child(path: str, load: float, ready: Any, done: Any) -> None:
@@ -54,7 +54,7 @@ def test_a_slot_of_a_process_that_is_gone_is_claimed_again_and_a_silent_worker_d
     gone.join()
     now = [1000.0]
     with path.open("r+b") as raw:  # a worker killed (kill -9) left its slot, and a live one went silent
-        raw.write(SLOT.pack(gone.pid, 9.0, 90.0, 999.0) + SLOT.pack(os.getppid(), 4.0, 40.0, 999.0))
+        raw.write(SLOT.pack(gone.pid, 9.0, 90.0, 999.0, 0, 0, 0) + SLOT.pack(os.getppid(), 4.0, 40.0, 999.0, 0, 0, 0))
     board = WorkerBoard(path, clock=lambda: now[0])
     board.publish(2.0, 20.0)
     with path.open("rb") as raw:
@@ -96,7 +96,7 @@ def _balancer(tmp_path: Path, peer: tuple[float, float] | None, clock: Clock) ->
     path = create_board(tmp_path)
     if peer is not None:  # another worker (a live process: the test runner's parent) published this load
         with path.open("r+b") as raw:
-            raw.write(SLOT.pack(os.getppid(), *peer, 1e12))
+            raw.write(SLOT.pack(os.getppid(), *peer, 1e12, 0, 0, 0))
     closed: list[int] = []
     balancer = Rebalancer(_ok, WorkerBoard(path), clock=clock, on_close=lambda: closed.append(1))
     balancer.closed_seen = closed  # type: ignore[attr-defined]
