@@ -312,8 +312,8 @@ def _open_board(path: Path) -> WorkerBoard | None:
         return WorkerBoard(path)
     except (OSError, RuntimeError) as exc:  # an optimisation: serve without it
         log.warning(
-            "worker load board unavailable (%s); connections are not rebalanced, and each worker admits memory "
-            "requests in its own arrival order only",
+            "worker load board unavailable (%s); connections are not rebalanced, and each worker orders the store "
+            "work of its own requests only",
             exc,
         )
         return None
