@@ -10,19 +10,19 @@ workers' mean latencies were 470 and 341 ms, and that difference is the mix's la
 
 Each worker publishes its load (requests in flight and answers per second, averaged over the last periods) to a
 small shared board, beside its admission queue (:mod:`service.admission`). A worker holding more requests than its
-share asks some of its clients to reconnect: it answers their next request with ``Connection: close`` (the answer
-is complete; HTTP/1.1 clients open a new connection for their next request), and the new connection goes to
-whichever worker accepts it. A worker's share
-is what gives every worker the same mean latency (Little's law: requests in flight / answers per second), so a
-worker that answers more slowly holds fewer: the two workers of one server did not answer equally fast even with
-the connections split evenly (35/29: mean latencies 406 and 506 ms in one pgvector run). The busier worker is the
-slower to accept, so connections drift to the other until the latencies are even. A worker closes at most its
-excess per period, and none while it is within a request or two of its share.
+share asks some of its clients to reconnect: it answers their next request with ``Connection: close`` (the answer is
+complete; HTTP/1.1 clients open a new connection for their next request), and the new connection goes to whichever
+worker accepts it. A worker's share is what gives every worker the same mean latency (Little's law: requests in
+flight / answers per second), so a worker that answers more slowly holds fewer: the two workers of one server did
+not answer equally fast even with the connections split evenly (35/29: mean latencies 406 and 506 ms in one pgvector
+run). The busier worker is the slower to accept, so connections drift to the other until the latencies are even. A
+worker closes at most its excess per period, and none while it is within a request or two of its share.
 
 The board is a file the server process creates before it starts its workers (:func:`create_board`, in a private
 directory) and each worker maps (:class:`WorkerBoard`): one slot per worker holding its pid, its load and when it
-published. A worker claims a free slot under a file lock (a slot of a process that is gone, or silent for long, is
-free). A worker that stops publishing (stuck, or gone) drops out of the mean after :data:`STALE_AFTER_S`.
+published, then its admission queue (requests working, oldest waiting arrival) and when it published that. A worker
+claims a free slot under a file lock (a slot of a process that is gone, or silent for long, is free). A worker that
+stops publishing (stuck, or gone) drops out of the mean after :data:`STALE_AFTER_S`.
 """
 
 from __future__ import annotations
