@@ -27,7 +27,7 @@ def tenant_activity(sessions: sessionmaker[Session], *, tenant_id: str, days: in
     first = today - timedelta(days=days - 1)
     since = datetime(first.year, first.month, first.day, tzinfo=utcnow().tzinfo)
     day = func.date(MemoryEvent.at)
-    with sessions() as session:
+    with sessions.begin() as session:
         by_status = dict(
             session.execute(
                 select(Memory.status, func.count()).where(Memory.tenant_id == tenant_id).group_by(Memory.status)

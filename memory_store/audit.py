@@ -316,7 +316,7 @@ class AuditLog:
             except IntegrityError:
                 # Two first appends raced to create the head row (PostgreSQL); the loser retries and
                 # then finds it. A tenant that does not exist fails the same way, every time.
-                with self._sessions() as session:
+                with self._sessions.begin() as session:
                     if session.get(Tenant, tenant_id) is None:
                         raise NotFoundError("tenant not found") from None
                 if attempt == 2:
@@ -352,14 +352,14 @@ class AuditLog:
             query = query.where(AuditRecord.at >= after)
         if before is not None:
             query = query.where(AuditRecord.at < before)
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             rows = session.scalars(query.order_by(AuditRecord.seq.desc()).limit(limit))
             return [_entry(row) for row in rows]
 
     def head(self, *, tenant_id: str) -> tuple[int, str]:
         """The tenant's chain head: the newest sequence number (the number of records) and its hash; one row read,
         nothing recomputed (``(0, GENESIS_HASH)`` before the first record)."""
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             head = session.get(AuditHead, tenant_id)
             return (head.seq, head.last_hash) if head else (0, GENESIS_HASH)
 
@@ -377,7 +377,7 @@ class AuditLog:
                 reason=reason,
             )
 
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             head = session.get(AuditHead, tenant_id)
             head_seq, head_hash = (head.seq, head.last_hash) if head else (0, GENESIS_HASH)
             rows = session.scalars(

@@ -112,7 +112,7 @@ class ConsoleSessionStore:
             return None
         digest = self._digest(token)
         now = utcnow()
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             row = session.get(ConsoleSession, digest)
             if row is None:
                 return None

@@ -166,7 +166,7 @@ class ApiKeyStore:
         """The active key matching ``secret``, or None. Unknown, malformed and revoked keys look alike."""
         prefix = secret[:PREFIX_CHARS]
         well_formed = secret.startswith(KEY_SCHEME) and len(secret) <= 128
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             row = session.connection().execute(_BY_PREFIX, {"prefix": prefix}).first() if well_formed else None
             stored = row.key_hash if row is not None else _DUMMY_HASH
             if not hmac.compare_digest(stored, _hash(secret)) or row is None or row.revoked_at is not None:
@@ -179,7 +179,7 @@ class ApiKeyStore:
         return info
 
     def get(self, *, tenant_id: str, key_id: str) -> ApiKeyInfo:
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             row = session.get(ApiKey, key_id)
             if row is None or row.tenant_id != tenant_id:
                 raise NotFoundError("API key not found")
@@ -192,7 +192,7 @@ class ApiKeyStore:
             return False
 
     def list_keys(self, *, tenant_id: str) -> list[ApiKeyInfo]:
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             rows = session.scalars(
                 select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at, ApiKey.id)
             )

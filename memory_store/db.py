@@ -57,6 +57,11 @@ def make_engine(settings: StoreSettings) -> Engine:
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for the store. Every unit of work, reads included, is ``with sessions.begin() as session:``, so it
+    ends with COMMIT: psycopg 3 discards every statement it has prepared on a connection at each ROLLBACK (and
+    sends ``DEALLOCATE ALL``), and reads that rolled back (a plain ``with sessions() as session:``) made
+    PostgreSQL parse and plan the statements of every search and authentication again. A read changes nothing,
+    so its COMMIT commits nothing; on SQLite a read opens no transaction, and neither ends one."""
     return sessionmaker(engine, expire_on_commit=False)
 
 

@@ -122,7 +122,7 @@ class IndexRegistry:
         if session is not None:
             yield session
             return
-        with self._sessions() as own:
+        with self._sessions.begin() as own:
             yield own
 
     def advance(
@@ -247,7 +247,7 @@ class IndexRegistry:
         try:
             # The key, its version and the change seq from one row, in a session closed before the file is
             # written (on PostgreSQL it would otherwise sit idle in a transaction, holding a pooled connection).
-            with self._sessions() as session:
+            with self._sessions.begin() as session:
                 tenant = session.get(Tenant, tenant_id)
                 if tenant is None:
                     return False
@@ -308,7 +308,7 @@ class IndexRegistry:
         return written
 
     def rebuild(self, tenant_id: str) -> TenantIndex:
-        with self._tenant_lock(tenant_id), self._sessions() as session:
+        with self._tenant_lock(tenant_id), self._sessions.begin() as session:
             tenant = session.get(Tenant, tenant_id)
             if tenant is None:
                 raise NotFoundError("tenant not found")

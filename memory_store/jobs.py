@@ -78,7 +78,7 @@ class JobLog:
     @retry_read
     def get(self, *, tenant_id: str, job_id: str, subject_digest: str | None = None) -> JobInfo:
         """A job of the tenant (and of that subject when given: a subject token sees its own jobs only)."""
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             row = session.get(Job, job_id)
             if (
                 row is None

@@ -28,8 +28,8 @@ def head_revision(engine: Engine) -> str | None:
 
 def current_revision(engine: Engine) -> str | None:
     # Read directly: readiness probes call this every few seconds, and Alembic's MigrationContext would log
-    # two INFO lines each time.
-    with engine.connect() as conn:
+    # two INFO lines each time. A transaction that commits, as every read does (see make_sessionmaker).
+    with engine.begin() as conn:
         if not inspect(conn).has_table("alembic_version"):
             return None
         value = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()

@@ -227,7 +227,7 @@ class PgVectorBackend:
             return _EMPTY_SCORES
         if session is not None:  # the caller's connection and snapshot: no second connection per search
             return self._search(session, tenant_id, vector, k, candidates, subject_id) or _EMPTY_SCORES
-        with self._sessions() as own:
+        with self._sessions.begin() as own:
             return self._search(own, tenant_id, vector, k, candidates, subject_id) or _EMPTY_SCORES
 
     def _search(
@@ -310,7 +310,7 @@ class PgVectorBackend:
         return total
 
     def stats(self, tenant_id: str) -> VectorStats:
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             count = session.scalar(
                 select(func.count()).select_from(MemoryVector).where(MemoryVector.tenant_id == tenant_id)
             )

@@ -378,7 +378,7 @@ class HybridSearcher:
         fusion = fusion.for_query(query)
         if early is None:
             early = self.early_vector(tenant_id, subject, query, fusion)
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             owner = session.scalar(_SUBJECT, {"tenant_id": tenant_id, "external_id": subject})
             if owner is None:
                 raise NotFoundError("subject not found")

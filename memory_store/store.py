@@ -364,14 +364,14 @@ class MemoryStore:
         return TenantInfo(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
 
     def get_tenant(self, *, tenant_id: str) -> TenantInfo:
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             tenant = session.get(Tenant, tenant_id)
             if tenant is None:
                 raise NotFoundError("tenant not found")
             return TenantInfo(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
 
     def list_tenants(self) -> list[TenantInfo]:
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             return [
                 TenantInfo(id=t.id, name=t.name, created_at=t.created_at)
                 for t in session.scalars(select(Tenant).order_by(Tenant.created_at))
@@ -439,7 +439,7 @@ class MemoryStore:
     def tombstones_since(self, since: datetime) -> builtins.list[tuple[int, str, str, datetime]]:
         """Forgets stamped after ``since``, as (tombstone id, tenant id, subject digest, time), oldest first: how
         other processes learn of a forget to drop what they hold of the subject in RAM."""
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             rows = session.execute(
                 select(
                     SubjectTombstone.id,
@@ -1063,7 +1063,7 @@ class MemoryStore:
         """
         now = utcnow()
         expired = (Memory.tenant_id == tenant_id, Memory.expires_at <= now)
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             if session.scalar(select(Memory.id).where(*expired).limit(1)) is None:
                 return 0
         with self._sessions.begin() as session:
@@ -1096,7 +1096,7 @@ class MemoryStore:
                 delete(SubjectTombstone).where(SubjectTombstone.forgotten_at < utcnow() - TOMBSTONE_RETENTION)
             )
         self.jobs.purge()
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             tenants = list(session.scalars(select(Memory.tenant_id).where(Memory.expires_at <= utcnow()).distinct()))
         return sum(self.purge_expired(tenant_id=tenant_id) for tenant_id in tenants)
 
@@ -1153,7 +1153,7 @@ class MemoryStore:
         if not wanted:
             return list(records)
         originals: dict[str, dict[tuple[str, int], str]] = {}
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             owners = session.scalars(
                 select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id.in_(wanted))
             )
@@ -1173,7 +1173,7 @@ class MemoryStore:
         wanted = set(placeholders)
         if not wanted:
             return {}
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             owner = session.scalar(
                 select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject)
             )
@@ -1186,7 +1186,7 @@ class MemoryStore:
         """For text about to leave the process (a prompt to an outside LLM): the ordinals the subject's vault
         already gives ``values`` (type, original), and the highest ordinal of each type, so new values can be
         numbered after them. Nothing is added to the vault."""
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             owner = session.scalar(
                 select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject)
             )
@@ -1219,7 +1219,7 @@ class MemoryStore:
 
     @retry_read
     def get(self, *, tenant_id: str, memory_id: str, subject: str | None = None) -> MemoryRecord:
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             row, owner = self._memory_row(session, tenant_id, memory_id, subject)
             record = decode(row, owner, self._sealer(owner))
         self._touch([row.id])
@@ -1248,7 +1248,7 @@ class MemoryStore:
         after = decode_cursor(cursor) if cursor else None
         items: builtins.list[MemoryRecord] = []
         last_id: int | None = None
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             query: Select[*tuple[Any, ...]] = (
                 select(*RECORD_COLUMNS, Subject)  # columns, not Memory objects: a page is read, never changed
                 .join(Subject, Subject.id == Memory.subject_id)
@@ -1384,7 +1384,7 @@ class MemoryStore:
 
     @retry_read
     def history(self, *, tenant_id: str, memory_id: str, subject: str | None = None) -> builtins.list[HistoryEntry]:
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             query = select(MemoryEvent).where(MemoryEvent.tenant_id == tenant_id, MemoryEvent.memory_uid == memory_id)
             if subject is not None:
                 owner = session.scalar(
@@ -1406,7 +1406,7 @@ class MemoryStore:
         nothing is marked as accessed. An empty list when the memory does not exist (or is expired)."""
         if not 1 <= limit <= 1000:
             raise ValidationError("limit must be between 1 and 1000")
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             try:
                 _, owner = self._memory_row(session, tenant_id, memory_id, subject)
             except NotFoundError:
@@ -1451,7 +1451,7 @@ class MemoryStore:
     ) -> builtins.list[SubjectInfo]:
         """The tenant's subjects in id order, with memory counts; ``prefix`` keeps those whose id starts with it
         (case-sensitive, compared in the query on the plaintext id)."""
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             counts = (
                 select(Memory.subject_id, func.count(Memory.id).label("n"))
                 .where(Memory.tenant_id == tenant_id)
@@ -1491,7 +1491,7 @@ class MemoryStore:
         NotFoundError if the subject does not exist."""
         if not 1 <= limit <= 1000:
             raise ValidationError("limit must be between 1 and 1000")
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             owner = self._subject(session, tenant_id, subject)
             query = select(
                 Memory.session_id,
@@ -1528,7 +1528,7 @@ class MemoryStore:
             if page.next_cursor is None:
                 break
             cursor = page.next_cursor
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             owner = self._subject(session, tenant_id, subject)
             events = list(
                 session.scalars(select(MemoryEvent).where(MemoryEvent.subject_id == owner.id).order_by(MemoryEvent.id))
@@ -1542,7 +1542,7 @@ class MemoryStore:
 
     @retry_read
     def stats(self, *, tenant_id: str) -> Stats:
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             if session.get(Tenant, tenant_id) is None:
                 raise NotFoundError("tenant not found")
             by_kind = dict(
@@ -1574,7 +1574,7 @@ class MemoryStore:
     def totals(self) -> StoreTotals:
         """Memories, subjects and tenants across the database, and the vectors and approximate bytes of the
         FAISS indexes loaded in this process (0 with the pgvector backend)."""
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             memories = session.scalar(select(func.count()).select_from(Memory)) or 0
             subjects = session.scalar(select(func.count()).select_from(Subject)) or 0
             tenants = session.scalar(select(func.count()).select_from(Tenant)) or 0

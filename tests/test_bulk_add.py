@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -59,10 +60,15 @@ def test_the_next_batch_is_embedded_while_one_is_written(
     writer = open_store(embedder=embedder)
     seen: list[bool] = []
 
-    def on_commit(conn: object) -> None:
-        if not seen:
+    def on_insert(conn: Any, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO MEMORIES"):
+            conn.info["wrote_memories"] = True
+
+    def on_commit(conn: Any) -> None:  # the first batch's commit (reads commit too: not theirs)
+        if conn.info.pop("wrote_memories", False) and not seen:
             seen.append(second_started.wait(timeout=10))
 
+    event.listen(writer.engine, "before_cursor_execute", on_insert)
     event.listen(writer.engine, "commit", on_commit)
     try:
         stored = list(
@@ -70,6 +76,7 @@ def test_the_next_batch_is_embedded_while_one_is_written(
         )
     finally:
         event.remove(writer.engine, "commit", on_commit)
+        event.remove(writer.engine, "before_cursor_execute", on_insert)
     assert seen == [True]
     assert [len(records) for records in stored] == [32, 32]
     # 32 texts on two threads: two calls of 16 per batch, from the bulk threads.

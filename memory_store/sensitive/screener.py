@@ -50,7 +50,7 @@ class Screener:
             cached = self._policies.get(tenant_id)
         if cached is not None and (max_age_s is None or now - cached[1] <= max_age_s):
             return cached[0]
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             row = session.execute(
                 select(Tenant.sensitive_policy, Tenant.policy_rev).where(Tenant.id == tenant_id)
             ).first()

@@ -33,7 +33,7 @@ def readyz(request: Request) -> Health:
         raise NotReady("not ready: starting")
     store = services.store
     try:
-        with store.engine.connect() as conn:
+        with store.engine.begin() as conn:  # commits, as every read does (memory_store.db.make_sessionmaker)
             conn.execute(text("SELECT 1"))
         require_head(store.engine)
     except Exception:
