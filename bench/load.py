@@ -117,9 +117,11 @@ def rss_of(pid: int) -> int:
 
 
 def cpu_seconds_of(pid: int) -> float:
-    """User + system CPU time of a process and all its descendants, in seconds."""
+    """User + system CPU time of a process and all its descendants, ended ones included, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    # utime, stime, and cutime, cstime: the children it has waited for (PostgreSQL's postmaster reaps a backend
+    # when its connection closes, and the backend's time moves there)
+    total = sum(int(fields[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
     for task in Path(f"/proc/{pid}/task").iterdir():
         for child in (task / "children").read_text().split():
             with contextlib.suppress(FileNotFoundError):  # ended meanwhile
@@ -506,11 +508,11 @@ def embedding_calls_per_pass(url: str) -> float | None:
     return round(counts["sealmem_embedding_calls_total"] / passes, 2) if passes else None
 
 
-def _postgres(work: Path, shared_buffers: str = postgres.SHARED_BUFFERS) -> Callable[[str], str]:
+def _postgres(work: Path, shared_buffers: str = postgres.SHARED_BUFFERS) -> tuple[Callable[[str], str], int]:
     """A PostgreSQL 16 + pgvector server (:mod:`bench.postgres`) for this run; returns a function that creates a
-    fresh database and gives its SQLAlchemy URL."""
-    _, base = postgres.start(work / "pg", shared_buffers)
-    return lambda name: postgres.database(base, f"bench_{name}")
+    fresh database and gives its SQLAlchemy URL, and the server's postmaster pid (for its CPU time)."""
+    server, base = postgres.start(work / "pg", shared_buffers)
+    return (lambda name: postgres.database(base, f"bench_{name}")), postgres.postmaster_pid(server)
 
 
 def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[str], work: Path) -> dict[str, Any]:
@@ -519,7 +521,7 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
         raise SystemExit("--driver wrk needs the wrk load generator (Debian: apt-get install wrk)")
     report: dict[str, Any] = {"database": args.database}
     variants = args.variants.split(",")
-    databases = _postgres(work, args.pg_shared_buffers) if args.database != "sqlite" else None
+    databases, postmaster = _postgres(work, args.pg_shared_buffers) if args.database != "sqlite" else (None, None)
     for number, variant in enumerate(variants, start=1):
         runtime, _, rest = variant.partition(":")
         workers, _, extra = rest.partition(":")
@@ -552,6 +554,7 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
                 ("add", 0.0, args.duration / 2),
             ):
                 cpu_before = server.cpu_seconds
+                database_cpu_before = cpu_seconds_of(postmaster) if postmaster is not None else 0.0
                 spy = profiler(server, args, folder, phase, duration)
                 held: list[list[int]] = []
                 sampler = threading.Timer(duration / 2, lambda: held.append(worker_connections(server)))  # noqa: B023 (joined below)
@@ -569,6 +572,11 @@ def wrk_mode(args: argparse.Namespace, base_env: dict[str, str], command: list[s
                 phases[phase]["server_cpu_ms_per_request"] = round(
                     (server.cpu_seconds - cpu_before) * 1000 / max(phases[phase]["requests"], 1), 2
                 )
+                if postmaster is not None:  # PostgreSQL's own processes (backends, WAL writer, checkpointer)
+                    phases[phase]["database_cpu_ms_per_request"] = round(
+                        (cpu_seconds_of(postmaster) - database_cpu_before) * 1000 / max(phases[phase]["requests"], 1),
+                        2,
+                    )
             runs = sum(1 for seen in variants[: number - 1] if seen == variant)
             name = variant if runs == 0 else f"{variant} (run {runs + 1})"
             report[name] = {

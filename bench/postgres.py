@@ -51,6 +51,16 @@ def start(folder: Path, shared_buffers: str = SHARED_BUFFERS) -> tuple[Any, str]
     return server, url
 
 
+def postmaster_pid(server: Any) -> int:
+    """The server's postmaster: its descendants are every backend and helper process of the server."""
+    from pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(server.pgdata)
+    if info is None:
+        raise RuntimeError(f"no postmaster.pid in {server.pgdata}: the server is not running")
+    return int(info.pid)
+
+
 def database(url: str, name: str) -> str:
     """A new, empty database ``name`` on the server of ``url``; its URL."""
     admin = create_engine(url, isolation_level="AUTOCOMMIT")

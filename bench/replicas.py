@@ -286,7 +286,8 @@ def main() -> None:
         secrets_dir.mkdir()
         write_secret_file(secrets_dir / "master.key", encode_key(generate_key()))
         write_secret_file(secrets_dir / "token.secret", secrets.token_urlsafe(48))
-        database_url = _postgres(work, args.pg_shared_buffers)("replicas")
+        databases, _ = _postgres(work, args.pg_shared_buffers)
+        database_url = databases("replicas")
         base = {k: v for k, v in os.environ.items() if not k.startswith("SEALMEM_")}
         base.update(
             {
