@@ -17,7 +17,9 @@ something else, read by the store's lexical index), and every
 setting of ``GRID`` is ranked from the cache exactly as the store ranks (``cached_plain_matches_store`` checks
 it). Leave-one-conversation-out: each conversation is scored with the setting that is best on the other four;
 ``summary_recall@10`` prints that figure beside the plain one (default settings) and the BM25 baseline, per
-category. ``calibration`` fits and checks (by LOO) the relevance model of :mod:`memory_store.calibration`.
+category, and beside it a stricter one, where each fold also chooses which setting the route for list questions
+overrides (the store's route, the dense weight, was chosen with all five conversations in view).
+``calibration`` fits and checks (by LOO) the relevance model of :mod:`memory_store.calibration`.
 
 The embedder is all-MiniLM-L6-v2 run by ONNX Runtime (the service's default; exported once into
 ``--model-cache``, by default the run's temporary data folder) or by sentence-transformers on torch.
@@ -563,23 +565,37 @@ def recall_matrix(feats: Sequence[Features], configs: Sequence[FusionConfig], k:
 
 
 def leave_one_out(
-    feats: Sequence[Features], configs: Sequence[FusionConfig], k: int
+    feats: Sequence[Features],
+    configs: Sequence[FusionConfig],
+    recalls: Sequence[Any],
+    k: int,
+    route_settings: Sequence[str] = ("dense_weight",),
 ) -> tuple[Scores, list[dict[str, Any]]]:
     """Leave-one-conversation-out: for each conversation, the setting with the best recall@k (categories 1-4,
     pooled over questions) on the other conversations, scored on it. A setting is one of ``configs`` (the
-    route off) with a value of ``list_dense_weight`` out of GRID's dense weights: a list question
-    (:func:`memory_store.query_form.list_like`) under setting ``c`` and value ``v`` ranks as under ``c`` with
-    dense weight ``v``, which is in the grid, so no setting is ranked twice."""
+    route off) with a route for list questions (:func:`memory_store.query_form.list_like`): one of
+    ``route_settings`` (names of GRID) given one of its GRID values for them. The store's route sets the dense
+    weight (``list_dense_weight``), the default ``route_settings``; with every name of GRID, which setting the
+    route overrides is chosen in each fold as well. A list question under setting ``c`` and route ``(name, v)``
+    ranks as under ``c`` with ``name = v``, which is in the grid, so no setting is ranked twice: ``recalls`` is
+    :func:`recall_matrix` of ``configs``."""
     import numpy as np
 
-    recalls = recall_matrix(feats, configs, k)
     main = [np.array([q.category in MAIN_CATEGORIES for q in f.questions]) for f in feats]
     listed = [np.array([list_like(q.question) for q in f.questions], dtype=bool) for f in feats]
     index = {config: i for i, config in enumerate(configs)}
-    default_value = FusionConfig().list_dense_weight
-    values = [default_value, *(v for v in GRID["dense_weight"] if v != default_value)]  # ties: the default
-    # routed[c, j]: the row of configs that ranks a list question under setting c with route value values[j]
-    routed = np.array([[index[dataclasses.replace(c, dense_weight=v)] for v in values] for c in configs])
+    plain = FusionConfig()
+
+    def row(config: FusionConfig) -> int:
+        if not config.speaker_weight:  # grid_configs keeps one setting of speaker_others without the bonus
+            config = dataclasses.replace(config, speaker_others=plain.speaker_others)
+        return index[config]
+
+    # The store's route first (ties go to it), then each setting's values in GRID's order.
+    routes = [("dense_weight", plain.list_dense_weight), *((name, v) for name in route_settings for v in GRID[name])]
+    routes = list(dict.fromkeys(routes))
+    # routed[c, j]: the row of configs that ranks a list question under setting c with route routes[j]
+    routed = np.array([[row(dataclasses.replace(c, **{name: v})) for name, v in routes] for c in configs])
     scores = Scores()
     folds = []
     for held, f in enumerate(feats):
@@ -589,14 +605,17 @@ def leave_one_out(
         totals = others[:, None] + lists[routed]
         count = sum(int(main[i].sum()) for i in train)
         c, j = (int(i) for i in np.unravel_index(int(np.argmax(totals)), totals.shape))  # first best: the default
-        config = dataclasses.replace(configs[c], list_dense_weight=values[j])
+        config, (name, value) = configs[c], routes[j]
+        listed_config = configs[routed[c, j]]
         for q, question in enumerate(f.questions):
-            scores.add(question, [f.conv.turns[i].dia_id for i in rank_offline(f, q, config, k)])
+            chosen = listed_config if listed[held][q] else config
+            scores.add(question, [f.conv.turns[i].dia_id for i in rank_offline(f, q, chosen, k)])
         rows = np.where(listed[held], routed[c, j], c)
         held_recall = recalls[held][rows, np.arange(len(f.questions))][main[held]].mean()
         folds.append({
             "held_out": f.conv.sample_id,
-            "chosen": {name: getattr(config, name) for name in (*GRID, "list_dense_weight")},
+            "chosen": {name: getattr(config, name) for name in GRID},
+            "list_route": {name: value},
             "train_recall@10": round(float(totals[c, j]) / count, 4),
             "held_out_recall@10": round(float(held_recall), 4),
         })
@@ -741,12 +760,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for f in feats:
             for q, question in enumerate(f.questions):
                 offline.add(question, [f.conv.turns[i].dia_id for i in rank_offline(f, q, fusion, args.k)])
-        loo, folds = leave_one_out(feats, grid_configs(), args.k)
+        configs = grid_configs()
+        recalls = recall_matrix(feats, configs, args.k)
+        loo, folds = leave_one_out(feats, configs, recalls, args.k)
+        strict, strict_folds = leave_one_out(feats, configs, recalls, args.k, route_settings=tuple(GRID))
         loo_s = time.perf_counter() - t0
         bm25, bm25_s = bm25_baseline(conversations, args.k)
         result["summary_recall@10"] = {
             "plain (default settings, all conversations)": _recall_row(offline),
             "leave-one-conversation-out": _recall_row(loo),
+            "leave-one-conversation-out, the list route's setting chosen too": _recall_row(strict),
             "bm25 baseline": _recall_row(bm25),
         }
         result["loo"] = {
@@ -758,6 +781,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  "weight of list questions (memory_store.query_form.list_like)",
             "folds": folds,
             "report": loo.report(),
+            "list_route_setting_chosen_too": {
+                "protocol": "as above, but the list route may set any one setting of GRID to any of its values "
+                            "(the store's route sets the dense weight, a choice made while reading all five "
+                            "conversations): which setting it overrides is chosen in each fold as well",
+                "folds": strict_folds,
+                "report": strict.report(),
+            },
         }
         result["calibration"] = calibration_report(feats, fusion, args.k)
         result["cached_plain"] = offline.report()
