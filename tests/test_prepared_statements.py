@@ -12,6 +12,7 @@ from sqlalchemy import text
 from memory_store import MemoryStore, NewMemory
 from memory_store.credentials import ApiKeyStore
 from memory_store.db import make_sessionmaker
+from memory_store.errors import NotFoundError
 
 FACTS = [
     "I play the cello in a quartet on Thursdays.",
@@ -50,6 +51,6 @@ def test_a_search_and_an_authentication_keep_their_prepared_statements(open_stor
     assert any("FROM subjects" in s for s in prepared), prepared
     assert any("FROM memories" in s for s in prepared), prepared
     # A read that fails (an unknown subject) still rolls back, and psycopg starts over: nothing survives it.
-    with pytest.raises(Exception, match="subject not found"):
+    with pytest.raises(NotFoundError, match="subject not found"):
         store.search(tenant_id=tenant_id, subject="nobody", query="cello", k=2)
     assert _prepared(store) == []
